@@ -1,0 +1,302 @@
+"""The ledger: every rental and every lifecycle event, in SQLite, written BEFORE the action that depends on it.
+
+A crash at any point leaves a row that `deploy status` and `deploy teardown --all` can act on: the intent row (with the
+label the rental will carry) exists before the create call, the provider's id is written right after it. The file
+lives under DEPLOY_HOME, mode 0600, WAL. No API key or token is ever stored here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Rental statuses. Open = still (possibly) billing; the rest are final and carry `ended_at`.
+INTENT = "intent"  # row written, create call not (yet) confirmed
+RENTED = "rented"  # the provider gave an id
+READY = "ready"  # every provision step passed
+FAILED = "failed"  # a step failed, the box may still exist (kept on failure, or cleanup failed)
+DESTROYED = "destroyed"
+RELEASED = "released"  # not ours to destroy (ssh/local): ledger closed, box left alone
+NOT_CREATED = "not_created"  # create refused: nothing was rented
+GONE = "gone"  # the provider no longer knows it (a ghost, now closed)
+OPEN_STATUSES = (INTENT, RENTED, READY, FAILED)
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """Register a numbered migration; the order in this file is the order applied, never edit an applied one."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run statements one by one: `executescript` would commit the migration's transaction half-way."""
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE rentals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            attempt_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            provider_id TEXT,
+            label TEXT UNIQUE,
+            offer_id TEXT,
+            host_id TEXT,
+            gpu TEXT,
+            gpu_name TEXT,
+            rate_usd_h REAL NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            reason TEXT,
+            ssh_host TEXT,
+            ssh_port INTEGER,
+            ssh_user TEXT,
+            host_key TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            ended_at REAL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX rentals_provider_id ON rentals(provider, provider_id);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            rental_id INTEGER REFERENCES rentals(id),
+            attempt_id TEXT,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX events_rental ON events(rental_id);
+        """,
+    )
+
+
+@dataclass(frozen=True)
+class Rental:
+    id: int
+    attempt_id: str
+    provider: str
+    provider_id: str | None
+    label: str | None
+    offer_id: str | None
+    host_id: str | None
+    gpu: str | None
+    gpu_name: str | None
+    rate_usd_h: float
+    status: str
+    reason: str | None
+    ssh_host: str | None
+    ssh_port: int | None
+    ssh_user: str | None
+    host_key: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    meta: dict[str, Any]
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _rental(row: sqlite3.Row) -> Rental:
+    d = dict(row)
+    d["meta"] = json.loads(d["meta"] or "{}")
+    return Rental(**d)
+
+
+class Ledger:
+    """One connection per command; every write commits at once (a crash loses nothing already written)."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time):
+        self.path = str(path)
+        self.clock = clock
+        if self.path != ":memory:":
+            p = Path(self.path)
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not p.exists():
+                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(p, 0o600)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        if self.path != ":memory:":
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema -------------------------------------------------------------------------------------------------
+    def migrate(self) -> list[str]:
+        self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        done = {r[0] for r in self.db.execute("SELECT name FROM _migrations")}
+        applied = []
+        for fn in MIGRATIONS:
+            if fn.__name__ in done:
+                continue
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                fn(self.db)
+                self.db.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, self.clock()))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            applied.append(fn.__name__)
+        for wal in (self.path + "-wal", self.path + "-shm"):
+            if self.path != ":memory:" and os.path.exists(wal):
+                os.chmod(wal, 0o600)
+        return applied
+
+    # --- writes -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def new_attempt_id() -> str:
+        return uuid.uuid4().hex[:8]
+
+    def record_intent(
+        self,
+        *,
+        attempt_id: str,
+        provider: str,
+        label_prefix: str,
+        offer_id: str | None = None,
+        host_id: str | None = None,
+        gpu: str | None = None,
+        gpu_name: str | None = None,
+        rate_usd_h: float = 0.0,
+        meta: dict[str, Any] | None = None,
+    ) -> Rental:
+        """The row that exists before the create call; its label is what the rental will carry."""
+        now = self.clock()
+        self.db.execute("BEGIN IMMEDIATE")
+        cur = self.db.execute(
+            "INSERT INTO rentals (attempt_id, provider, offer_id, host_id, gpu, gpu_name, rate_usd_h, status,"
+            " created_at, meta) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (attempt_id, provider, offer_id, host_id, gpu, gpu_name, rate_usd_h, INTENT, now, json.dumps(meta or {})),
+        )
+        rid = cur.lastrowid
+        self.db.execute("UPDATE rentals SET label=? WHERE id=?", (f"{label_prefix}:{attempt_id}:{rid}", rid))
+        self.db.execute(
+            "INSERT INTO events (rental_id, attempt_id, at, kind, detail) VALUES (?,?,?,?,?)",
+            (rid, attempt_id, now, "intent", f"offer {offer_id} at {rate_usd_h:.4f} USD/h"),
+        )
+        self.db.execute("COMMIT")
+        return self.get(rid)
+
+    def record_rented(self, rid: int, provider_id: str, *, started_at: float | None = None) -> Rental:
+        self._update(rid, provider_id=str(provider_id), status=RENTED, started_at=started_at or self.clock())
+        self.event(rid, "rented", f"provider id {provider_id}")
+        return self.get(rid)
+
+    def record_connection(self, rid: int, *, ssh_host: str | None, ssh_port: int | None, ssh_user: str | None) -> None:
+        self._update(rid, ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)
+
+    def pin_host_key(self, rid: int, host_key: str) -> None:
+        """Trust on first use: the first key seen for this rental is the only one accepted afterwards."""
+        self._update(rid, host_key=host_key)
+        self.event(rid, "host_key_pinned", host_key.split(" ")[0])
+
+    def set_status(self, rid: int, status: str, reason: str | None = None) -> None:
+        self._update(rid, status=status, reason=reason)
+        self.event(rid, status, reason)
+
+    def close_rental(self, rid: int, status: str, reason: str | None = None, *, ended_at: float | None = None) -> None:
+        """Final state and end time: billing stops here for cost reports."""
+        self._update(rid, status=status, reason=reason, ended_at=ended_at or self.clock())
+        self.event(rid, status, reason)
+
+    def update_meta(self, rid: int, **changes: Any) -> None:
+        current = self.get(rid)
+        if current is None:
+            raise KeyError(rid)
+        self._update(rid, meta=json.dumps({**current.meta, **changes}))
+
+    def event(self, rid: int | None, kind: str, detail: str | None = None, *, attempt_id: str | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO events (rental_id, attempt_id, at, kind, detail) VALUES (?,?,?,?,?)",
+            (rid, attempt_id, self.clock(), kind, detail),
+        )
+
+    _COLUMNS = frozenset(
+        {
+            "provider_id",
+            "status",
+            "reason",
+            "ssh_host",
+            "ssh_port",
+            "ssh_user",
+            "host_key",
+            "started_at",
+            "ended_at",
+            "meta",
+            "label",
+        }
+    )
+
+    def _update(self, rid: int, **values: Any) -> None:
+        assert set(values) <= self._COLUMNS, set(values) - self._COLUMNS
+        cols = ", ".join(f"{k}=?" for k in values)
+        self.db.execute(f"UPDATE rentals SET {cols} WHERE id=?", (*values.values(), rid))
+
+    # --- reads --------------------------------------------------------------------------------------------------
+    def get(self, rid: int) -> Rental | None:
+        row = self.db.execute("SELECT * FROM rentals WHERE id=?", (rid,)).fetchone()
+        return _rental(row) if row else None
+
+    def by_provider_id(self, provider: str, provider_id: str) -> Rental | None:
+        row = self.db.execute(
+            "SELECT * FROM rentals WHERE provider=? AND provider_id=? ORDER BY id DESC", (provider, str(provider_id))
+        ).fetchone()
+        return _rental(row) if row else None
+
+    def by_label(self, label: str) -> Rental | None:
+        row = self.db.execute("SELECT * FROM rentals WHERE label=?", (label,)).fetchone()
+        return _rental(row) if row else None
+
+    def open_rentals(self, provider: str | None = None) -> list[Rental]:
+        marks = ",".join("?" * len(OPEN_STATUSES))
+        sql = f"SELECT * FROM rentals WHERE status IN ({marks})"
+        args: list[Any] = list(OPEN_STATUSES)
+        if provider:
+            sql += " AND provider=?"
+            args.append(provider)
+        return [_rental(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def rentals(self, *, since: float | None = None) -> list[Rental]:
+        sql, args = "SELECT * FROM rentals", []
+        if since is not None:
+            sql += " WHERE ended_at IS NULL OR ended_at >= ?"
+            args.append(since)
+        return [_rental(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def events(self, rid: int) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM events WHERE rental_id=? ORDER BY id", (rid,))]
+
+
+def open_ledger(settings: Any) -> Ledger:
+    """The ledger under the settings' DEPLOY_HOME."""
+    return Ledger(settings.ledger_path)

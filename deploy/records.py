@@ -1,0 +1,60 @@
+"""Records every provider returns: an `Offer` to rent and a `Box` that was rented. Plain dataclasses, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class State(str, Enum):
+    """Three states are enough to drive provisioning; the provider's own word is kept in `Box.raw_status`."""
+
+    PENDING = "pending"  # created / loading / scheduling: keep waiting
+    RUNNING = "running"
+    STOPPED = "stopped"  # exited / stopped: will not come up by itself (and may still bill disk)
+    FAILED = "failed"  # offline / frozen / error: give up at once
+    GONE = "gone"  # the provider no longer knows it
+
+
+TERMINAL = frozenset({State.STOPPED, State.FAILED, State.GONE})
+
+
+@dataclass(frozen=True)
+class Offer:
+    provider: str
+    id: str
+    gpu_name: str
+    num_gpus: int = 1
+    price_usd_h: float = 0.0
+    reliability: float | None = None
+    cuda: float | None = None
+    disk_gb: float | None = None
+    gpu_ram_gb: float | None = None
+    location: str = ""
+    host_id: str = ""  # what goes on the skip list when a box from this host fails
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "extra"}
+
+
+@dataclass(frozen=True)
+class Box:
+    provider: str
+    id: str
+    state: State
+    raw_status: str = ""
+    label: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_user: str = "root"
+    price_usd_h: float | None = None
+    gpu_name: str = ""
+    started_at: float | None = None  # unix time the provider started billing, when it says
+    detail: str = ""  # the provider's status message, for errors
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["state"] = self.state.value
+        return d

@@ -1,0 +1,87 @@
+"""Control-plane settings: one dataclass with defaults, overridden by `DEPLOY_*` environment variables.
+
+`deploy --show-config` prints exactly this, so what the command does is never a mystery. No secret lives here:
+the vast.ai API key stays with the vastai CLI (its env var or its own key file) and is only reported as present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DEPLOY_"
+
+
+class SettingsError(ValueError):
+    """A `DEPLOY_*` value that cannot be parsed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    home: str = "~/.csm-deploy"  # DEPLOY_HOME: the ledger, the SSH key and every other piece of local state
+    label_prefix: str = "csm-deploy"  # every rental is labelled `<prefix>:<attempt>:<row>` so orphans can be found
+    image: str = "vastai/base-image:cuda-12.4.1-auto"  # container image rented boxes start from
+    disk_gb: float = 40.0
+    max_offers: int = 3  # offers tried in order before provision gives up
+    max_price: float | None = None  # USD per hour
+    min_reliability: float = 0.98
+    min_cuda: float = 12.4
+    ready_timeout_s: float = 600.0  # rent -> `running`
+    ssh_timeout_s: float = 180.0  # `running` -> SSH answers
+    poll_interval_s: float = 5.0
+    vast_timeout_s: float = 120.0  # one vastai CLI call
+    ssh_user: str = "root"
+    ssh_key: str | None = None  # private key; default <home>/id_ed25519, created on first use
+    check_command: str = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || uname -a"
+    check_timeout_s: float = 60.0
+    local_rate: float = 0.0  # USD per hour the `local` provider charges itself (for cost demos)
+    remote_dir: str = "~/csm-deploy"  # where later steps put files on the box
+
+    @property
+    def home_path(self) -> Path:
+        return Path(os.path.expanduser(self.home))
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home_path / "ledger.sqlite3"
+
+    @property
+    def ssh_key_path(self) -> Path:
+        return Path(os.path.expanduser(self.ssh_key)) if self.ssh_key else self.home_path / "id_ed25519"
+
+    def replace(self, **changes: Any) -> DeploySettings:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(DeploySettings)}
+
+
+def _coerce(name: str, raw: str) -> Any:
+    kind = str(_FIELDS[name].type)
+    if raw.strip().lower() in ("", "none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+
+
+def load_settings(environ: dict[str, str] | None = None) -> DeploySettings:
+    """Defaults, then `DEPLOY_<FIELD>` for every field (DEPLOY_HOME, DEPLOY_POLL_INTERVAL_S, ...)."""
+    env = os.environ if environ is None else environ
+    changes = {}
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            changes[name] = _coerce(name, env[key])
+    return DeploySettings(**changes)
