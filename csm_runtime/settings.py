@@ -46,6 +46,7 @@ class RuntimeSettings:
     voices_dir: str | None = None
     queue_size: int = 16
     request_timeout_s: float = 300.0
+    shutdown_grace_s: float = 30.0  # on SIGTERM, running streams get this long to finish, then are cancelled
     warmup_text: str = "Warming up."
 
     def replace(self, **changes: Any) -> RuntimeSettings:

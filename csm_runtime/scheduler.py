@@ -1,0 +1,342 @@
+"""The scheduler: one worker thread owns the generator and runs the frame loop for every request at once.
+
+Requests from the event loop land in a bounded queue. Between two frame steps the worker cancels what was
+cancelled (client gone, timeout), admits queued requests while slots are free, then runs ONE batched decode step
+and routes each stream's chunk to its request's asyncio.Queue. Because the generator is only ever touched by this
+thread, it needs no locks, and loading + warm-up run here too (so `/ready` can answer while they happen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("csm_runtime.scheduler")
+
+FRAME_S = 0.08  # one CSM frame is 80 ms of audio
+
+
+class SchedulerError(Exception):
+    """Base of the errors a request can get before or while it streams."""
+
+
+class NotReadyError(SchedulerError):
+    """The model is still loading or warming up (or failed to)."""
+
+
+class QueueFullError(SchedulerError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"server busy: all stream slots and the queue are full; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(SchedulerError):
+    """The server is draining; no new streams."""
+
+
+class StreamFailedError(SchedulerError):
+    """The generator refused or failed a stream; `bad_input` says whether it was the request's fault."""
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's stream as the worker sees it; only the worker mutates it after submit."""
+
+    text: str
+    speaker: int
+    context: list
+    params: Any
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    submitted: float = field(default_factory=time.monotonic)
+    deadline: float = math.inf
+    sid: int | None = None
+    admitted: float | None = None
+    first_chunk: float | None = None
+    samples: int = 0
+    cancel_requested: bool = False
+    done: bool = False
+
+
+class Ticket:
+    """What a request holds: an async iterator of float32 PCM chunks, and `cancel()`."""
+
+    def __init__(self, job: Job, scheduler: Scheduler) -> None:
+        self._job = job
+        self._scheduler = scheduler
+        self.reason: str | None = None  # eos | max_audio | cancelled | timeout | shutdown, once ended
+        self._get: asyncio.Future | None = None
+
+    async def next(self, timeout: float | None = None):
+        """The next PCM chunk, or None at the end; raises StreamFailedError, or TimeoutError after `timeout`.
+
+        The pending `queue.get()` survives a timeout (no chunk can be lost between two polls).
+        """
+        if self._get is None:
+            self._get = asyncio.ensure_future(self._job.queue.get())
+        done, _ = await asyncio.wait({self._get}, timeout=timeout)
+        if not done:
+            raise TimeoutError
+        kind, value = self._get.result()
+        self._get = None
+        if kind == "chunk":
+            return value
+        if kind == "end":
+            self.reason = value
+            return None
+        raise value
+
+    @property
+    def ended(self) -> bool:
+        return self._job.done
+
+    def cancel(self) -> None:
+        """Free the slot (idempotent); safe after the stream ended."""
+        if self._get is not None:
+            self._get.cancel()
+            self._get = None
+        self._scheduler.cancel(self._job)
+
+
+class Scheduler:
+    """`load()` builds the generator on the worker thread; `submit()` is called from the event loop."""
+
+    def __init__(
+        self,
+        load: Callable[[], Any],
+        *,
+        queue_size: int,
+        request_timeout_s: float,
+        metrics=None,
+        max_streams: int | None = None,
+    ) -> None:
+        self._load = load
+        self.queue_size = queue_size
+        self.request_timeout_s = request_timeout_s
+        self.metrics = metrics
+        self._max_streams_override = max_streams
+        self.generator = None
+        self.state = "loading"  # loading -> warming -> ready | failed; stopped at the end
+        self.error: BaseException | None = None
+        self.warmup_info: dict = {}
+        self._cv = threading.Condition()
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cancels: list[Job] = []
+        self._active: dict[int, Job] = {}
+        self._outstanding = 0  # pending + active, guarded by _cv
+        self._stopping = False
+        self._hard_deadline = math.inf
+        self._recent_walls: collections.deque[float] = collections.deque(maxlen=32)
+        self._thread = threading.Thread(target=self._run, name="csm-scheduler", daemon=True)
+
+    # ---- event-loop side -------------------------------------------------------------------------------------
+    @property
+    def max_streams(self) -> int:
+        if self._max_streams_override:
+            return self._max_streams_override
+        return int(getattr(self.generator, "max_streams", 1) or 1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, text: str, speaker: int, context: list, params: Any) -> Ticket:
+        if self._stopping:
+            raise ShuttingDownError("server is shutting down")
+        if self.state != "ready":
+            raise NotReadyError(f"model not ready ({self.state})")
+        job = Job(text, speaker, context, params, asyncio.get_running_loop(), asyncio.Queue())
+        job.deadline = job.submitted + self.request_timeout_s
+        with self._cv:
+            if self._outstanding >= self.max_streams + self.queue_size:
+                raise QueueFullError(self._retry_after())
+            self._outstanding += 1
+            self._pending.append(job)
+            self._set_queue_gauge()
+            self._cv.notify()
+        return Ticket(job, self)
+
+    def cancel(self, job: Job) -> None:
+        """Thread-safe and idempotent; the worker frees the slot before its next frame step."""
+        with self._cv:
+            if job.done or job.cancel_requested:
+                return
+            job.cancel_requested = True
+            self._cancels.append(job)
+            self._cv.notify()
+
+    def stop(self, grace_s: float = 0.0, join_timeout: float = 30.0) -> None:
+        """Refuse new work, let running streams finish for `grace_s`, then cancel the rest and end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._hard_deadline = time.monotonic() + grace_s
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(grace_s + join_timeout)
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            return {"state": self.state, "active": len(self._active), "queued": len(self._pending)}
+
+    def _retry_after(self) -> int:
+        wall = sum(self._recent_walls) / len(self._recent_walls) if self._recent_walls else 1.0
+        waiting = len(self._pending) + 1
+        return int(min(60, max(1, math.ceil(wall * waiting / max(1, self.max_streams)))))
+
+    def _set_queue_gauge(self) -> None:
+        if self.metrics:
+            self.metrics.queue_depth.set(len(self._pending))
+            self.metrics.active_streams.set(len(self._active))
+
+    # ---- worker side -----------------------------------------------------------------------------------------
+    def _push(self, job: Job, kind: str, value: Any) -> None:
+        try:
+            job.loop.call_soon_threadsafe(job.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the request's loop is closed: nobody is listening any more
+            pass
+
+    def _finish(self, job: Job, reason: str, error: BaseException | None = None) -> None:
+        """End a job exactly once: tell its request, free its slot, count it."""
+        if job.done:
+            return
+        job.done = True
+        if job.sid is not None:
+            self._active.pop(job.sid, None)
+        now = time.monotonic()
+        if self.metrics:
+            self.metrics.finished.labels(reason if error is None else "error").inc()
+            audio_s = job.samples / getattr(self.generator, "sample_rate", 24_000)
+            if job.admitted is not None and audio_s > 0 and reason in ("eos", "max_audio"):
+                self.metrics.rtf.observe((now - job.admitted) / audio_s)
+        if job.admitted is not None:
+            self._recent_walls.append(now - job.admitted)
+        self._push(job, "error" if error is not None else "end", error if error is not None else reason)
+        with self._cv:
+            self._outstanding -= 1
+            self._set_queue_gauge()
+
+    def _run(self) -> None:
+        try:
+            self.generator = self._load()
+            self.state = "warming"
+            t0 = time.monotonic()
+            self.warmup_info = dict(self.generator.warmup() or {})
+            log.info("warm-up done in %.1f s: %s", time.monotonic() - t0, self.warmup_info)
+            if self.metrics:
+                self.metrics.watch_gpu_memory(str(getattr(self.generator, "device", "cpu")))
+                self.metrics.ready.set(1)
+            self.state = "ready"
+        except BaseException as exc:  # noqa: BLE001 - reported on /ready and in the log, the process stays up
+            self.state, self.error = "failed", exc
+            log.exception("model load / warm-up failed")
+            return
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - fail every open request rather than hang it
+            log.exception("scheduler loop crashed")
+            self.state, self.error = "failed", exc
+            for job in list(self._active.values()) + list(self._pending):
+                self._finish(job, "error", StreamFailedError(f"generator crashed: {exc}"))
+        finally:
+            if self.state == "ready":
+                self.state = "stopped"
+            if self.metrics:
+                self.metrics.ready.set(0)
+
+    def _loop(self) -> None:
+        gen = self.generator
+        while True:
+            with self._cv:
+                if self._stopping and not self._active and not self._pending:
+                    return
+                if not self._active and not self._pending and not self._cancels:
+                    self._cv.wait(timeout=0.5)
+                    continue
+                cancels, self._cancels = self._cancels, []
+            now = time.monotonic()
+            for job in cancels:
+                self._drop(job, "cancelled")
+            hard_stop = self._stopping and now >= self._hard_deadline
+            for job in list(self._active.values()):
+                if hard_stop or now >= job.deadline:
+                    self._drop(job, "shutdown" if hard_stop else "timeout")
+            self._admit(gen, now, hard_stop)
+            if not self._active:
+                continue
+            batch = len(self._active)
+            t0 = time.monotonic()
+            events = gen.step()
+            if self.metrics:
+                self.metrics.batch_size.observe(batch)
+                self.metrics.frames.inc(batch)
+                self.metrics.audio_seconds.inc(batch * FRAME_S)
+                self.metrics.step_seconds.observe(time.monotonic() - t0)
+            for ev in events:
+                self._route(ev)
+
+    def _drop(self, job: Job, reason: str) -> None:
+        """Cancel a job wherever it is (running in the generator or still queued)."""
+        if job.done:
+            return
+        if job.sid is not None and job.sid in self._active:
+            self.generator.cancel(job.sid)
+        else:
+            with self._cv:
+                try:
+                    self._pending.remove(job)
+                except ValueError:
+                    pass
+        self._finish(job, reason)
+
+    def _admit(self, gen, now: float, hard_stop: bool) -> None:
+        while True:
+            with self._cv:
+                if not self._pending or len(self._active) >= self.max_streams:
+                    return
+                job = self._pending.popleft()
+                self._set_queue_gauge()
+            if job.cancel_requested or hard_stop or now >= job.deadline:
+                reason = "cancelled" if job.cancel_requested else "shutdown" if hard_stop else "timeout"
+                self._finish(job, reason)
+                continue
+            try:
+                sid = gen.add_stream(job.text, job.speaker, job.context, job.params)
+            except Exception as exc:  # noqa: BLE001 - sorted below into "the slot is busy" and "this request fails"
+                if type(exc).__name__ == "BatchFullError":
+                    with self._cv:
+                        self._pending.appendleft(job)
+                        self._set_queue_gauge()
+                    return
+                bad = isinstance(exc, ValueError)
+                log.warning("stream refused: %s", exc)
+                self._finish(job, "error", StreamFailedError(str(exc), bad_input=bad))
+                continue
+            job.sid, job.admitted = sid, time.monotonic()
+            self._active[sid] = job
+            with self._cv:
+                self._set_queue_gauge()
+
+    def _route(self, ev) -> None:
+        job = self._active.get(ev.stream_id)
+        if job is None:
+            return
+        chunk = ev.chunk
+        if chunk is not None and len(chunk.pcm):
+            if job.first_chunk is None:
+                job.first_chunk = time.monotonic()
+                if self.metrics:
+                    self.metrics.ttfa.observe(job.first_chunk - job.submitted)
+            job.samples += len(chunk.pcm)
+            self._push(job, "chunk", chunk.pcm)
+        if ev.finished:
+            self._finish(job, ev.reason or "eos")

@@ -1,0 +1,85 @@
+"""`create_app(settings)`: wires routers, auth, errors and metrics; lifespan starts the scheduler (which loads the
+model and warms up on its own thread, so /health and /ready answer meanwhile) and drains it on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from csm_runtime.scheduler import Scheduler
+from csm_runtime.server import errors
+from csm_runtime.server.dependencies import read_token, require_bearer
+from csm_runtime.server.metrics import Metrics, RequestMetrics
+from csm_runtime.server.routers import health, models, speech, status, voices
+from csm_runtime.server.voices import load_reference_audio, load_voices
+from csm_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("csm_runtime.server")
+
+
+def default_loader(settings: RuntimeSettings) -> Callable[[], Any]:
+    """The production loader: the real StreamingGenerator for `settings.model` (runs on the scheduler thread)."""
+
+    def load():
+        from csm_runtime.generator import load_generator
+
+        return load_generator(settings.model, settings=settings)
+
+    return load
+
+
+def create_app(
+    settings: RuntimeSettings,
+    *,
+    loader: Callable[[], Any] | None = None,
+    profile: Any = None,
+) -> FastAPI:
+    """Build the app. `loader` returns a generator (default: `load_generator(settings.model)`); `profile` is what
+    /ready reports (the profile path or name the settings came from, or None). Bad voices or token files raise here,
+    before the server binds."""
+    token = read_token(settings.token_file)
+    voice_table = load_voices(settings.voices_dir)
+    load_generator = loader or default_loader(settings)
+    metrics = Metrics()
+
+    def load():
+        gen = load_generator()
+        load_reference_audio(voice_table, gen.sample_rate)
+        return gen
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler = Scheduler(
+            load, queue_size=settings.queue_size, request_timeout_s=settings.request_timeout_s, metrics=metrics
+        )
+        app.state.scheduler = scheduler
+        scheduler.start()
+        log.info(
+            "loading %s (max_streams=%s, queue_size=%s)", settings.model, settings.max_streams, settings.queue_size
+        )
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining streams (grace %.0f s)", settings.shutdown_grace_s)
+            await asyncio.to_thread(scheduler.stop, settings.shutdown_grace_s)
+
+    app = FastAPI(title="csm-runtime", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.token = token
+    app.state.voices = voice_table
+    app.state.metrics = metrics
+    app.state.profile = profile
+    errors.install(app)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    protected = APIRouter(dependencies=[Depends(require_bearer)])
+    for module in (status, speech, models, voices):
+        protected.include_router(module.router)
+    app.include_router(health.router)
+    app.include_router(protected)
+    return app

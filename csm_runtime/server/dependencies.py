@@ -1,0 +1,41 @@
+"""Request dependencies: the bearer-token check and accessors for what lifespan put on `app.state`."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from fastapi import Request
+
+from csm_runtime.server.errors import APIError
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The token is the file's content, stripped; an empty or unreadable file is an error, never 'no auth'."""
+    if not token_file:
+        return None
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {token_file}: {exc.strerror}") from None
+    if not token:
+        raise ValueError(f"token file {token_file} is empty")
+    return token
+
+
+async def require_bearer(request: Request) -> None:
+    """401 unless `Authorization: Bearer <token>` matches; constant-time compare so timing leaks nothing."""
+    expected: str | None = request.app.state.token
+    if expected is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise APIError(
+            401,
+            "missing bearer token: send `Authorization: Bearer <token>`",
+            code="missing_token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise APIError(401, "invalid bearer token", code="invalid_token", headers={"WWW-Authenticate": "Bearer"})

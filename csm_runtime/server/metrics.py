@@ -1,0 +1,83 @@
+"""Prometheus metrics, one registry per app (tests run several apps in one process without name clashes)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+TTFA_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    """Every number /metrics exposes; the scheduler and the request middleware write them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("csm_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.active_streams = Gauge("csm_active_streams", "Streams in the running decode batch", registry=r)
+        self.queue_depth = Gauge("csm_queue_depth", "Requests waiting for a free stream slot", registry=r)
+        self.batch_size = Histogram(
+            "csm_batch_size", "Streams decoded together in one frame step", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.ttfa = Histogram(
+            "csm_ttfa_seconds",
+            "Request admission to first audio chunk (queueing included)",
+            buckets=TTFA_BUCKETS,
+            registry=r,
+        )
+        self.rtf = Histogram(
+            "csm_rtf", "Wall seconds per audio second of a finished stream", buckets=RTF_BUCKETS, registry=r
+        )
+        self.frames = Counter("csm_frames_generated", "Audio frames (80 ms each) generated", registry=r)
+        self.audio_seconds = Counter("csm_audio_seconds", "Seconds of audio generated", registry=r)
+        self.finished = Counter("csm_streams_finished", "Streams that ended, by reason", ["reason"], registry=r)
+        self.rejected = Counter(
+            "csm_requests_rejected", "Requests refused before a stream opened", ["reason"], registry=r
+        )
+        self.step_seconds = Histogram(
+            "csm_step_seconds", "Wall time of one batched frame step", buckets=TTFA_BUCKETS, registry=r
+        )
+        self.ready = Gauge("csm_ready", "1 once the model is loaded and warmed up", registry=r)
+        self._gpu_memory = Gauge("csm_gpu_memory_bytes", "CUDA memory of this process", ["kind"], registry=r)
+        self._gpu_wired = False
+
+    def watch_gpu_memory(self, device: str) -> None:
+        """Expose torch's CUDA memory counters, read at scrape time; nothing on CPU."""
+        if self._gpu_wired or not str(device).startswith("cuda"):
+            return
+        import torch
+
+        self._gpu_memory.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device))
+        self._gpu_memory.labels("reserved").set_function(lambda: torch.cuda.memory_reserved(device))
+        self._gpu_memory.labels("max_allocated").set_function(lambda: torch.cuda.max_memory_allocated(device))
+        self._gpu_wired = True
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts every HTTP response by route template and status code."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, str(status["code"])).inc()

@@ -1,0 +1,32 @@
+"""`GET /v1/models`: the model this server runs, plus the OpenAI names accepted as aliases for it."""
+
+from fastapi import APIRouter, Request
+
+from csm_runtime.server.errors import APIError
+from csm_runtime.server.schemas import OPENAI_MODEL_ALIASES
+
+router = APIRouter(tags=["models"])
+
+
+def served_model_ids(request: Request) -> list[str]:
+    """Every `model` value /v1/audio/speech accepts: the served id first, then its aliases."""
+    served = request.app.state.settings.model
+    ids = [served, "csm-1b", *OPENAI_MODEL_ALIASES]
+    return list(dict.fromkeys(ids))
+
+
+def _model(model_id: str, served: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "csm-deploy", "root": served}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    served = request.app.state.settings.model
+    return {"object": "list", "data": [_model(m, served) for m in served_model_ids(request)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict:
+    if model_id not in served_model_ids(request):
+        raise APIError(404, f"unknown model {model_id!r}", param="model", code="model_not_found")
+    return _model(model_id, request.app.state.settings.model)

@@ -1,0 +1,182 @@
+"""`POST /v1/audio/speech`: OpenAI's speech endpoint, streamed as the frames are generated.
+
+Everything that can be wrong with a request is checked before a byte is sent (model, voice, format, speed,
+generation params, queue room), and the response starts only once the first chunk exists, so queueing problems
+(timeout, shutdown, a refused stream) still get a proper status. After that, chunks are encoded and sent as they
+come; a client that goes away cancels its stream at once (Starlette cancels the body iterator on disconnect, and the
+iterator also checks `is_disconnected()` while it waits).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from csm_runtime.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
+from csm_runtime.server.audio_formats import Encoder
+from csm_runtime.server.errors import APIError
+from csm_runtime.server.routers.models import served_model_ids
+from csm_runtime.server.schemas import SpeechRequest
+
+router = APIRouter(tags=["speech"])
+log = logging.getLogger("csm_runtime.server.speech")
+POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def build_params(settings, req: SpeechRequest):
+    """GenerationParams from the server's settings, narrowed by the request's optional CSM fields."""
+    from csm_runtime.types import GenerationParams
+
+    max_ms = settings.max_audio_ms if req.max_audio_ms is None else min(req.max_audio_ms, settings.max_audio_ms)
+    params = GenerationParams(
+        max_audio_ms=max_ms,
+        temperature=settings.temperature if req.temperature is None else req.temperature,
+        topk=settings.topk if req.topk is None else req.topk,
+        greedy=False,
+        seed=req.seed,
+        first_chunk_frames=settings.first_chunk_frames,
+        chunk_frames=settings.chunk_frames,
+    )
+    params.validate()
+    return params
+
+
+def _check(request: Request, req: SpeechRequest):
+    """Model, voice and speed checks that pydantic cannot do alone; returns the voice."""
+    if req.model not in served_model_ids(request):
+        raise APIError(
+            400,
+            f"unknown model {req.model!r}; this server runs {request.app.state.settings.model!r} "
+            f"(GET /v1/models lists accepted names)",
+            param="model",
+            code="model_not_found",
+        )
+    voices = request.app.state.voices
+    voice = voices.get(req.voice)
+    if voice is None:
+        raise APIError(
+            400, f"unknown voice {req.voice!r}; available: {', '.join(voices)}", param="voice", code="voice_not_found"
+        )
+    if req.speed != 1.0:
+        raise APIError(
+            400,
+            f"speed {req.speed} is not supported: CSM speaks at its own pace and this server does not "
+            "time-stretch audio (it would distort the voice); send speed 1.0",
+            param="speed",
+            code="unsupported_speed",
+        )
+    if not req.input.strip():
+        raise APIError(400, "input: must contain some text, not only whitespace", param="input", code="invalid_value")
+    return voice
+
+
+async def _next(ticket: Ticket, request: Request):
+    """Next chunk (None at the end), checking between polls that the client is still connected."""
+    while True:
+        try:
+            return await ticket.next(timeout=POLL_S)
+        except TimeoutError:
+            if await request.is_disconnected():
+                raise _ClientGone from None
+
+
+def _end_error(reason: str | None, timeout_s: float) -> APIError | None:
+    if reason == "timeout":
+        return APIError(504, f"request timed out after {timeout_s:g} s before any audio (server busy)", code="timeout")
+    if reason == "shutdown":
+        return APIError(503, "server is shutting down", code="shutting_down")
+    return None
+
+
+@router.post("/v1/audio/speech")
+async def create_speech(req: SpeechRequest, request: Request):
+    state = request.app.state
+    voice = _check(request, req)
+    try:
+        params = build_params(state.settings, req)
+    except ValueError as exc:
+        raise APIError(400, f"invalid generation parameters: {exc}", code="invalid_value") from None
+    try:
+        ticket = state.scheduler.submit(req.input, voice.speaker, voice.context, params)
+    except QueueFullError as exc:
+        state.metrics.rejected.labels("queue_full").inc()
+        raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except (NotReadyError, ShuttingDownError) as exc:
+        state.metrics.rejected.labels("not_ready").inc()
+        raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": "5"}) from None
+    rate = int(state.scheduler.generator.sample_rate)
+    encoder = Encoder(req.response_format, rate)
+
+    try:
+        first = await _next(ticket, request)
+    except _ClientGone:
+        ticket.cancel()
+        encoder.close()
+        return Response(status_code=499)
+    except StreamFailedError as exc:
+        encoder.close()
+        raise APIError(400 if exc.bad_input else 500, f"generation failed: {exc}", code="generation_failed") from None
+    err = _end_error(ticket.reason, state.settings.request_timeout_s) if first is None else None
+    if err is not None:
+        encoder.close()
+        raise err
+
+    headers = {"X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
+    if not req.stream:
+        return await _whole(ticket, request, encoder, first, headers)
+
+    async def body():
+        done = first is None
+        try:
+            if not done:
+                yield encoder.encode(first)
+            while not done:
+                chunk = await _next(ticket, request)
+                if chunk is None:
+                    break
+                data = encoder.encode(chunk)
+                if data:
+                    yield data
+            yield encoder.finish()
+        except _ClientGone:
+            log.info("client disconnected; stream cancelled")
+        except StreamFailedError as exc:  # mid-stream: the status is sent already, so end the body early
+            log.warning("stream failed mid-way: %s", exc)
+        finally:
+            ticket.cancel()  # no-op when it ended normally; frees the slot when the client went away
+            encoder.close()
+
+    return StreamingResponse(body(), media_type=encoder.media_type, headers=headers)
+
+
+async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, headers: dict) -> Response:
+    """`stream: false`: the same generation, sent as one body (a WAV then carries its real sizes)."""
+    parts = []
+    try:
+        chunk = first
+        while chunk is not None:
+            parts.append(chunk)
+            chunk = await _next(ticket, request)
+    except _ClientGone:
+        return Response(status_code=499)
+    except StreamFailedError as exc:
+        raise APIError(500, f"generation failed: {exc}", code="generation_failed") from None
+    finally:
+        ticket.cancel()
+    if encoder.format == "wav":
+        import numpy as np
+
+        from csm_runtime.server.audio_formats import to_int16, wav_header
+
+        encoder.close()
+        pcm = to_int16(np.concatenate(parts)) if parts else b""
+        data = wav_header(encoder.sample_rate, len(pcm)) + pcm
+    else:
+        data = b"".join(encoder.encode(p) for p in parts) + encoder.finish()
+    return Response(data, media_type=encoder.media_type, headers=headers)
