@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -200,10 +201,8 @@ class Scheduler:
 
     # ---- worker side -----------------------------------------------------------------------------------------
     def _push(self, job: Job, kind: str, value: Any) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the request's loop is closed: nobody is listening any more
             job.loop.call_soon_threadsafe(job.queue.put_nowait, (kind, value))
-        except RuntimeError:  # the request's loop is closed: nobody is listening any more
-            pass
 
     def _finish(self, job: Job, reason: str, error: BaseException | None = None) -> None:
         """End a job exactly once: tell its request, free its slot, count it."""
@@ -291,11 +290,8 @@ class Scheduler:
         if job.sid is not None and job.sid in self._active:
             self.generator.cancel(job.sid)
         else:
-            with self._cv:
-                try:
-                    self._pending.remove(job)
-                except ValueError:
-                    pass
+            with self._cv, contextlib.suppress(ValueError):
+                self._pending.remove(job)
         self._finish(job, reason)
 
     def _admit(self, gen, now: float, hard_stop: bool) -> None:
