@@ -23,7 +23,7 @@ class BatchFullError(RuntimeError):
 
 
 class DevFakeGenerator:
-    """DEVELOPMENT FAKE: StreamingGenerator's API, 1920 zero samples per frame, `params` = number of frames."""
+    """DEVELOPMENT FAKE: StreamingGenerator's API, 1920 zero samples per frame; `params` = frames or GenerationParams."""
 
     sample_rate = 24_000
 
@@ -50,7 +50,8 @@ class DevFakeGenerator:
         if len(self.streams) >= self.max_streams:
             raise BatchFullError("all slots busy")
         self._next += 1
-        self.streams[self._next] = [int(params), 0]
+        frames = params.max_audio_ms // 80 if hasattr(params, "max_audio_ms") else int(params)
+        self.streams[self._next] = [frames, 0]
         return self._next
 
     def cancel(self, sid: int) -> None:

@@ -1,0 +1,91 @@
+"""`csm-runtime serve`: settings -> profile -> app -> uvicorn, after refusing unsafe binds.
+
+Usage (registered in cli.py):
+    csm-runtime serve --model tiny-random --port 8000
+    csm-runtime serve --model sesame/csm-1b --host 0.0.0.0 --token-file /run/secrets/token --profile auto
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from typing import Any
+
+from csm_runtime.settings import RuntimeSettings, apply_overrides
+
+log = logging.getLogger("csm_runtime.serve")
+
+
+class ServeError(Exception):
+    """A reason not to start, fit for one line on stderr."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: RuntimeSettings) -> None:
+    """Anything reachable from outside this machine must be behind a token."""
+    if not settings.token_file and not is_loopback(settings.host):
+        raise ServeError(
+            f"refusing to bind {settings.host}:{settings.port} without a token: anyone who can reach it could use the "
+            "GPU. Pass --token-file FILE (or CSM_TOKEN_FILE), or bind 127.0.0.1 and tunnel."
+        )
+
+
+def resolve_profile(settings: RuntimeSettings, cli: dict[str, Any]) -> tuple[RuntimeSettings, Any]:
+    """THE call site for `--profile auto|off|PATH`: returns (settings with the profile applied, what /ready reports).
+
+    The profile logic itself belongs to csm_runtime/profile.py (autotune): it must expose
+    `profile_overrides(settings) -> (dict of RuntimeSettings fields, description or None)`. Until it exists, `auto`
+    means defaults and a PATH is read as a YAML of settings. Explicit command-line values win over the profile.
+    """
+    if settings.profile == "off":
+        return settings, None
+    try:
+        from csm_runtime.profile import profile_overrides
+    except ImportError:
+        if settings.profile == "auto":
+            return settings, None
+        from csm_runtime.settings import from_yaml
+
+        return apply_overrides(from_yaml(settings, settings.profile), cli, "command line"), settings.profile
+    overrides, description = profile_overrides(settings)
+    settings = apply_overrides(settings, overrides or {}, f"profile {description or settings.profile}")
+    return apply_overrides(settings, cli, "command line"), description
+
+
+def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_level: str = "info") -> int:
+    """Run the server until SIGINT/SIGTERM; returns the exit code. `cli` = the explicitly given options."""
+    import uvicorn
+
+    from csm_runtime.server import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli = {k: v for k, v in (cli or {}).items() if v is not None}
+    try:
+        check_bind(settings)
+        settings, profile = resolve_profile(settings, cli)
+        app = create_app(settings, profile=profile)
+    except (ServeError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    auth = "bearer token required" if settings.token_file else "no token (loopback only)"
+    log.info("serving %s on http://%s:%d (%s)", settings.model, settings.host, settings.port, auth)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,184 @@
+"""Speech client for a running csm-runtime server: stream `/v1/audio/speech` to a file, measure TTFA and RTF.
+
+Control-plane code: httpx only (no torch, no numpy). TTFA is the time from sending the request to the first audio
+byte as the client saw it; RTF is wall time / audio duration (below 1 means faster than real time). Audio duration is
+exact for wav/pcm (from the byte count); for flac/mp3/opus it is read back with soundfile when that is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from deploy.errors import DeployError, NotFoundError, UsageError
+
+SAMPLE_RATE = 24_000
+WAV_HEADER_BYTES = 44
+FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
+PLAYERS = (
+    ("ffplay", ["-nodisp", "-autoexit", "-loglevel", "error"]),
+    ("paplay", []),
+    ("aplay", ["-q"]),
+    ("afplay", []),
+)
+
+
+class GenerateError(DeployError):
+    """The server refused the request or the stream broke; the message is the server's own when it sent one."""
+
+
+@dataclass
+class Result:
+    path: str
+    format: str
+    bytes: int
+    audio_s: float | None
+    ttfa_s: float
+    wall_s: float
+
+    @property
+    def rtf(self) -> float | None:
+        return self.wall_s / self.audio_s if self.audio_s else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rtf": self.rtf}
+
+
+def read_token_file(path: str | Path | None) -> str | None:
+    if not path:
+        return None
+    try:
+        token = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token:
+        raise UsageError(f"token file {path} is empty")
+    return token
+
+
+def resolve_endpoint(instance_id: str, settings) -> tuple[str, str | None]:
+    """Rental ID -> (endpoint URL, token file) from the ledger row's meta (`endpoint`, `token_file`), which the
+    provision flow records once the runtime answers. Raises NotFoundError / UsageError with the next step."""
+    from deploy.ledger import open_ledger
+
+    try:
+        rid = int(instance_id)
+    except ValueError:
+        raise UsageError(f"instance ID must be a number (see `deploy status`), got {instance_id!r}") from None
+    with open_ledger(settings) as ledger:
+        rental = ledger.get(rid)
+    if rental is None:
+        raise NotFoundError(f"no rental {rid} in the ledger (see `deploy status`)")
+    endpoint = rental.meta.get("endpoint")
+    if not endpoint:
+        raise UsageError(f"rental {rid} has no recorded endpoint (status {rental.status}); pass --endpoint URL")
+    return str(endpoint), rental.meta.get("token_file")
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        body = json.loads(response.read() or b"{}")
+        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("detail")
+    except (ValueError, AttributeError):
+        message = None
+    return message or response.reason_phrase or "no message"
+
+
+def audio_seconds(path: Path, fmt: str, nbytes: int) -> float | None:
+    """Duration of what was written: exact from the size for wav/pcm; decoded (optional soundfile) otherwise."""
+    if fmt == "pcm":
+        return nbytes / 2 / SAMPLE_RATE
+    if fmt == "wav":
+        return max(0, nbytes - WAV_HEADER_BYTES) / 2 / SAMPLE_RATE
+    try:
+        import soundfile as sf
+    except ImportError:
+        return None
+    frames, rate = 0, SAMPLE_RATE
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate = f.samplerate
+            for block in f.blocks(blocksize=65536):
+                frames += len(block)
+    except Exception:  # noqa: BLE001 - a duration we cannot read is "unknown", not a failed download
+        return None
+    return frames / rate
+
+
+def fix_wav_header(path: Path) -> None:
+    """A streamed WAV says 'length unknown'; once the file is complete, write the real sizes for strict readers."""
+    size = path.stat().st_size
+    if size < WAV_HEADER_BYTES:
+        return
+    with path.open("r+b") as f:
+        head = f.read(WAV_HEADER_BYTES)
+        if head[:4] != b"RIFF" or head[36:40] != b"data":
+            return
+        f.seek(4)
+        f.write(struct.pack("<I", size - 8))
+        f.seek(40)
+        f.write(struct.pack("<I", size - WAV_HEADER_BYTES))
+
+
+def synthesize(
+    endpoint: str,
+    text: str,
+    out: str | Path,
+    *,
+    token: str | None = None,
+    voice: str = "alloy",
+    fmt: str = "wav",
+    model: str = "tts-1",
+    timeout_s: float = 600.0,
+    extra: dict | None = None,
+    on_progress: Callable[[int, float], None] | None = None,
+) -> Result:
+    """POST /v1/audio/speech and stream the body into `out`. `on_progress(bytes_so_far, seconds_since_start)`."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(out)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {"model": model, "input": text, "voice": voice, "response_format": fmt, **(extra or {})}
+    url = endpoint.rstrip("/") + "/v1/audio/speech"
+    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    nbytes, ttfa = 0, None
+    start = time.perf_counter()
+    try:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise GenerateError(f"server answered {response.status_code}: {_server_message(response)}")
+            with path.open("wb") as f:
+                for data in response.iter_bytes():
+                    if not data:
+                        continue
+                    if ttfa is None:
+                        ttfa = time.perf_counter() - start
+                    f.write(data)
+                    nbytes += len(data)
+                    if on_progress:
+                        on_progress(nbytes, time.perf_counter() - start)
+    except httpx.HTTPError as exc:
+        raise GenerateError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+    wall = time.perf_counter() - start
+    if fmt == "wav":
+        fix_wav_header(path)
+    return Result(str(path), fmt, nbytes, audio_seconds(path, fmt, nbytes), ttfa if ttfa is not None else wall, wall)
+
+
+def play(path: str | Path) -> str:
+    """Play a file with the first external player found; returns its name. No player -> GenerateError."""
+    for name, args in PLAYERS:
+        exe = shutil.which(name)
+        if exe:
+            subprocess.run([exe, *args, str(path)], check=False)
+            return name
+    names = ", ".join(n for n, _ in PLAYERS)
+    raise GenerateError(f"no audio player found (tried {names}); the audio is in {path}")

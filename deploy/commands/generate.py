@@ -1,0 +1,86 @@
+"""`deploy generate`: speak a text through a running server and save the audio, showing TTFA and RTF.
+
+Examples:
+    deploy generate 3 "Hello there." -o hello.wav                  # rental 3 from the ledger
+    deploy generate --endpoint http://127.0.0.1:8000 --token-file tok "Hi." -o hi.wav
+    deploy generate --endpoint http://127.0.0.1:8000 --voice echo --format mp3 "Hi." -o hi.mp3 --play
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deploy.client import FORMATS, play, read_token_file, resolve_endpoint, synthesize
+from deploy.errors import UsageError
+
+
+def _progress(nbytes: int, elapsed: float) -> None:
+    sys.stderr.write(f"\r  receiving: {nbytes / 1024:8.1f} KiB  {elapsed:6.2f} s")
+    sys.stderr.flush()
+
+
+def generate(
+    args: Annotated[
+        list[str], typer.Argument(help='[ID] "text": a ledger rental ID (or use --endpoint), then the text')
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="where to write the audio")] = Path("out.wav"),
+    endpoint: Annotated[
+        str | None, typer.Option(help="server URL, e.g. http://127.0.0.1:8000 (instead of an ID)")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding the bearer token")] = None,
+    voice: Annotated[str, typer.Option(help="voice name (GET /v1/voices)")] = "alloy",
+    fmt: Annotated[str, typer.Option("--format", help=f"one of {', '.join(FORMATS)}")] = "wav",
+    model: Annotated[str, typer.Option(help="model name sent to the server")] = "tts-1",
+    max_audio_ms: Annotated[int | None, typer.Option(help="cap the audio length (server setting by default)")] = None,
+    play_audio: Annotated[
+        bool, typer.Option("--play", help="play the file afterwards with ffplay/paplay/aplay")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Stream speech from the server into a file; progress on stderr, result (TTFA, RTF) on stdout."""
+    if len(args) == 2:
+        if endpoint:
+            raise UsageError("give either an instance ID or --endpoint, not both")
+        endpoint, recorded_token = resolve_endpoint(args[0], _deploy_settings())
+        token_file = token_file or (Path(recorded_token) if recorded_token else None)
+    elif len(args) != 1:
+        raise UsageError('expected [ID] "text" (the text in quotes)')
+    elif not endpoint:
+        raise UsageError("no server: pass an instance ID or --endpoint URL")
+    text = args[-1]
+    extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
+    result = synthesize(
+        endpoint,
+        text,
+        out,
+        token=read_token_file(token_file),
+        voice=voice,
+        fmt=fmt,
+        model=model,
+        extra=extra,
+        on_progress=None if as_json else _progress,
+    )
+    if not as_json:
+        sys.stderr.write("\n")
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        audio = f"{result.audio_s:.2f} s audio" if result.audio_s is not None else "audio length unknown"
+        rtf = f"RTF {result.rtf:.2f}" if result.rtf is not None else "RTF n/a (install soundfile to measure)"
+        typer.echo(
+            f"wrote {result.path}: {audio}, {result.bytes} bytes; TTFA {result.ttfa_s * 1000:.0f} ms, {rtf} "
+            f"(wall {result.wall_s:.2f} s)"
+        )
+    if play_audio:
+        play(result.path)
+
+
+def _deploy_settings():
+    from deploy.settings import load_settings
+
+    return load_settings()
