@@ -100,7 +100,7 @@ class VastCli:
 
     def run(self, *args: str, expect_output: bool = True) -> Any:
         """Run one command; return its parsed JSON (None when `expect_output` is False and it printed nothing)."""
-        command = " ".join(a for a in args if not a.startswith("-"))[:60]
+        command = " ".join(args[:2])
         env = dict(os.environ, VASTAI_NO_UPDATE_CHECK="1")
         started = time.monotonic()
         try:
@@ -126,6 +126,8 @@ class VastCli:
                 msg = f"vast.ai rejected the API key (HTTP 401: {msg}); set VAST_API_KEY or run `vastai set api-key`"
             elif code:
                 msg = f"HTTP {code}: {msg}"
+            else:
+                msg = f"unreadable answer from vast.ai ({msg})"
             raise VastError(msg, status_code=code, command=command)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no message)"]

@@ -1,0 +1,398 @@
+"""Talking to a box: over SSH with Fabric (`RemoteHost`), or to this machine with subprocess (`LocalHost`).
+
+Both have the same methods, so provision steps never care which one they hold: `run` (streamed output, timeout),
+`put` (sha256-checked), `start_detached` (survives our exit, pid + log file), `forward_port` (a local port that
+reaches a port on the box), `read_text`. Host keys: trust on first use, then the pinned key is the only one accepted.
+Fabric/paramiko are imported only when a RemoteHost is made, so `deploy --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from deploy.errors import HostKeyMismatchError, RemoteError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class Host(Protocol):
+    """What a provision step may do with a box."""
+
+    name: str
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        stream: bool = True,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult: ...
+
+    def put(self, local: str | Path, remote: str) -> str: ...
+
+    def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int: ...
+
+    def forward_port(
+        self, remote_port: int, local_port: int | None = None
+    ) -> contextlib.AbstractContextManager[int]: ...
+
+    def read_text(self, path: str, *, tail_lines: int | None = None) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env_prefix(env: dict[str, str] | None) -> str:
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+
+
+class _Tee:
+    """Writes remote output to the progress stream while keeping a copy."""
+
+    def __init__(self, sink: IO[str] | None):
+        self.sink = sink
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        if self.sink is not None:
+            self.sink.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SSH
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RemoteHost:
+    """A box over SSH (Fabric). `pinned_key` is "type base64"; when None the first key seen is handed to
+    `on_new_key` (which pins it in the ledger) and accepted."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        key_path: str | Path,
+        *,
+        pinned_key: str | None = None,
+        on_new_key: Callable[[str], None] | None = None,
+        connect_timeout: float = 10.0,
+        out: IO[str] | None = None,
+    ):
+        import paramiko
+        from fabric import Config, Connection
+
+        self.name = f"{user}@{host}:{port}"
+        self.host, self.port, self.user = host, int(port), user
+        self.out = out
+        self.pinned_key = pinned_key
+        self.seen_key: str | None = None
+        config = Config(overrides={"run": {"in_stream": False}, "load_ssh_configs": False})
+        self.conn = Connection(
+            host,
+            user=user,
+            port=int(port),
+            config=config,
+            connect_timeout=int(max(1, connect_timeout)),
+            connect_kwargs={
+                "key_filename": str(key_path),
+                "look_for_keys": False,
+                "allow_agent": False,
+                "banner_timeout": connect_timeout,
+                "auth_timeout": connect_timeout,
+            },
+        )
+        entry = host if self.port == 22 else f"[{host}]:{self.port}"
+        me = self
+
+        class _Policy(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+                text = f"{key.get_name()} {key.get_base64()}"
+                me.seen_key = text
+                if me.pinned_key is not None and me.pinned_key != text:
+                    raise HostKeyMismatchError(
+                        f"{me.name} presented host key {key.get_name()} {key.get_base64()[:16]}… but another key is "
+                        "pinned for it in the ledger: refusing to connect"
+                    )
+                if me.pinned_key is None:
+                    me.pinned_key = text
+                    if on_new_key is not None:
+                        on_new_key(text)
+
+        if pinned_key:
+            ktype, b64 = pinned_key.split(" ", 1)
+            with contextlib.suppress(Exception):  # an unknown key type: the policy still compares the text
+                self.conn.client.get_host_keys().add(entry, ktype, paramiko.PKey.from_type_string(ktype, b64.encode()))
+        self.conn.client.set_missing_host_key_policy(_Policy())
+
+    def open(self) -> None:
+        import paramiko
+
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyMismatchError(
+                f"{self.name} presented a host key different from the one pinned in the ledger: refusing to connect"
+            ) from exc
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        stream: bool = True,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult:
+        from invoke.exceptions import CommandTimedOut
+
+        started = time.monotonic()
+        out, err = _Tee(self._sink() if stream else None), _Tee(self._sink() if stream else None)
+        full = _env_prefix(env) + command
+        try:
+            res = self.conn.run(full, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err)
+        except CommandTimedOut:
+            raise RemoteError(f"{self.name}: `{command}` did not finish within {timeout:.0f} s") from None
+        result = CommandResult(command, res.exited, "".join(out.parts), "".join(err.parts), time.monotonic() - started)
+        if check and not result.ok:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            raise RemoteError(f"{self.name}: `{command}` exited {result.exit_code}: {tail[0]}")
+        return result
+
+    def _sink(self) -> IO[str]:
+        return self.out or sys.stderr
+
+    def put(self, local: str | Path, remote: str) -> str:
+        """Copy one file; returns its sha256 after checking the box computes the same."""
+        digest = sha256_file(local)
+        rel = remote[2:] if remote.startswith("~/") else remote
+        parent = os.path.dirname(rel)
+        if parent:
+            self.run(f"mkdir -p {shlex.quote(parent)}", stream=False)
+        self.conn.put(str(local), rel)
+        theirs = self.run(f"sha256sum {shlex.quote(rel)}", stream=False).stdout.split()[:1]
+        if theirs != [digest]:
+            raise RemoteError(f"{self.name}: checksum mismatch after copying {local} to {remote}")
+        return digest
+
+    def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int:
+        """Start `command` so it outlives this SSH session: output in ~/.csm-deploy-run/<name>.log, pid file beside."""
+        base = f".csm-deploy-run/{name}"
+        inner = _env_prefix(env) + command
+        line = (
+            f"mkdir -p .csm-deploy-run; nohup setsid bash -c {shlex.quote(inner)} > {base}.log 2>&1 < /dev/null "
+            f"& echo $! | tee {base}.pid"
+        )
+        res = self.run(line, stream=False)
+        try:
+            return int(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise RemoteError(f"{self.name}: could not start {name!r}: {res.stdout.strip()!r}") from None
+
+    @contextlib.contextmanager
+    def forward_port(self, remote_port: int, local_port: int | None = None) -> Iterator[int]:
+        port = local_port or free_port()
+        self.conn.open()
+        with self.conn.forward_local(port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
+            yield port
+
+    def read_text(self, path: str, *, tail_lines: int | None = None) -> str:
+        cmd = f"tail -n {int(tail_lines)} {shlex.quote(path)}" if tail_lines else f"cat {shlex.quote(path)}"
+        return self.run(cmd, stream=False).stdout
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_for_ssh(
+    make_host: Callable[[], RemoteHost],
+    *,
+    deadline: float,
+    what: str,
+    poll_s: float = 1.0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> RemoteHost:
+    """Open SSH until it answers or the monotonic `deadline` passes; host-key mismatches fail at once."""
+    import paramiko
+
+    last = "no attempt"
+    tries = 0
+    while True:
+        tries += 1
+        host = make_host()
+        try:
+            host.open()
+            host.run("true", stream=False, timeout=30)
+            log(f"{what}: SSH answers (1/1 ready) after {tries} tries")
+            return host
+        except HostKeyMismatchError:
+            host.close()
+            raise
+        except (OSError, EOFError, paramiko.SSHException, RemoteError) as exc:
+            last = f"{type(exc).__name__}: {exc}".strip()
+            host.close()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RemoteError(f"{what}: SSH did not answer before the deadline ({tries} tries; last: {last})")
+        log(f"{what}: waiting for SSH (0/1 ready): {last}")
+        time.sleep(min(poll_s, max(0.0, remaining)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# This machine
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LocalHost:
+    """This machine, for the `local` provider: same methods, subprocess instead of SSH. Commands run in `root`;
+    a path starting with `~/` in `put`/`read_text` means `root/`, so nothing lands in the operator's real home."""
+
+    def __init__(self, root: str | Path, *, out: IO[str] | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.name = f"local:{self.root}"
+        self.out = out
+
+    def path(self, p: str) -> Path:
+        if p.startswith("~/"):
+            return self.root / p[2:]
+        return self.root / p if not os.path.isabs(p) else Path(p)
+
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        stream: bool = True,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=self.root,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        sink = (self.out or sys.stderr) if stream else None
+        out, err = _Tee(sink), _Tee(sink)
+        threads = [
+            threading.Thread(target=lambda s=s, t=t: [t.write(line) for line in s], daemon=True)
+            for s, t in ((proc.stdout, out), (proc.stderr, err))
+        ]
+        for t in threads:
+            t.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RemoteError(f"{self.name}: `{command}` did not finish within {timeout:.0f} s") from None
+        for t in threads:
+            t.join()
+        result = CommandResult(
+            command, proc.returncode, "".join(out.parts), "".join(err.parts), time.monotonic() - started
+        )
+        if check and not result.ok:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+            raise RemoteError(f"{self.name}: `{command}` exited {result.exit_code}: {tail[0]}")
+        return result
+
+    def put(self, local: str | Path, remote: str) -> str:
+        digest = sha256_file(local)
+        dest = self.path(remote)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, dest)
+        if sha256_file(dest) != digest:
+            raise RemoteError(f"{self.name}: checksum mismatch after copying {local} to {dest}")
+        return digest
+
+    def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int:
+        run_dir = self.root / ".csm-deploy-run"
+        run_dir.mkdir(exist_ok=True)
+        with open(run_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=self.root,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    @contextlib.contextmanager
+    def forward_port(self, remote_port: int, local_port: int | None = None) -> Iterator[int]:
+        yield remote_port  # same machine: nothing to forward
+
+    def read_text(self, path: str, *, tail_lines: int | None = None) -> str:
+        text = self.path(path).read_text(errors="replace")
+        return "".join(text.splitlines(keepends=True)[-tail_lines:]) if tail_lines else text
+
+    def stop_all(self) -> list[int]:
+        """Terminate every process `start_detached` started here (the local provider's `destroy`)."""
+        stopped = []
+        for pidfile in sorted((self.root / ".csm-deploy-run").glob("*.pid")):
+            try:
+                pid = int(pidfile.read_text().strip())
+                os.killpg(pid, signal.SIGTERM)
+                stopped.append(pid)
+            except (ValueError, ProcessLookupError, PermissionError):
+                pass
+            pidfile.unlink(missing_ok=True)
+        return stopped
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,85 @@
+"""A real OpenSSH server on 127.0.0.1 for Fabric to talk to: its own host key, its own authorized_keys, in a tmp dir.
+
+Debian's /usr/sbin/sshd needs an absolute path, /run/sshd, and StrictModes off (the files live under /tmp).
+`authorized_keys` starts empty: the vast emulator's `attach ssh` appends the key, as vast does on a real box.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class Sshd:
+    host: str
+    port: int
+    user: str
+    host_key_pub: str  # "ssh-ed25519 AAAA..."
+    authorized_keys: Path
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return " ".join(path.with_suffix(".pub").read_text().split()[:2])
+
+
+def start_sshd(root: Path) -> Sshd:
+    if not os.path.exists(SSHD):
+        raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
+    os.makedirs("/run/sshd", exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    host_key = root / "ssh_host_ed25519_key"
+    pub = keygen(host_key)
+    auth = root / "authorized_keys"
+    auth.touch()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = root / "sshd_config"
+    config.write_text(
+        f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+AuthorizedKeysFile {auth}
+PidFile {root / "sshd.pid"}
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+Subsystem sftp internal-sftp
+AllowTcpForwarding yes
+LogLevel ERROR
+"""
+    )
+    with open(root / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(root / 'sshd.log').read_text()}") from None
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError("sshd did not listen within 10 s")
+    return Sshd("127.0.0.1", port, getpass.getuser(), pub, auth, proc)
