@@ -26,6 +26,10 @@ class RuntimeSettings:
     revision: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    mimi_weights: str = "auto"  # auto (random for *-random, else kyutai's Mimi via the HF cache) | random | PATH
+    max_seq_len: int = 2048  # backbone KV cache length per slot: context + request text + generated frames
+    init_seed: int = 0  # weights seed for the *-random models
+    cpu_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     # optimisations (the profile chooses these)
     compile: str = "off"  # off | default | reduce-overhead | max-autotune-no-cudagraphs
     cuda_graphs: bool = False
