@@ -42,3 +42,7 @@ class RemoteError(DeployError):
 
 class HostKeyMismatchError(RemoteError):
     """The box presented a host key different from the one pinned in the ledger."""
+
+
+class ProviderError(DeployError):
+    """The provider said no, or an instance did not reach the state we waited for; the message names the instance."""

@@ -1,0 +1,39 @@
+"""A box you already have (host, port, user, key): nothing to rent or destroy, only a ledger row and SSH."""
+
+from __future__ import annotations
+
+from deploy.providers.base import Log, OfferQuery, Provider, RentRequest
+from deploy.records import Box, Offer, State
+
+
+class SshProvider(Provider):
+    name = "ssh"
+
+    def __init__(self, host: str, port: int = 22, user: str = "root", rate_usd_h: float = 0.0):
+        self.host, self.port, self.user, self.rate = host, int(port), user, rate_usd_h
+
+    @property
+    def box_id(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    def search(self, query: OfferQuery) -> list[Offer]:
+        name = query.gpu.vast_name if query.gpu else "unknown"
+        return [Offer(provider=self.name, id=self.box_id, gpu_name=name, price_usd_h=self.rate, host_id=self.box_id)]
+
+    def rent(self, offer: Offer, request: RentRequest) -> str:
+        return self.box_id  # the box exists already; the ledger row is the "rental"
+
+    def _box(self) -> Box:
+        return Box(self.name, self.box_id, State.RUNNING, "running", None, self.host, self.port, self.user, self.rate)
+
+    def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
+        return self._box()  # "running" is all we can say; the connect step waits for SSH itself
+
+    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> None:
+        raise NotImplementedError("an SSH host you brought is not ours to destroy; teardown only closes its ledger row")
+
+    def list_owned(self, label_prefix: str) -> list[Box]:
+        raise NotImplementedError("a plain SSH host has no provider-side listing to reconcile against")
+
+    def get(self, provider_id: str) -> Box | None:
+        return self._box() if provider_id == self.box_id else None
