@@ -1,0 +1,143 @@
+"""`deploy`: the control plane's command line. This file is its table of contents.
+
+    deploy offers      list offers for a GPU, cheapest first          commands/offers.py
+    deploy provision   rent -> wait -> connect -> check (-> ...)      commands/provision.py
+    deploy status      ledger joined with live state, orphans, ghosts commands/status.py
+    deploy teardown    destroy, confirm, record the end               commands/teardown.py
+    deploy cost        rate x time, beside vast's own charges         commands/cost.py
+    deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
+    deploy logs        a rental's process log or ledger events        commands/logs.py
+
+Errors map to one line on stderr (`Error: ...`) and exit 1 via ERRORS below; DEPLOY_DEBUG=1 adds the traceback.
+Nothing heavy is imported here: `deploy --help` stays fast (no fabric, httpx or torch).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from importlib import import_module
+from typing import Annotated
+
+import typer
+
+# The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
+COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs")
+
+app = typer.Typer(
+    name="deploy",
+    help="Rent a GPU, track every rental in a local ledger, tear it down, and see what it cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def register(name: str) -> None:
+    """Add deploy/commands/<name>.py's function <name> as `deploy <name>` (one line per command)."""
+    app.command(name)(getattr(import_module(f"deploy.commands.{name}"), name))
+
+
+for _name in COMMANDS:
+    register(_name)
+
+
+def _show_config(value: bool) -> None:
+    if not value:
+        return
+    from deploy.commands._common import settings
+    from deploy.vast import VastError, api_key_source, find_vastai
+
+    s = settings()
+    for key, val in s.as_dict().items():
+        typer.echo(f"{key} = {val!r}    (DEPLOY_{key.upper()})")
+    typer.echo(f"ledger = {str(s.ledger_path)!r}")
+    typer.echo(f"ssh_key_path = {str(s.ssh_key_path)!r}")
+    try:
+        typer.echo(f"vastai = {find_vastai()!r}    (VASTAI_BIN)")
+    except VastError as exc:
+        typer.echo(f"vastai = None    ({exc})")
+    typer.echo(f"vast_api_key = {api_key_source()!r}    (where the key comes from; never the key)")
+    raise typer.Exit(0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from deploy import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_config: Annotated[
+        bool, typer.Option("--show-config", callback=_show_config, is_eager=True, help="Print the settings and exit.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Settings come from DEPLOY_* environment variables (see --show-config); state lives under DEPLOY_HOME."""
+
+
+def _errors() -> list[tuple[type[BaseException], Callable[[BaseException], str]]]:
+    """Most specific first; the first isinstance match wins."""
+    import sqlite3
+
+    from deploy.errors import DeployError
+    from deploy.gpus import UnknownGpuError
+    from deploy.settings import SettingsError
+
+    return [
+        (UnknownGpuError, str),
+        (SettingsError, str),
+        (DeployError, str),
+        (NotImplementedError, str),
+        (sqlite3.Error, lambda e: f"ledger: {e}"),
+        (KeyboardInterrupt, lambda e: "interrupted"),
+        (OSError, lambda e: f"{e.strerror or e}: {e.filename}" if getattr(e, "filename", None) else str(e)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    debug = os.environ.get("DEPLOY_DEBUG") == "1"
+    try:
+        result = app(args=argv, prog_name="deploy", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message())
+        return 2
+    except ClickException as exc:  # bad flags: one line, like our own errors
+        print(f"Error: {exc.format_message()}", file=sys.stderr)
+        return exc.exit_code or 2
+    except typer.Abort:
+        print("Error: aborted", file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        for kind, message in _errors():
+            if isinstance(exc, kind):
+                text = message(exc)
+                break
+        else:
+            text = f"unexpected {type(exc).__name__}: {exc} (DEPLOY_DEBUG=1 shows the traceback)"
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"Error: {' '.join(str(text).split())}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,62 @@
+"""What every command shares: options declared once (so a flag is spelled the same everywhere) and small helpers
+to get settings, the ledger and a provider."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+import typer
+
+from deploy.errors import UsageError
+from deploy.gpus import Gpu, resolve
+from deploy.settings import DeploySettings, load_settings
+
+Gpu_ = Annotated[str, typer.Option("--gpu", "-g", help="GPU alias: 4090, 3090, 5090, A100, H100, L40S, A6000, ...")]
+OptionalGpu = Annotated[str | None, typer.Option("--gpu", "-g", help="GPU alias (4090, A100, ...); optional here")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+Provider_ = Annotated[str, typer.Option("--provider", "-p", help="vast (rent), ssh (your own box), local (here).")]
+MaxPrice = Annotated[str | None, typer.Option("--max-price", help="Highest price in USD per hour.", show_default=False)]
+Disk = Annotated[float | None, typer.Option("--disk", help="Disk in GB [default: DEPLOY_DISK_GB].", show_default=False)]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+RentalId = Annotated[int, typer.Argument(help="Ledger ID of the rental (the ID column of `deploy status`).")]
+
+
+@lru_cache(maxsize=1)
+def settings() -> DeploySettings:
+    return load_settings()
+
+
+def gpu(alias: str | None) -> Gpu | None:
+    return None if alias is None else resolve(alias)
+
+
+def price(text: str | None) -> float | None:
+    """A positive number of USD per hour, or a one-line UsageError."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().lstrip("$"))
+    except ValueError:
+        raise UsageError(f"--max-price {text!r} is not a number (USD per hour, e.g. 0.45)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"--max-price must be a positive number of USD per hour, not {text!r}")
+    return value
+
+
+def positive(name: str, value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise UsageError(f"{name} must be positive, not {value!r}")
+    return value
+
+
+def open_ledger():  # -> Ledger (imported lazily)
+    from deploy.ledger import open_ledger as _open
+
+    return _open(settings())
+
+
+def provider(name: str, **options: object):  # -> Provider (imported lazily)
+    from deploy.providers import make_provider
+
+    return make_provider(name, settings(), **options)

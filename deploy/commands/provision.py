@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C, so a killed provision still destroys what it rented (SIGKILL cannot: the ledger
+    row is what saves us then)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def provision(
+    gpu: c.OptionalGpu = None,
+    provider: c.Provider_ = "vast",
+    max_price: c.MaxPrice = None,
+    image: Annotated[
+        str | None, typer.Option(help="Container image [default: DEPLOY_IMAGE].", show_default=False)
+    ] = None,
+    disk: c.Disk = None,
+    max_offers: Annotated[int | None, typer.Option(help="Offers to try before giving up.", show_default=False)] = None,
+    ready_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for `running`.", show_default=False)
+    ] = None,
+    ssh_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for SSH.", show_default=False)] = None,
+    keep_on_failure: Annotated[bool, typer.Option(help="Leave a failed box running for inspection.")] = False,
+    host: Annotated[str | None, typer.Option(help="ssh provider: the box's address.")] = None,
+    port: Annotated[int, typer.Option(help="ssh provider: the SSH port.")] = 22,
+    user: Annotated[str | None, typer.Option(help="ssh provider: the login [default: DEPLOY_SSH_USER].")] = None,
+    json_: c.Json = False,
+) -> None:
+    """Rent a box, wait until it runs and answers SSH, check it, and record everything in the ledger.
+
+    Offers are tried cheapest first; a box that fails is destroyed (unless --keep-on-failure) and the next is tried.
+
+    Examples:
+      deploy provision --gpu 4090 --max-price 0.5
+      deploy provision --provider local
+      deploy provision --provider ssh --host 203.0.113.7 --port 2222 --gpu 4090
+    """
+    from deploy.provision import ProvisionOptions
+    from deploy.provision import provision as run
+
+    s = c.settings()
+    if provider == "vast" and gpu is None:
+        from deploy.errors import UsageError
+
+        raise UsageError("--gpu is required for the vast provider (e.g. --gpu 4090)")
+    options = ProvisionOptions.from_settings(
+        s,
+        provider=provider,
+        gpu=c.gpu(gpu),
+        max_price=c.price(max_price),
+        image=image,
+        disk_gb=c.positive("--disk", disk),
+        max_offers=int(c.positive("--max-offers", max_offers) or s.max_offers),
+        ready_timeout_s=c.positive("--ready-timeout", ready_timeout),
+        ssh_timeout_s=c.positive("--ssh-timeout", ssh_timeout),
+        keep_on_failure=keep_on_failure,
+    )
+    prov = c.provider(provider, host=host, port=port, user=user)
+    _interrupt_on_sigterm()
+    with c.open_ledger() as ledger:
+        ctx = run(s, options, prov, ledger, log=output.progress)
+        rental = ctx.refresh()
+        if ctx.host is not None:
+            ctx.host.close()
+    summary = {
+        "id": rental.id,
+        "provider": rental.provider,
+        "provider_id": rental.provider_id,
+        "label": rental.label,
+        "gpu_name": rental.gpu_name,
+        "rate_usd_h": rental.rate_usd_h,
+        "ssh": f"{rental.ssh_user}@{rental.ssh_host}:{rental.ssh_port}" if rental.ssh_host else None,
+        "status": rental.status,
+        "check": (ctx.state.get("check") or "").strip().splitlines()[:1],
+    }
+    if json_:
+        output.emit_json(summary)
+    else:
+        output.emit_text(
+            f"ready: rental {rental.id} = {rental.provider} {rental.provider_id} ({rental.gpu_name}, "
+            f"{rental.rate_usd_h:.3f} USD/h); `deploy ssh {rental.id}`, `deploy teardown {rental.id}`"
+        )

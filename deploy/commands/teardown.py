@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+from deploy.errors import DeployError, NotFoundError, UsageError
+
+
+def teardown(
+    rental_id: Annotated[
+        int | None, typer.Argument(help="Ledger ID (see `deploy status`).", show_default=False)
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every open rental and every orphan carrying our label.")] = False,
+    yes: c.Yes = False,
+    json_: c.Json = False,
+) -> None:
+    """Destroy, confirm it is gone, and record the end time.
+
+    Examples:
+      deploy teardown 3
+      deploy teardown --all --yes
+    """
+    from deploy.provision import destroy_rental
+    from deploy.reconcile import reconcile
+
+    if (rental_id is None) == (not all_):
+        raise UsageError("give one rental ID or --all")
+    s = c.settings()
+    done: list[dict[str, object]] = []
+    failed: list[str] = []
+    with c.open_ledger() as ledger:
+        providers: dict[str, object] = {}
+
+        def prov(name: str):
+            if name not in providers:
+                providers[name] = c.provider(name, **_ssh_options(ledger, name))
+            return providers[name]
+
+        if all_:
+            rec = reconcile(ledger, s, prov)
+            targets = [e for e in rec.entries if e.kind in ("tracked", "ghost", "unconfirmed", "orphan")]
+            if not targets:
+                output.progress("nothing open: the ledger and the providers agree")
+            elif not yes:
+                _confirm(f"destroy {len(targets)} rentals ({', '.join(_name(e) for e in targets)})?")
+        else:
+            rental = ledger.get(rental_id)
+            if rental is None:
+                raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+            if not rental.is_open:
+                raise UsageError(f"rental {rental_id} is already closed ({rental.status})")
+            from deploy.reconcile import Entry
+
+            targets = [Entry("tracked", rental.provider, rental, None)]
+        for e in targets:
+            rental = e.rental
+            if rental is None or (e.kind == "orphan" and not rental.is_open):
+                rental = _record_orphan(ledger, s.label_prefix, e)
+            output.progress(f"tearing down rental {rental.id} ({rental.provider} {rental.provider_id or '-'})")
+            try:
+                final = destroy_rental(prov(rental.provider), ledger, rental, reason="teardown")
+            except (DeployError, OSError) as exc:
+                failed.append(f"rental {rental.id}: {exc}")
+                continue
+            done.append(
+                {"id": rental.id, "provider": rental.provider, "provider_id": rental.provider_id, "status": final}
+            )
+    if json_:
+        output.emit_json({"closed": done, "failed": failed})
+    else:
+        for d in done:
+            output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}")
+    if failed:
+        raise DeployError("teardown failed for " + "; ".join(failed) + " (run it again)")
+
+
+def _name(e) -> str:
+    return f"{e.kind} {e.rental.id if e.rental else e.box.id}"
+
+
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError(question.rstrip("?") + ": add --yes to confirm (stdin is not a terminal)")
+    if not typer.confirm(question):
+        raise typer.Exit(1)
+
+
+def _record_orphan(ledger, prefix: str, entry):
+    """An orphan gets a ledger row before it is destroyed, so its cost and end are on record too."""
+    from deploy import ledger as L
+
+    box = entry.box
+    rental = ledger.record_intent(
+        attempt_id="orphan",
+        provider=entry.provider,
+        label_prefix=prefix,
+        offer_id=None,
+        gpu_name=box.gpu_name,
+        rate_usd_h=box.price_usd_h or 0.0,
+        meta={"orphan_label": box.label},
+    )
+    ledger.record_rented(rental.id, box.id, started_at=box.started_at)
+    ledger.set_status(rental.id, L.RENTED, f"orphan adopted for teardown (label {box.label})")
+    return ledger.get(rental.id)
+
+
+def _ssh_options(ledger, name: str) -> dict[str, object]:
+    """The ssh provider is built from the box a rental names (user@host:port)."""
+    if name != "ssh":
+        return {}
+    for r in ledger.open_rentals("ssh"):
+        user, _, rest = (r.provider_id or "").partition("@")
+        host, _, port = rest.rpartition(":")
+        return {"host": host, "port": int(port or 22), "user": user}
+    return {"host": "unknown"}
