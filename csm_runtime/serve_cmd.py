@@ -89,3 +89,49 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def build_parser(parser=None):
+    """The `serve` options (argparse); cli.py registers this as its `serve` subcommand."""
+    import argparse
+
+    p = parser or argparse.ArgumentParser(prog="csm-runtime serve", description="Serve CSM as an OpenAI speech API.")
+    p.add_argument("--model", help="tiny-random | csm-1b-random | sesame/csm-1b | a local path")
+    p.add_argument("--host", help="bind address (default 127.0.0.1; anything else needs --token-file)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--token-file", help="file holding the bearer token every route but /health requires")
+    p.add_argument("--profile", help="auto | off | PATH of a profile YAML")
+    p.add_argument("--voices-dir", help="directory of extra voice YAML files")
+    p.add_argument("--max-streams", type=int, help="streams decoded together (default: the profile's)")
+    p.add_argument("--queue-size", type=int, help="requests that may wait for a slot before 429")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--config", help="YAML file of settings (applied before env and options)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--show-config", action="store_true", help="print the resolved settings and exit")
+    return p
+
+
+CLI_FIELDS = ("model", "host", "port", "token_file", "profile", "voices_dir", "max_streams", "queue_size", "device")
+
+
+def main(argv: list[str] | None = None, args=None) -> int:
+    """Parse `serve` options (or take parsed `args`), resolve settings, serve. Returns the exit code."""
+    import json
+
+    from csm_runtime.settings import SettingsError, load_settings
+
+    args = args if args is not None else build_parser().parse_args(argv)
+    cli = {name: getattr(args, name, None) for name in CLI_FIELDS}
+    try:
+        settings = load_settings(args.config, **cli)
+    except (SettingsError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if args.show_config:
+        print(json.dumps(settings.as_dict(), indent=2))
+        return 0
+    return serve(settings, cli, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
