@@ -1,0 +1,72 @@
+"""`profiles/<slug>.png`: RTF and TTFA against batch size, one line per setting, the rule's limits and the choice.
+
+Headless (matplotlib Agg), so it runs on a rented box with no display. Only measured rows are drawn; out-of-memory
+and failed rows are marked with an x on the axis so the reader sees where a line stopped and why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .profile import Profile
+
+
+def setting_label(dtype: str, compile_mode: str, cuda_graphs: bool) -> str:
+    return f"{dtype}, compile {compile_mode}{', CUDA graphs' if cuda_graphs else ''}"
+
+
+def plot_profile(profile: Profile, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fc = min(profile.sweep.first_chunk_frames)
+    fig, (ax_rtf, ax_ttfa) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    settings: dict[tuple, list] = {}
+    for c in profile.candidates:
+        settings.setdefault(c.setting, []).append(c)
+    for setting, rows in settings.items():
+        measured = [c for c in rows if c.measurement is not None]
+        if not measured:
+            continue
+        xs = [c.batch for c in measured]
+        label = setting_label(*setting)
+        (line,) = ax_rtf.plot(xs, [c.measurement.rtf for c in measured], marker="o", label=label)
+        ttfa = [(c.batch, c.measurement.ttfa_ms.get(fc)) for c in measured if c.measurement.ttfa_ms.get(fc)]
+        if ttfa:
+            ax_ttfa.plot(*zip(*ttfa, strict=True), marker="o", color=line.get_color(), label=label)
+        for c in rows:
+            if c.status in ("oom", "failed"):
+                ax_rtf.plot([c.batch], [0], marker="x", color=line.get_color(), markersize=10, clip_on=False)
+    chosen = profile.candidate(profile.chosen.candidate)
+    m = chosen.measurement
+    ax_rtf.plot([chosen.batch], [m.rtf], marker="*", color="black", markersize=16, zorder=5, label="chosen")
+    if m.ttfa_ms.get(fc):
+        ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], marker="*", color="black", markersize=16, zorder=5)
+    ax_rtf.axhline(profile.rule.rtf_max, color="green", linestyle="--", linewidth=1,
+                   label=f"RTF {profile.rule.rtf_max:g} (headroom)")  # fmt: skip
+    ax_rtf.axhline(1.0, color="red", linestyle=":", linewidth=1, label="real time")
+    ax_ttfa.axhline(profile.rule.ttfa_target_ms, color="green", linestyle="--", linewidth=1,
+                    label=f"TTFA target {profile.rule.ttfa_target_ms:g} ms")  # fmt: skip
+    for ax, ylabel in ((ax_rtf, "RTF (step time / 80 ms audio)"), (ax_ttfa, f"TTFA, first chunk {fc} frame(s) [ms]")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(profile.sweep.batches, [str(b) for b in profile.sweep.batches])
+        ax.set_xlabel("concurrent streams (batch)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    if max(c.measurement.rtf for c in profile.candidates if c.measurement) > 10 * profile.rule.rtf_max:
+        ax_rtf.set_yscale("log")
+    ax_rtf.legend(fontsize=7, loc="best")
+    ax_ttfa.legend(fontsize=7, loc="best")
+    ident = profile.identity
+    fig.suptitle(
+        f"{ident.device.name} ({profile.slug}) · {ident.model.id} · torch {ident.versions.torch} · "
+        f"{'quick' if profile.sweep.quick else 'full'} sweep · chosen: {profile.chosen.candidate}",
+        fontsize=9,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
