@@ -102,15 +102,36 @@ def audio_seconds(path: Path, fmt: str, nbytes: int) -> float | None:
         import soundfile as sf
     except ImportError:
         return None
-    frames, rate = 0, SAMPLE_RATE
     try:
         with sf.SoundFile(str(path)) as f:
-            rate = f.samplerate
-            for block in f.blocks(blocksize=65536):
-                frames += len(block)
+            rate, frames = f.samplerate, _count_frames(sf, f)
     except Exception:  # noqa: BLE001 - a duration we cannot read is "unknown", not a failed download
         return None
+    if fmt == "flac":
+        fix_flac_header(path, frames)
     return frames / rate
+
+
+def _count_frames(sf, f) -> int:
+    """Decode to the end without seeking: a streamed FLAC says 'length unknown', and soundfile's read()/blocks()
+    seek after every read, which libsndfile refuses for such a file. Hence the low-level read loop."""
+    n, total = 65536, 0
+    buf = sf._ffi.new("float[]", n * f.channels)
+    while got := sf._snd.sf_readf_float(f._file, buf, n):
+        total += got
+    return total
+
+
+def fix_flac_header(path: Path, frames: int) -> None:
+    """Write the real sample count into a streamed FLAC's STREAMINFO (it was 0 = unknown while streaming)."""
+    with path.open("r+b") as f:
+        head = f.read(26)
+        if len(head) < 26 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+            return
+        packed = int.from_bytes(head[18:26], "big")
+        packed = (packed & ~((1 << 36) - 1)) | (frames & ((1 << 36) - 1))
+        f.seek(18)
+        f.write(packed.to_bytes(8, "big"))
 
 
 def fix_wav_header(path: Path) -> None:
