@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 
 # The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
-COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs")
+COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate")
 
 app = typer.Typer(
     name="deploy",

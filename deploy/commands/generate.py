@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from deploy.client import FORMATS, play, read_token_file, resolve_endpoint, synthesize
+from deploy.commands._common import Json, settings
 from deploy.errors import UsageError
 
 
@@ -40,13 +41,13 @@ def generate(
     play_audio: Annotated[
         bool, typer.Option("--play", help="play the file afterwards with ffplay/paplay/aplay")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_json: Json = False,
 ) -> None:
     """Stream speech from the server into a file; progress on stderr, result (TTFA, RTF) on stdout."""
     if len(args) == 2:
         if endpoint:
             raise UsageError("give either an instance ID or --endpoint, not both")
-        endpoint, recorded_token = resolve_endpoint(args[0], _deploy_settings())
+        endpoint, recorded_token = resolve_endpoint(args[0], settings())
         token_file = token_file or (Path(recorded_token) if recorded_token else None)
     elif len(args) != 1:
         raise UsageError('expected [ID] "text" (the text in quotes)')
@@ -78,9 +79,3 @@ def generate(
         )
     if play_audio:
         play(result.path)
-
-
-def _deploy_settings():
-    from deploy.settings import load_settings
-
-    return load_settings()
