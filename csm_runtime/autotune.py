@@ -262,7 +262,8 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
 
 
-Progress = Callable[[str, int, int, Candidate | None], None]  # (phase 'start'|'done', index, total, candidate)
+# (phase 'start' | 'done', rows done, total rows, candidate id, the row once done)
+Progress = Callable[[str, int, int, str, Candidate | None], None]
 
 
 def planned_settings(plan: Plan) -> list[tuple[str, str, bool]]:
@@ -285,14 +286,14 @@ def run_sweep(base: RuntimeSettings, plan: Plan, *, progress: Progress | None = 
         stop: str | None = None
         for batch in plan.batches:
             cid = candidate_id(dtype, mode, graphs, batch)
-            report("start", len(rows), total, None)
+            report("start", len(rows), total, cid, None)
             common = {"id": cid, "dtype": dtype, "compile": mode, "cuda_graphs": graphs, "batch": batch}
             if skip or stop:
                 row = Candidate(**common, status="skipped", reason=skip or stop)
             else:
                 row, stop = _measure_one(factory, base, plan, common)
             rows.append(row)
-            report("done", len(rows), total, row)
+            report("done", len(rows), total, cid, row)
     release_memory(factory.device)
     return SweepResult(rows, round(time.perf_counter() - started, 1), facts, base, plan)
 

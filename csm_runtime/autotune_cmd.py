@@ -1,0 +1,195 @@
+"""`csm-runtime autotune`: sweep settings on this device and write `profiles/<slug>.yaml` + `.png`.
+
+Usage (registered in cli.py):
+    csm-runtime autotune --model csm-1b-random                 # full sweep on the GPU it finds
+    csm-runtime autotune --model tiny-random --quick --device cpu --out profiles/
+    csm-runtime autotune --model sesame/csm-1b --ttfa-target-ms 300 --batches 1,4,16 --json
+
+Progress goes to stderr (a rich bar on a terminal, one line per candidate otherwise, which is what `deploy autotune`
+streams over SSH); the result (paths, chosen settings, why) goes to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("csm_runtime.autotune")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser(parser=None):
+    """The `autotune` options (argparse); cli.py registers this as its `autotune` subcommand."""
+    import argparse
+
+    p = parser or argparse.ArgumentParser(prog="csm-runtime autotune", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="tiny-random | csm-1b-random | sesame/csm-1b | a local path (default: settings)")
+    p.add_argument("--quick", action="store_true", help="compile off vs default, batch 1-4, few frames")
+    p.add_argument("--out", default=None, help="profiles directory (default: settings.profiles_dir)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--ttfa-target-ms", type=float, help="time-to-first-audio target of the rule (default 500)")
+    p.add_argument("--rtf-max", type=float, help="real-time headroom of the rule (default 0.8)")
+    p.add_argument("--batches", help="comma-separated batch sizes to try (default 1,2,4,8,16,32; quick 1,2,4)")
+    p.add_argument("--compile", dest="compile_modes", help="comma-separated compile modes to try")
+    p.add_argument("--dtypes", help="comma-separated dtypes to try (float32, bfloat16, float16)")
+    p.add_argument("--timed-frames", type=int, help="timed decode steps per candidate")
+    p.add_argument("--warmup-frames", type=int, help="untimed decode steps per candidate after warm-up")
+    p.add_argument("--stop-rtf", type=float, help="stop growing a setting's batch once RTF passes this (default 1)")
+    p.add_argument("--cpu-threads", type=int, help="torch threads on CPU (0 = torch's default)")
+    p.add_argument("--config", help="YAML file of settings (applied before env and options)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    return p
+
+
+def plan_from_args(args, device_kind: str):
+    from .autotune import default_plan
+
+    changes = {}
+    if args.batches:
+        changes["batches"] = _ints(args.batches)
+    if args.compile_modes:
+        changes["compile_modes"] = _words(args.compile_modes)
+    if args.dtypes:
+        changes["dtypes"] = _words(args.dtypes)
+    for name in ("timed_frames", "warmup_frames", "stop_rtf", "rtf_max", "ttfa_target_ms"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if changes.get("timed_frames", 1) < 1:
+        raise ValueError("--timed-frames must be >= 1")
+    return default_plan(device_kind, quick=args.quick, **changes)
+
+
+class _Reporter:
+    """A rich progress bar on a terminal; plain lines (flushed) when stderr is a pipe, e.g. over SSH."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]autotune[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=Console(stderr=True),
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, phase, done, total, cid, row) -> None:
+        if self.progress is not None:
+            if self.task is None:
+                self.task = self.progress.add_task("", total=total)
+            self.progress.update(self.task, completed=done, description=cid)
+            if phase == "done":
+                self.progress.console.print(f"  {describe_row(row)}", highlight=False)
+        elif phase == "done":
+            sys.stderr.write(f"[{done}/{total}] {describe_row(row)}\n")
+            sys.stderr.flush()
+
+
+def describe_row(row) -> str:
+    if row.measurement is None:
+        return f"{row.id}: {row.status} ({row.reason})"
+    m = row.measurement
+    ttfa = ", ".join(f"{k}f {v:.0f}" for k, v in sorted(m.ttfa_ms.items()))
+    return (
+        f"{row.id}: RTF {m.rtf:.2f}, {m.ms_per_frame_p50:.1f} ms/frame p50 ({m.ms_per_frame_p95:.1f} p95), "
+        f"TTFA ms {ttfa}, compile {m.compile_s:.1f} s, mem {m.peak_memory_mb or 0:.0f} MiB"
+    )
+
+
+def autotune(args) -> dict:
+    """Run the sweep the options describe; returns what is printed (paths, chosen settings, why)."""
+    from .autotune import build_profile, run_sweep
+    from .identity import detect_device
+    from .profile import dump_profile, profile_path
+    from .profile_plot import plot_profile
+    from .settings import load_settings
+
+    base = load_settings(args.config, model=args.model, device=args.device, cpu_threads=args.cpu_threads)
+    facts = detect_device(base.device)
+    plan = plan_from_args(args, facts.kind)
+    out_dir = Path(args.out or base.profiles_dir)
+    yaml_path = profile_path(out_dir, facts.slug)
+    png_path = yaml_path.with_suffix(".png")
+    sys.stderr.write(
+        f"autotune {base.model} on {facts.name} ({facts.slug}): {'quick' if plan.quick else 'full'} sweep, "
+        f"batches {','.join(map(str, plan.batches))}, compile {','.join(plan.compile_modes)}\n"
+    )
+    with _Reporter() as reporter:
+        result = run_sweep(base, plan, progress=reporter)
+    profile = build_profile(result, plot=None if args.no_plot else png_path.name)
+    dump_profile(profile, yaml_path)
+    if not args.no_plot:
+        plot_profile(profile, png_path)
+    return {
+        "profile": str(yaml_path),
+        "plot": None if args.no_plot else str(png_path),
+        "slug": profile.slug,
+        "chosen": profile.chosen.candidate,
+        "settings": profile.chosen.settings.overrides(),
+        "realtime": profile.chosen.realtime,
+        "why": profile.chosen.why,
+        "duration_s": result.duration_s,
+        "measured": sum(c.status == "measured" for c in profile.candidates),
+        "skipped": sum(c.status == "skipped" for c in profile.candidates),
+        "oom": sum(c.status == "oom" for c in profile.candidates),
+        "failed": sum(c.status == "failed" for c in profile.candidates),
+    }
+
+
+def main(argv: list[str] | None = None, args=None) -> int:
+    if args is None:
+        args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .autotune import AutotuneError
+
+    try:
+        summary = autotune(args)
+    except (ValueError, AutotuneError, OSError) as exc:  # SettingsError, ProfileError, ModelLoadError are ValueErrors
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        s = summary["settings"]
+        print(f"wrote {summary['profile']}" + (f" and {summary['plot']}" if summary["plot"] else ""))
+        print(
+            f"chosen {summary['chosen']}: max_streams {s['max_streams']}, dtype {s['dtype']}, compile {s['compile']}, "
+            f"cuda_graphs {str(s['cuda_graphs']).lower()}, first_chunk_frames {s['first_chunk_frames']}"
+        )
+        print(f"why: {summary['why']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
