@@ -1,0 +1,166 @@
+"""Shared test fixtures.
+
+- A network guard (autouse): any in-process connect to an address outside loopback (and outside 10.200.0.0/16, the
+  network namespaces tests/netns_box.py creates on links of its own) fails the test, and the run fails at the end
+  even if the code under test swallowed the error. Subprocesses (the vastai CLI, ssh, sshd) cannot be patched from
+  here; they are pointed at 127.0.0.1 by their environment instead (VAST_URL, ssh_host), and the emulator is the only
+  vast.ai they know.
+- Each test gets its own DEPLOY_HOME (autouse), so no test sees another's ledger or the operator's real one.
+- `sshd` (one real OpenSSH server for the session), `vast` (a fresh vast.ai emulator per test whose instances point at
+  that sshd), `vast_env` (the environment the real vastai CLI and `deploy` need to talk to it), `deploy_cli` (runs the
+  real console script).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_BIN = ROOT / ".venv" / "bin" / "deploy"
+ALLOWED_NETWORKS = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+    ipaddress.ip_network("10.200.0.0/16"),  # our own network namespaces (tests/netns_box.py)
+)
+_violations: list[str] = []
+
+
+def _allowed(address: object) -> bool:
+    if not isinstance(address, tuple) or not address:
+        return True  # AF_UNIX paths and the like
+    host = str(address[0])
+    if host in ("localhost", ""):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False  # a name we would have to resolve: not loopback by construction
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in ALLOWED_NETWORKS)
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _allowed(address):
+            _violations.append(repr(address))
+            raise ConnectionRefusedError(f"test network guard: connection to non-loopback {address!r} refused")
+
+    def connect(self: socket.socket, address: object) -> None:
+        check(self, address)
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: object) -> int:
+        check(self, address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _violations:
+        sys.stderr.write(f"\nnetwork guard: non-loopback connections attempted: {sorted(set(_violations))}\n")
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def deploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "deploy-home"
+    monkeypatch.setenv("DEPLOY_HOME", str(home))
+    try:
+        from deploy.commands import _common
+
+        _common.settings.cache_clear()
+    except ImportError:
+        pass
+    return home
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests.sshd import start_sshd
+
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.skip("openssh-server is not installed (/usr/sbin/sshd); .ci/run installs it")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vast(sshd: object) -> Iterator[object]:
+    """The vast.ai emulator (vast.ai itself cannot be reached here); its boxes are the real loopback sshd."""
+    from tests.vast_emulator import VastEmulator
+
+    emu = VastEmulator(ssh_host=sshd.host, ssh_port=sshd.port, authorized_keys=sshd.authorized_keys)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def vast_env(vast: object, sshd: object, tmp_path: Path, deploy_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Environment for the real vastai CLI and `deploy`: emulator URL, key, private HOME/XDG dirs, fast polling.
+
+    Also applied to this process (monkeypatch), so in-process calls see the same thing.
+    """
+    home = tmp_path / "home"
+    env = {
+        "VAST_URL": vast.url,
+        "VAST_API_KEY": vast.api_key,
+        "VASTAI_NO_UPDATE_CHECK": "1",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "DEPLOY_HOME": str(deploy_home),
+        "DEPLOY_POLL_INTERVAL_S": "0.2",
+        "DEPLOY_SSH_USER": sshd.user,
+        "DEPLOY_READY_TIMEOUT_S": "30",
+        "DEPLOY_SSH_TIMEOUT_S": "20",
+        "DEPLOY_CHECK_COMMAND": "uname -sm",
+        "DEPLOY_VAST_TIMEOUT_S": "30",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from deploy.commands import _common
+
+    _common.settings.cache_clear()
+    return {**os.environ, **env}
+
+
+def run_deploy(args: list[str], env: dict, *, timeout: float = 120, input: str | None = None):  # noqa: A002
+    """The real console script, as an operator runs it."""
+    return subprocess.run(
+        [str(DEPLOY_BIN), *args], env=env, capture_output=True, text=True, timeout=timeout, input=input
+    )
+
+
+@pytest.fixture
+def deploy_cli(vast_env: dict):
+    def run(*args: str, timeout: float = 120, env: dict | None = None):
+        return run_deploy(list(args), {**vast_env, **(env or {})}, timeout=timeout)
+
+    return run
+
+
+def unknown_running(vast: object, deploy_home: Path) -> set[str]:
+    """Instances the emulator runs that the ledger has no open row for: must always be empty."""
+    from deploy.ledger import Ledger
+
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        known = {r.provider_id for r in ledger.open_rentals("vast")}
+    return vast.running_ids() - known
