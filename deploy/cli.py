@@ -7,6 +7,7 @@
     deploy cost        rate x time, beside vast's own charges         commands/cost.py
     deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
+    deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
 
 Errors map to one line on stderr (`Error: ...`) and exit 1 via ERRORS below; DEPLOY_DEBUG=1 adds the traceback.
 Nothing heavy is imported here: `deploy --help` stays fast (no fabric, httpx or torch).
@@ -23,7 +24,7 @@ from typing import Annotated
 import typer
 
 # The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
-COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate")
+COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate", "autotune")
 
 app = typer.Typer(
     name="deploy",

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+from deploy.errors import NotFoundError
+
+
+def autotune(
+    rental_id: c.RentalId,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="compile off vs default, batch 1-4: minutes, not an hour")
+    ] = False,
+    model: Annotated[
+        str, typer.Option(help="model to sweep with; csm-1b-random has CSM-1B's shape and needs no download")
+    ] = "csm-1b-random",
+    out: Annotated[
+        Path, typer.Option("--out", help="local profiles directory the YAML and PNG are copied into")
+    ] = Path("profiles"),
+    runtime: Annotated[
+        str | None, typer.Option(help="how to run csm-runtime on the box [default: the rental's, else csm-runtime]")
+    ] = None,
+    sweep_args: Annotated[
+        str, typer.Option("--sweep-args", help="extra `csm-runtime autotune` options, e.g. '--batches 1,4,16'")
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="seconds the sweep may take on the box")] = 3600.0,
+    json_: c.Json = False,
+) -> None:
+    """Sweep compile, CUDA-graph and batch settings on a rental; copy profiles/<gpu>.yaml and .png back here.
+
+    The sweep's progress streams to stderr; the result is recorded in the ledger (event + the rental's meta).
+
+    Examples:
+      deploy autotune 3 --quick
+      deploy autotune 3 --model sesame/csm-1b --sweep-args "--ttfa-target-ms 300"
+    """
+    from deploy.autotune_remote import DEFAULT_RUNTIME, run_autotune
+    from deploy.providers import host_for
+
+    s = c.settings()
+    with c.open_ledger() as ledger:
+        rental = ledger.get(rental_id)
+        if rental is None:
+            raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+        if not rental.is_open:
+            raise NotFoundError(f"rental {rental_id} is {rental.status}: nothing to autotune on")
+        runtime = runtime or rental.meta.get("runtime_cmd") or DEFAULT_RUNTIME
+        ledger.event(rental_id, "autotune", f"start: model {model}, {'quick' if quick else 'full'} sweep")
+        host = host_for(rental, s, ledger)
+        try:
+            result = run_autotune(
+                host,
+                model=model,
+                quick=quick,
+                out_dir=out,
+                workdir=rental.meta.get("remote_dir") or s.remote_dir,
+                runtime=runtime,
+                extra=sweep_args,
+                timeout=timeout,
+                log=output.progress,
+            )
+        except Exception as exc:
+            ledger.event(rental_id, "autotune_failed", " ".join(str(exc).split())[:500])
+            raise
+        finally:
+            host.close()
+        chosen = result.summary.get("settings", {})
+        ledger.event(
+            rental_id,
+            "autotuned",
+            f"{result.slug}: {result.summary.get('chosen')} max_streams {chosen.get('max_streams')} -> {result.profile}",
+        )
+        ledger.update_meta(
+            rental_id,
+            profile={
+                "slug": result.slug,
+                "path": str(result.profile),
+                "sha256": result.summary.get("sha256"),
+                "chosen": result.summary.get("chosen"),
+                "settings": chosen,
+                "realtime": result.summary.get("realtime"),
+                "model": model,
+                "quick": quick,
+            },  # fmt: skip
+        )
+    if json_:
+        output.emit_json(result.as_dict())
+    else:
+        output.emit_text(
+            f"profile {result.profile}" + (f" and {result.plot}" if result.plot else "") + f" ({result.slug})\n"
+            f"chosen {result.summary.get('chosen')}: max_streams {chosen.get('max_streams')}, compile "
+            f"{chosen.get('compile')}, cuda_graphs {chosen.get('cuda_graphs')}, dtype {chosen.get('dtype')}\n"
+            f"why: {result.summary.get('why')}"
+        )

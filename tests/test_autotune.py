@@ -1,0 +1,266 @@
+"""Autotune: the choice rule on known tables, and a real quick sweep of tiny-random on this CPU through the command,
+whose profile validates, whose choice is the rule's best among the measured rows, and which the runtime applies.
+
+The sweep uses compile off only: an inductor compile of the tiny model takes minutes on a busy 2-core CI box, and the
+compile path is the generator's (tested there). CUDA-graph rows are in the plan and must come back skipped on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from csm_runtime.autotune import (
+    AutotuneError,
+    candidate_id,
+    choose,
+    default_plan,
+    setting_skip_reason,
+)
+from csm_runtime.autotune_cmd import main as autotune_main
+from csm_runtime.identity import detect_device
+from csm_runtime.profile import Candidate, Measurement, Rule, apply_profile, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+RULE = Rule(rtf_max=0.8, ttfa_target_ms=300, text="test")
+
+
+def row(compile_mode: str, batch: int, rtf: float | None, ttfa: float = 100.0, graphs: bool = False,
+        status: str = "measured") -> Candidate:  # fmt: skip
+    m = None
+    if rtf is not None:
+        m = Measurement(frames_timed=4, ms_per_frame_p50=rtf * 80, ms_per_frame_p95=rtf * 80,
+                        ms_per_frame_mean=rtf * 80, rtf=rtf, ttfa_ms={1: ttfa, 2: ttfa + 60, 4: ttfa + 180},
+                        prefill_ms=1, peak_memory_mb=1, memory_kind="process_rss", compile_s=0, warmup_s=0,
+                        cuda_graphs_active=graphs)  # fmt: skip
+    return Candidate(id=candidate_id("bfloat16", compile_mode, graphs, batch), dtype="bfloat16", compile=compile_mode,
+                     cuda_graphs=graphs, batch=batch, status=status, measurement=m,
+                     reason=None if status == "measured" else "test")  # fmt: skip
+
+
+# --- the rule ---------------------------------------------------------------------------------------------------
+
+
+def test_most_streams_within_rtf_and_ttfa_wins():
+    table = [
+        row("off", 1, 0.30), row("off", 2, 0.50), row("off", 4, 0.90),  # b4 misses RTF 0.8
+        row("default", 1, 0.20), row("default", 2, 0.35), row("default", 4, 0.60, ttfa=400),  # b4 misses TTFA
+        row("default", 8, None, status="oom"),
+    ]  # fmt: skip
+    choice = choose(table, RULE, (1, 2, 4))
+    assert choice.realtime and choice.settings.max_streams == 2
+    # off/b2 and default/b2 both qualify at 2 streams: default has the lower single-stream latency (0.20 < 0.30)
+    assert choice.candidate == "bfloat16/default/no-graphs/b2"
+    assert choice.settings.first_chunk_frames == 4  # TTFA 100/160/280 ms: all within 300, take the largest
+    assert "2 candidate(s) reach it" in choice.why
+
+
+def test_first_chunk_is_the_largest_within_the_target():
+    choice = choose([row("off", 1, 0.3, ttfa=50)], RULE, (1, 2, 4))
+    assert choice.settings.first_chunk_frames == 4  # 50, 110, 230 ms all <= 300: take the most buffered audio
+    choice = choose([row("off", 1, 0.3, ttfa=200)], RULE, (1, 2, 4))
+    assert choice.settings.first_chunk_frames == 2  # 260 fits, 380 does not
+
+
+def test_tie_on_streams_goes_to_lower_single_stream_latency_not_lower_batch_rtf():
+    table = [
+        row("off", 1, 0.10), row("off", 4, 0.70),  # fastest alone
+        row("default", 1, 0.15), row("default", 4, 0.40),  # faster at batch 4, slower alone
+    ]  # fmt: skip
+    assert choose(table, RULE, (1,)).candidate == "bfloat16/off/no-graphs/b4"
+
+
+def test_nothing_real_time_keeps_the_fastest_single_stream_and_says_so():
+    table = [row("off", 1, 3.0), row("off", 2, 2.5), row("default", 1, 2.0), row("default", 2, 1.8)]
+    choice = choose(table, RULE, (1, 2))
+    assert not choice.realtime
+    assert choice.candidate == "bfloat16/default/no-graphs/b1" and choice.settings.max_streams == 1
+    assert "cannot serve this model in real time" in choice.why
+
+
+def test_no_measured_row_is_an_error_listing_the_reasons():
+    with pytest.raises(AutotuneError, match="out of memory"):
+        choose([row("off", 1, None, status="oom").model_copy(update={"reason": "out of memory"})], RULE, (1,))
+
+
+@pytest.mark.parametrize(
+    "setting,device,reason",
+    [
+        (("float32", "off", True), "cpu", "CUDA graphs need a CUDA device; this is cpu"),
+        (("bfloat16", "reduce-overhead", True), "cuda", "captures CUDA graphs itself"),
+        (("float16", "off", False), "cpu", "float16 is a GPU dtype"),
+        (("bfloat16", "default", True), "cuda", None),
+        (("float32", "default", False), "cpu", None),
+    ],
+)
+def test_skip_reasons(setting, device, reason):
+    got = setting_skip_reason(*setting, device)
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_plans_cover_the_spec():
+    full = default_plan("cuda")
+    assert full.batches == (1, 2, 4, 8, 16, 32) and set(full.cuda_graphs) == {False, True}
+    assert {"off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"} == set(full.compile_modes)
+    quick = default_plan("cpu", quick=True)
+    assert quick.compile_modes == ("off", "default") and quick.batches == (1, 2, 4) and True in quick.cuda_graphs
+
+
+def test_bad_options_are_one_line_errors(capsys):
+    assert autotune_main(["--model", "tiny-random", "--device", "cpu", "--batches", "0,2"]) == 2
+    assert capsys.readouterr().err.strip() == "Error: expected positive integers, got '0,2'"
+
+
+# --- a real sweep on this CPU -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """`csm-runtime autotune --quick` for tiny-random on CPU, as a process (compile off, batches 1 and 2)."""
+    out = tmp_path_factory.mktemp("profiles")
+    cmd = [sys.executable, "-m", "csm_runtime.autotune_cmd", "--model", "tiny-random", "--quick", "--device", "cpu",
+           "--cpu-threads", "1", "--compile", "off", "--batches", "1,2", "--stop-rtf", "1000", "--warmup-frames", "1",
+           "--timed-frames", "3", "--out", str(out), "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(proc.stdout), proc.stderr
+
+
+def test_sweep_writes_a_valid_profile_and_plot(swept):
+    out, summary, stderr = swept
+    slug = detect_device("cpu").slug
+    assert summary["profile"] == str(out / f"{slug}.yaml")
+    profile = load_profile(summary["profile"])
+    assert profile.slug == slug and profile.identity.model.id == "tiny-random" and profile.sweep.quick
+    assert profile.identity.versions.torch and profile.identity.device.kind == "cpu"
+    png = out / f"{slug}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # progress over a pipe is one line per candidate
+    assert "[1/4] float32/off/no-graphs/b1: RTF" in stderr and "[4/4]" in stderr
+
+
+def test_sweep_records_gpu_candidates_as_skipped_on_cpu(swept):
+    profile = load_profile(swept[1]["profile"])
+    graphs = [c for c in profile.candidates if c.cuda_graphs]
+    assert len(graphs) == 2 and all(c.status == "skipped" and "need a CUDA device" in c.reason for c in graphs)
+    measured = [c for c in profile.candidates if c.status == "measured"]
+    assert [c.batch for c in measured] == [1, 2]
+    for c in measured:
+        m = c.measurement
+        assert m.frames_timed == 3 and m.rtf > 0 and set(m.ttfa_ms) == {1, 2} and m.ttfa_ms[2] > m.ttfa_ms[1]
+        assert m.ms_per_frame_p95 >= m.ms_per_frame_p50 and not m.cuda_graphs_active
+
+
+def test_chosen_is_the_rules_best_among_the_measured(swept):
+    """Re-derive the choice here, independently of autotune.choose, from the rule the profile states."""
+    p = load_profile(swept[1]["profile"])
+    rule, fc = p.rule, min(p.sweep.first_chunk_frames)
+    measured = [c for c in p.candidates if c.status == "measured"]
+    single = {c.setting: c.measurement.ms_per_frame_mean for c in measured if c.batch == 1}
+    ok = [c for c in measured if c.measurement.rtf <= rule.rtf_max and c.measurement.ttfa_ms[fc] <= rule.ttfa_target_ms]
+    if ok:
+        top = max(c.batch for c in ok)
+        best = min((c for c in ok if c.batch == top), key=lambda c: single[c.setting])
+        assert p.chosen.realtime and p.chosen.settings.max_streams == top
+    else:
+        best = min((c for c in measured if c.batch == 1), key=lambda c: c.measurement.ms_per_frame_mean)
+        assert not p.chosen.realtime and p.chosen.settings.max_streams == 1
+    assert p.chosen.candidate == best.id
+    assert p.chosen.measurement == best.measurement
+    assert p.chosen.why
+
+
+def test_runtime_loads_and_applies_the_swept_profile(swept):
+    from csm_runtime.generator import load_generator
+    from csm_runtime.settings import RuntimeSettings
+
+    out, summary, _ = swept
+    profile = load_profile(summary["profile"])
+    base = RuntimeSettings(model="tiny-random", device="cpu", profiles_dir=str(out), max_streams=7, max_seq_len=256)
+    settings, note = apply_profile(base, "auto")
+    assert note.status == "applied" and note.path == summary["profile"]
+    chosen = profile.chosen.settings
+    assert (settings.max_streams, settings.compile, settings.dtype, settings.cuda_graphs) == (
+        chosen.max_streams, chosen.compile, chosen.dtype, chosen.cuda_graphs)  # fmt: skip
+    gen = load_generator(settings=settings)
+    assert gen.max_streams == chosen.max_streams and gen.compile_mode == chosen.compile
+    assert str(gen.dtype) == f"torch.{chosen.dtype}"
+
+
+# --- `deploy autotune`: the sweep on a box, the files copied back, the ledger -------------------------------------
+
+
+def runtime_command(tmp_path) -> str:
+    """How the box runs csm-runtime: the console script once csm_runtime/cli.py provides `autotune`, else a
+    two-line stand-in that drops the subcommand word and runs the same module."""
+    script = ROOT / ".venv" / "bin" / "csm-runtime"
+    if script.exists() and (ROOT / "csm_runtime" / "cli.py").exists():
+        return str(script)
+    shim = tmp_path / "csm-runtime"
+    shim.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -m csm_runtime.autotune_cmd "$@"\n')
+    shim.chmod(0o755)
+    return str(shim)
+
+
+def test_deploy_autotune_on_a_local_rental(tmp_path, deploy_home):
+    from deploy.ledger import Ledger
+
+    env = {**os.environ, "DEPLOY_HOME": str(deploy_home)}
+    deploy = [str(ROOT / ".venv" / "bin" / "deploy")]
+    prov = subprocess.run([*deploy, "provision", "--provider", "local", "--json"], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert prov.returncode == 0, prov.stderr
+    rid = str(json.loads(prov.stdout)["id"])
+    out = tmp_path / "profiles"
+    sweep = "--device cpu --cpu-threads 1 --compile off --batches 1 --warmup-frames 1 --timed-frames 2"
+    res = subprocess.run(
+        [*deploy, "autotune", rid, "--quick", "--model", "tiny-random", "--runtime", runtime_command(tmp_path),
+         "--sweep-args", sweep, "--out", str(out), "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "float32/off/no-graphs/b1: RTF" in res.stderr  # the box's progress, streamed
+    result = json.loads(res.stdout)
+    slug = detect_device("cpu").slug
+    assert result["profile"] == str(out / f"{slug}.yaml") and result["plot"] == str(out / f"{slug}.png")
+    profile = load_profile(result["profile"])
+    assert profile.slug == slug and (out / f"{slug}.png").stat().st_size > 10_000
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        rental = ledger.get(int(rid))
+        kinds = [e["kind"] for e in ledger.events(int(rid))]
+    assert "autotune" in kinds and "autotuned" in kinds
+    assert rental.meta["profile"]["slug"] == slug and rental.meta["profile"]["settings"]["max_streams"] >= 1
+
+
+def test_deploy_autotune_unknown_rental_is_one_line(deploy_home):
+    res = subprocess.run([str(ROOT / ".venv" / "bin" / "deploy"), "autotune", "999"], capture_output=True, text=True,
+                         env={**os.environ, "DEPLOY_HOME": str(deploy_home)}, timeout=60)  # fmt: skip
+    assert (
+        res.returncode == 1 and res.stderr.strip() == "Error: no rental 999 in the ledger; `deploy status` lists them"
+    )
+
+
+def test_fetch_file_over_ssh_is_binary_safe_and_checksummed(sshd, tmp_path):
+    from deploy.autotune_remote import fetch_file
+    from deploy.remote import RemoteHost
+    from tests.sshd import keygen
+
+    key = tmp_path / "id"
+    with open(sshd.authorized_keys, "a") as f:
+        f.write(keygen(key) + "\n")
+    remote = tmp_path / "box" / "plot.png"
+    remote.parent.mkdir()
+    remote.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 500)
+    host = RemoteHost(sshd.host, sshd.port, sshd.user, key)
+    try:
+        digest = fetch_file(host, str(remote), tmp_path / "here" / "plot.png")
+    finally:
+        host.close()
+    assert (tmp_path / "here" / "plot.png").read_bytes() == remote.read_bytes()
+    assert digest == hashlib.sha256(remote.read_bytes()).hexdigest()
