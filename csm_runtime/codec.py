@@ -90,7 +90,7 @@ class MimiCodec:
                 m._streaming_state = None
             out = self.mimi.decode(clamp_codes(codes.to(self.device))[None])
         finally:
-            for m, s in zip(mods, states):
+            for m, s in zip(mods, states, strict=True):
                 m._streaming_state = s
         return out[0, 0].float().cpu().numpy()
 

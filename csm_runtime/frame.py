@@ -59,7 +59,7 @@ class Sampling:
     noise: Tensor  # [B, num_codebooks, vocab] uniform(0,1), refilled per frame from each stream's generator
 
 
-def sample(logits: Tensor, s: Sampling, codebook: int) -> Tensor:
+def sample(logits: Tensor, s: Sampling, codebook: int | Tensor) -> Tensor:
     """[B, V] logits -> [B] ids. Greedy rows: argmax (as transformers). Others: temperature, top-k, then
     argmax(probs / Exp(1) noise) - an exact categorical draw with no host sync (gpt-fast's trick)."""
     logits = logits.float()
@@ -68,7 +68,9 @@ def sample(logits: Tensor, s: Sampling, codebook: int) -> Tensor:
     kth = scaled.sort(dim=-1, descending=True).values.gather(-1, (s.topk - 1)[:, None])
     scaled = scaled.masked_fill(scaled < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
-    q = -torch.log(s.noise[:, codebook].clamp_min(1e-20))  # Exp(1)
+    # A 0-dim tensor index would be read back to the host under compile; index_select keeps it on the device.
+    u = s.noise[:, codebook] if isinstance(codebook, int) else s.noise.index_select(1, codebook.view(1))[:, 0]
+    q = -torch.log(u.clamp_min(1e-20))  # Exp(1)
     sampled = (probs / q).argmax(-1)
     return torch.where(s.greedy, greedy_ids, sampled)
 
@@ -107,6 +109,7 @@ class FrameModel:
         self.seq_range = torch.arange(max_seq, device=device)
         self.cb_range = torch.arange(self.ncb, device=device)
         self.audio_offsets = torch.arange(self.ncb, device=device) * self.vocab
+        self.cb_index = [torch.tensor(i, device=device) for i in range(self.ncb)]  # 0-dim, for depth_next
 
     # ---- embeddings -------------------------------------------------------------------------------------------
     def embed_audio(self, codes: Tensor) -> Tensor:
@@ -147,38 +150,63 @@ class FrameModel:
             x = _attn_block(layer, x, cos, sin, self.bk[i], self.bv[i], write, mask)
         return self.bb.norm(x)[:, -1]
 
-    def _depth_step(self, x: Tensor, start: int) -> Tensor:
-        """x [B, T, H_backbone] at depth positions start..start+T-1 -> logits [B, V] of the last one."""
-        t = x.shape[1]
-        x = self.dd.inputs_embeds_projector(x)
-        cos, sin = self.dcos[start : start + t][None, None], self.dsin[start : start + t][None, None]
-        q_pos = torch.arange(start, start + t, device=x.device)
-        mask = self.cb_range[None, :] <= q_pos[:, None]  # [T, 32]
-
-        def write(cache, new):
-            cache[:, :, start : start + t] = new
-
+    def _depth_layers(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, write) -> Tensor:
         for i, layer in enumerate(self.dd.layers):
             x = _attn_block(layer, x, cos, sin, self.dk[i], self.dv[i], write, mask)
-        h = self.dd.norm(x)[:, -1]
-        return h @ self.head.weight[start + t - 2]  # CsmCodebooksHead: position p uses weight[p - 1]
+        return self.dd.norm(x)[:, -1]
+
+    def depth_first(self, hidden: Tensor, temperature, topk, greedy, noise) -> tuple[Tensor, Tensor]:
+        """Codebook 0 from the backbone head (lm_head), then the depth decoder over [hidden, c0] at positions 0-1
+        -> codebook 1. Returns (c0, c1), each [B]."""
+        s = Sampling(temperature, topk, greedy, noise)
+        c0 = sample(self.m.lm_head(hidden), s, 0)
+        x = self.dd.inputs_embeds_projector(torch.stack([hidden, self.dd.embed_tokens(c0)], dim=1))
+        cos, sin = self.dcos[:2][None, None], self.dsin[:2][None, None]
+        mask = self.cb_range[None, :] <= self.cb_range[:2, None]  # [2, 32] causal
+
+        def write(cache, new):
+            cache[:, :, :2] = new
+
+        h = self._depth_layers(x, cos, sin, mask, write)
+        return c0, sample(h @ self.head.weight[0], s, 1)  # CsmCodebooksHead: position p uses weight[p - 1]
+
+    def depth_next(self, prev: Tensor, cb: Tensor, temperature, topk, greedy, noise) -> Tensor:
+        """Codebook `cb` (0-dim long tensor, 2..31) from codebook cb-1 `prev` [B] at depth position cb.
+        One graph serves all 30 positions because the position is a tensor, not a Python int."""
+        s = Sampling(temperature, topk, greedy, noise)
+        x = self.dd.inputs_embeds_projector(self.dd.embed_tokens(prev + (cb - 1) * self.vocab))[:, None]
+        idx = cb.view(1)
+        cos, sin = self.dcos.index_select(0, idx)[None, None], self.dsin.index_select(0, idx)[None, None]
+        mask = (self.cb_range <= cb)[None, :]  # [1, 32]
+
+        def write(cache, new):
+            cache.index_copy_(2, idx, new)
+
+        h = self._depth_layers(x, cos, sin, mask, write)
+        logits = h @ self.head.weight.index_select(0, idx - 1)[0]
+        return sample(logits, s, cb)
+
+    def backbone_next(self, frame: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Feed the frame [B, 32] back at each slot's position -> (next hidden [B, H], next pos [B])."""
+        hidden = self._backbone_step(self.embed_audio(frame)[:, None], pos)
+        return hidden, (pos + 1).clamp_max(self.max_seq - 1)
+
+    def compile(self, mode: str) -> None:
+        """Swap the three fixed-shape pieces for torch.compile'd ones (the only place compilation is chosen)."""
+        for name in ("depth_first", "depth_next", "backbone_next"):
+            setattr(self, name, torch.compile(getattr(self, name), mode=mode, fullgraph=True))
 
     @torch.no_grad()
     def decode_frame(self, hidden: Tensor, pos: Tensor, temperature: Tensor, topk: Tensor, greedy: Tensor,
                      noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         """One frame for all slots. hidden [B, H] (last backbone state), pos [B] (next cache position), sampling
         controls as in `Sampling`. Returns (codes [B, 32], new hidden [B, H], new pos [B]). No host syncs."""
-        s = Sampling(temperature, topk, greedy, noise)
-        c0 = sample(self.m.lm_head(hidden), s, 0)
-        emb = self.dd.embed_tokens
-        x = torch.stack([hidden, emb(c0)], dim=1)  # position 0: backbone state, position 1: codebook 0
-        codes = [c0]
-        for cb in range(1, self.ncb):
-            logits = self._depth_step(x, 0 if cb == 1 else cb)
-            c = sample(logits, s, cb)
+        samp = (temperature, topk, greedy, noise)
+        c0, c = self.depth_first(hidden, *samp)
+        codes = [c0, c]
+        for cb in range(2, self.ncb):
+            c = self.depth_next(c, self.cb_index[cb], *samp)
             codes.append(c)
-            x = emb(c + cb * self.vocab)[:, None]
         frame = torch.stack(codes, dim=1)
-        new_hidden = self._backbone_step(self.embed_audio(frame)[:, None], pos)
-        new_pos = (pos + 1).clamp_max(self.max_seq - 1)
+        new_hidden, new_pos = self.backbone_next(frame, pos)
         return frame, new_hidden, new_pos

@@ -88,7 +88,7 @@ class StreamingGenerator:
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
         if mode != "off":
-            self._decode = torch.compile(self.frame.decode_frame, mode=mode, fullgraph=True)
+            self.frame.compile(mode)
         if not self.settings.cuda_graphs:
             self.cuda_graphs_reason = "disabled by settings (cuda_graphs: false)"
         elif self.device.type != "cuda":

@@ -176,7 +176,12 @@ def special_ids(loaded: LoadedModel) -> dict[str, int]:
     cfg = loaded.config
     tok = loaded.tokenizer
     if loaded.model_id == "csm-1b-random":
-        return {"bos": cfg.bos_token_id, "eos": 128001, "audio": cfg.audio_token_id, "audio_eos": cfg.audio_eos_token_id}
+        return {
+            "bos": cfg.bos_token_id,
+            "eos": 128001,
+            "audio": cfg.audio_token_id,
+            "audio_eos": cfg.audio_eos_token_id,
+        }
     ids = {k: tok.convert_tokens_to_ids(t) for k, t in (("bos", BOS), ("eos", EOS))}
     ids.update(audio=cfg.audio_token_id, audio_eos=cfg.audio_eos_token_id)
     return ids
