@@ -444,6 +444,7 @@ def build_profile(result: SweepResult, *, plot: str | None = None) -> Profile:
             stop_rtf=plan.stop_rtf,
             prompt=plan.prompt,
             duration_s=result.duration_s,
+            cpu_threads=base.cpu_threads,
         ),
         candidates=result.candidates,
         plot=plot,

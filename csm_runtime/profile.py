@@ -163,6 +163,7 @@ class SweepInfo(_Strict):
     stop_rtf: float
     prompt: str
     duration_s: float
+    cpu_threads: int = 0  # torch intra-op threads the sweep ran with (0 = torch's default)
 
 
 class Profile(_Strict):
@@ -345,6 +346,9 @@ def _applied(profile: Profile, path: Path, warning: str) -> ProfileNote:
         f"profile {path} applied: dtype {s.dtype}, compile {s.compile}, cuda_graphs {str(s.cuda_graphs).lower()}, "
         f"max_streams {s.max_streams}, first_chunk_frames {s.first_chunk_frames}{warning}"
     )
+    if not profile.chosen.realtime:
+        message += "; note: autotune found no real-time setting on this device (see the profile's chosen.why)"
+
     return ProfileNote("applied", message, path=str(path), slug=profile.slug, settings=s.overrides())
 
 

@@ -41,9 +41,10 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
                 ax_rtf.plot([c.batch], [0], marker="x", color=line.get_color(), markersize=10, clip_on=False)
     chosen = profile.candidate(profile.chosen.candidate)
     m = chosen.measurement
-    ax_rtf.plot([chosen.batch], [m.rtf], marker="*", color="black", markersize=16, zorder=5, label="chosen")
+    star = {"marker": "*", "markersize": 22, "markerfacecolor": "none", "markeredgecolor": "black", "zorder": 5}
+    ax_rtf.plot([chosen.batch], [m.rtf], linestyle="none", label="chosen", **star)
     if m.ttfa_ms.get(fc):
-        ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], marker="*", color="black", markersize=16, zorder=5)
+        ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], linestyle="none", **star)
     ax_rtf.axhline(profile.rule.rtf_max, color="green", linestyle="--", linewidth=1,
                    label=f"RTF {profile.rule.rtf_max:g} (headroom)")  # fmt: skip
     ax_rtf.axhline(1.0, color="red", linestyle=":", linewidth=1, label="real time")
