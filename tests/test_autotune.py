@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,7 +123,7 @@ def test_bad_options_are_one_line_errors(capsys):
 def swept(tmp_path_factory):
     """`csm-runtime autotune --quick` for tiny-random on CPU, as a process (compile off, batches 1 and 2)."""
     out = tmp_path_factory.mktemp("profiles")
-    cmd = [sys.executable, "-m", "csm_runtime.autotune_cmd", "--model", "tiny-random", "--quick", "--device", "cpu",
+    cmd = [str(ROOT / ".venv" / "bin" / "csm-runtime"), "autotune", "--model", "tiny-random", "--quick", "--device", "cpu",
            "--cpu-threads", "1", "--compile", "off", "--batches", "1,2", "--stop-rtf", "1000", "--warmup-frames", "1",
            "--timed-frames", "3", "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -196,18 +195,6 @@ def test_runtime_loads_and_applies_the_swept_profile(swept):
 # --- `deploy autotune`: the sweep on a box, the files copied back, the ledger -------------------------------------
 
 
-def runtime_command(tmp_path) -> str:
-    """How the box runs csm-runtime: the console script once csm_runtime/cli.py provides `autotune`, else a
-    two-line stand-in that drops the subcommand word and runs the same module."""
-    script = ROOT / ".venv" / "bin" / "csm-runtime"
-    if script.exists() and (ROOT / "csm_runtime" / "cli.py").exists():
-        return str(script)
-    shim = tmp_path / "csm-runtime"
-    shim.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} -m csm_runtime.autotune_cmd "$@"\n')
-    shim.chmod(0o755)
-    return str(shim)
-
-
 def test_deploy_autotune_on_a_local_rental(tmp_path, deploy_home):
     from deploy.ledger import Ledger
 
@@ -220,7 +207,7 @@ def test_deploy_autotune_on_a_local_rental(tmp_path, deploy_home):
     out = tmp_path / "profiles"
     sweep = "--device cpu --cpu-threads 1 --compile off --batches 1 --warmup-frames 1 --timed-frames 2"
     res = subprocess.run(
-        [*deploy, "autotune", rid, "--quick", "--model", "tiny-random", "--runtime", runtime_command(tmp_path),
+        [*deploy, "autotune", rid, "--quick", "--model", "tiny-random", "--runtime", str(ROOT / ".venv" / "bin" / "csm-runtime"),
          "--sweep-args", sweep, "--out", str(out), "--json"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
