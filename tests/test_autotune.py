@@ -200,10 +200,12 @@ def test_deploy_autotune_on_a_local_rental(tmp_path, deploy_home):
 
     env = {**os.environ, "DEPLOY_HOME": str(deploy_home)}
     deploy = [str(ROOT / ".venv" / "bin" / "deploy")]
-    prov = subprocess.run([*deploy, "provision", "--provider", "local", "--json"], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
-    assert prov.returncode == 0, prov.stderr
-    rid = str(json.loads(prov.stdout)["id"])
+    # a `local` rental as the provision flow records one (this machine is the box; its work dir under DEPLOY_HOME)
+    deploy_home.mkdir(parents=True, exist_ok=True)
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        row = ledger.record_intent(attempt_id="t1", provider="local", label_prefix="csm-deploy")
+        ledger.record_rented(row.id, "local-test")
+    rid = str(row.id)
     out = tmp_path / "profiles"
     sweep = "--device cpu --cpu-threads 1 --compile off --batches 1 --warmup-frames 1 --timed-frames 2"
     res = subprocess.run(

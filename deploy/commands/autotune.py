@@ -48,7 +48,7 @@ def autotune(
             raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
         if not rental.is_open:
             raise NotFoundError(f"rental {rental_id} is {rental.status}: nothing to autotune on")
-        runtime = runtime or rental.meta.get("runtime_cmd") or DEFAULT_RUNTIME
+        runtime = runtime or runtime_on_box(rental.meta.get("runtime_mode"), s.remote_dir) or DEFAULT_RUNTIME
         ledger.event(rental_id, "autotune", f"start: model {model}, {'quick' if quick else 'full'} sweep")
         host = host_for(rental, s, ledger)
         try:
@@ -57,7 +57,7 @@ def autotune(
                 model=model,
                 quick=quick,
                 out_dir=out,
-                workdir=rental.meta.get("remote_dir") or s.remote_dir,
+                workdir=s.remote_dir,
                 runtime=runtime,
                 extra=sweep_args,
                 timeout=timeout,
@@ -96,3 +96,15 @@ def autotune(
             f"{chosen.get('compile')}, cuda_graphs {chosen.get('cuda_graphs')}, dtype {chosen.get('dtype')}\n"
             f"why: {result.summary.get('why')}"
         )
+
+
+def runtime_on_box(mode: str | None, remote_dir: str) -> str | None:
+    """The csm-runtime the provision flow installed on this rental (its `runtime_mode` in the ledger), if known."""
+    if not mode:
+        return None
+    try:
+        from deploy.bootstrap import BoxLayout
+
+        return BoxLayout.for_remote_dir(remote_dir, mode).runtime_bin
+    except (ImportError, AttributeError, KeyError):  # that flow is not here, or it names modes differently
+        return None
