@@ -163,8 +163,10 @@ def test_first_bytes_arrive_while_the_stream_is_still_generating(server):
     before = server.client.get("/metrics").text
     with server.client.stream("POST", "/v1/audio/speech", json=speech(LONG_MS, "pcm")) as r:
         assert r.status_code == 200
-        first = next(r.iter_raw())
+        body = r.iter_raw()  # keep a reference: a dropped iterator closes the response (= a disconnect)
+        first = next(body)
         during = server.client.get("/metrics").text
+        del body
     assert len(first) > 0
     assert metric(during, "csm_active_streams") == 1  # first audio is out, the stream has not finished
     assert metric(during, "csm_frames_generated_total") - metric(before, "csm_frames_generated_total") < 200
