@@ -16,7 +16,7 @@ from csm_runtime.serve_cmd import check_bind, is_loopback
 from csm_runtime.settings import RuntimeSettings
 from tests.server_fixtures import free_port, wait_ready
 
-SERVE = [sys.executable, "-m", "csm_runtime.serve_cmd"]
+SERVE = [sys.executable, "-m", "csm_runtime.cli", "serve"]  # the `csm-runtime serve` console script
 
 
 @pytest.mark.parametrize("host,ok", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.5", True),
