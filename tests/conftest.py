@@ -149,10 +149,22 @@ def run_deploy(args: list[str], env: dict, *, timeout: float = 120, input: str |
     )
 
 
+def box_only(args: list[str]) -> list[str]:
+    """`provision` limited to the box steps (rent, wait_running, connect, check) when the runtime steps exist:
+    the control-plane scenarios test renting, not installing the runtime (which has its own tests)."""
+    import inspect
+
+    from deploy.commands.provision import provision
+
+    if args[:1] == ["provision"] and "runtime" in inspect.signature(provision).parameters and "--runtime" not in args:
+        return [*args, "--no-runtime"]
+    return args
+
+
 @pytest.fixture
 def deploy_cli(vast_env: dict):
     def run(*args: str, timeout: float = 120, env: dict | None = None):
-        return run_deploy(list(args), {**vast_env, **(env or {})}, timeout=timeout)
+        return run_deploy(box_only(list(args)), {**vast_env, **(env or {})}, timeout=timeout)
 
     return run
 

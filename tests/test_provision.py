@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from deploy.ledger import Ledger
-from tests.conftest import DEPLOY_BIN, unknown_running
+from tests.conftest import DEPLOY_BIN, box_only, unknown_running
 
 
 def ledger_rows(home):
@@ -119,7 +119,7 @@ def test_keep_on_failure_leaves_the_box_and_names_teardown(deploy_cli, vast, dep
 def test_killed_between_create_and_running_then_status_and_teardown_all(vast_env, vast, deploy_home, deploy_cli):
     vast.stick_loading(1001)
     proc = subprocess.Popen(
-        [str(DEPLOY_BIN), "provision", "--gpu", "4090", "--ready-timeout", "60"],
+        [str(DEPLOY_BIN), *box_only(["provision", "--gpu", "4090", "--ready-timeout", "60"])],
         env=vast_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
