@@ -276,7 +276,12 @@ def provision(
             for i, step in enumerate(steps, 1):
                 log(f"[{i}/{len(steps)}] {step.name}")
                 ctx.event(f"step:{step.name}")
+                started = time.monotonic()
                 step.run(ctx)
+                elapsed = time.monotonic() - started
+                ctx.state.setdefault("timings", {})[step.name] = round(elapsed, 2)
+                ctx.event(f"done:{step.name}", f"{elapsed:.2f} s")
+                log(f"[{i}/{len(steps)}] {step.name} done in {elapsed:.1f} s")
             ledger.set_status(ctx.rental_id, L.READY)
             ctx.refresh()
             return ctx

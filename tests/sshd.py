@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def keygen(path: Path) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def start_sshd(root: Path) -> Sshd:
+def start_sshd(root: Path, *, listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Sshd:
+    """`listen`/`prefix`: run it elsewhere, e.g. inside a network namespace (prefix `ip netns exec NAME`) on the
+    namespace's own address (tests/test_e2e_provision.py)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
     os.makedirs("/run/sshd", exist_ok=True)
@@ -50,11 +53,11 @@ def start_sshd(root: Path) -> Sshd:
     auth.touch()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        port = s.getsockname()[1]  # free here; in a namespace of our own every port is free
     config = root / "sshd_config"
     config.write_text(
         f"""Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {listen}
 HostKey {host_key}
 AuthorizedKeysFile {auth}
 PidFile {root / "sshd.pid"}
@@ -69,11 +72,11 @@ LogLevel ERROR
 """
     )
     with open(root / "sshd.log", "wb") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
+        proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)], stderr=log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((listen, port), timeout=0.5):
                 break
         except OSError:
             if proc.poll() is not None:
@@ -82,4 +85,4 @@ LogLevel ERROR
     else:
         proc.kill()
         raise RuntimeError("sshd did not listen within 10 s")
-    return Sshd("127.0.0.1", port, getpass.getuser(), pub, auth, proc)
+    return Sshd(listen, port, getpass.getuser(), pub, auth, proc)

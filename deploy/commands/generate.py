@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from deploy.client import FORMATS, play, read_token_file, resolve_endpoint, synthesize
+from deploy.client import FORMATS, play, read_token_file, synthesize
 from deploy.commands._common import Json, settings
 from deploy.errors import UsageError
 
@@ -47,13 +47,20 @@ def generate(
     if len(args) == 2:
         if endpoint:
             raise UsageError("give either an instance ID or --endpoint, not both")
-        endpoint, recorded_token = resolve_endpoint(args[0], settings())
-        token_file = token_file or (Path(recorded_token) if recorded_token else None)
+        from deploy.endpoint import open_rental_endpoint
+
+        # the ledger's endpoint, with an SSH tunnel held open while we stream when the server is on the box's loopback
+        with open_rental_endpoint(args[0], settings()) as (url, recorded_token):
+            token_file = token_file or (Path(recorded_token) if recorded_token else None)
+            return _generate(url, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json)
     elif len(args) != 1:
         raise UsageError('expected [ID] "text" (the text in quotes)')
     elif not endpoint:
         raise UsageError("no server: pass an instance ID or --endpoint URL")
-    text = args[-1]
+    _generate(endpoint, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json)
+
+
+def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json) -> None:
     extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
     result = synthesize(
         endpoint,

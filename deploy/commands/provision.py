@@ -36,6 +36,47 @@ def provision(
     host: Annotated[str | None, typer.Option(help="ssh provider: the box's address.")] = None,
     port: Annotated[int, typer.Option(help="ssh provider: the SSH port.")] = 22,
     user: Annotated[str | None, typer.Option(help="ssh provider: the login [default: DEPLOY_SSH_USER].")] = None,
+    runtime: Annotated[
+        bool, typer.Option(help="Install, tune and start the runtime after `check` (--no-runtime: box only).")
+    ] = True,
+    model: Annotated[str, typer.Option(help="Model to serve: sesame/csm-1b, tiny-random, a path.")] = "sesame/csm-1b",
+    runtime_mode: Annotated[
+        str, typer.Option(help="auto | bootstrap (push the wheel) | image (--image has it) | current (local only).")
+    ] = "auto",
+    autotune: Annotated[
+        bool | None,
+        typer.Option(
+            help="Force (--autotune) or skip (--no-autotune) the sweep [default: only if no profile].",
+            show_default=False,
+        ),
+    ] = None,
+    autotune_quick: Annotated[
+        bool | None,
+        typer.Option(
+            "--autotune-quick/--autotune-full",
+            help="Sweep size [default: quick for *-random models].",
+            show_default=False,
+        ),
+    ] = None,
+    autotune_args: Annotated[
+        str | None, typer.Option(help='Extra `csm-runtime autotune` options, e.g. "--compile off".', show_default=False)
+    ] = None,
+    server_port: Annotated[
+        int | None,
+        typer.Option(help="The server's port on the box [default: 8000; a free one for local].", show_default=False),
+    ] = None,
+    box_python: Annotated[
+        str, typer.Option(help="Base Python on the box for the venv (auto: /opt/conda/bin/python3, then python3).")
+    ] = "auto",
+    box_site_packages: Annotated[
+        str | None,
+        typer.Option(
+            help="A prepared site-packages dir on the box, added to its venv (offline boxes).", show_default=False
+        ),
+    ] = None,
+    runtime_timeout: Annotated[
+        float | None, typer.Option(help="Seconds from start to /ready [default: 900].", show_default=False)
+    ] = None,
     json_: c.Json = False,
 ) -> None:
     """Rent a box, wait until it runs and answers SSH, check it, and record everything in the ledger.
@@ -46,6 +87,8 @@ def provision(
       deploy provision --gpu 4090 --max-price 0.5
       deploy provision --provider local
       deploy provision --provider ssh --host 203.0.113.7 --port 2222 --gpu 4090
+      deploy provision --provider local --model tiny-random --autotune-args "--compile off"
+      deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
     """
     from deploy.provision import ProvisionOptions
     from deploy.provision import provision as run
@@ -67,10 +110,27 @@ def provision(
         ssh_timeout_s=c.positive("--ssh-timeout", ssh_timeout),
         keep_on_failure=keep_on_failure,
     )
+    options.extra.update(
+        model=model,
+        runtime_mode=runtime_mode,
+        autotune=autotune,
+        autotune_quick=autotune_quick,
+        autotune_args=autotune_args,
+        port=server_port,
+        box_python=box_python,
+        box_site_packages=box_site_packages,
+        runtime_timeout_s=c.positive("--runtime-timeout", runtime_timeout),
+    )
+    steps = None
+    if runtime:
+        from deploy.provision import STEPS
+        from deploy.runtime_steps import register
+
+        steps = register(list(STEPS))
     prov = c.provider(provider, host=host, port=port, user=user)
     _interrupt_on_sigterm()
     with c.open_ledger() as ledger:
-        ctx = run(s, options, prov, ledger, log=output.progress)
+        ctx = run(s, options, prov, ledger, log=output.progress, steps=steps)
         rental = ctx.refresh()
         if ctx.host is not None:
             ctx.host.close()
@@ -85,8 +145,13 @@ def provision(
         "status": rental.status,
         "check": (ctx.state.get("check") or "").strip().splitlines()[:1],
     }
+    from deploy import runtime_report
+
+    info = runtime_report.summary(rental, ctx.state) if runtime else {}
     if json_:
-        output.emit_json(summary)
+        output.emit_json({**summary, **info})
+    elif runtime:
+        output.emit_text(runtime_report.text(rental, info))
     else:
         output.emit_text(
             f"ready: rental {rental.id} = {rental.provider} {rental.provider_id} ({rental.gpu_name}, "

@@ -1,0 +1,70 @@
+"""Where a rental's runtime answers, and the token that opens it: written to the ledger by the `ready` step, read by
+`deploy generate ID`.
+
+The ledger row's meta holds `endpoint` (the URL as seen on the box), `access` (`direct`: reachable as is;
+`ssh-tunnel`: bound to the box's loopback, reached through SSH), `port` (the server's port on the box) and
+`token_file` (a path under DEPLOY_HOME, mode 0600) with `token_sha256`. The token itself is never in the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from deploy.errors import NotFoundError, UsageError
+
+DIRECT, TUNNEL = "direct", "ssh-tunnel"
+
+
+def new_token(home: Path, rental_id: int) -> tuple[Path, str]:
+    """A fresh bearer token in DEPLOY_HOME/tokens/rental-<id>.token (0600, dir 0700); returns (path, sha256)."""
+    directory = home / "tokens"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    path = directory / f"rental-{rental_id}.token"
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return path, hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_token(path: str | Path) -> str:
+    return Path(path).read_text().strip()
+
+
+@contextlib.contextmanager
+def open_rental_endpoint(rental_id: str, settings) -> Iterator[tuple[str, str | None]]:
+    """Rental ID -> (URL usable from here, token file), with an SSH tunnel held open for the block when needed."""
+    from deploy.ledger import open_ledger
+
+    try:
+        rid = int(rental_id)
+    except ValueError:
+        raise UsageError(f"instance ID must be a number (see `deploy status`), got {rental_id!r}") from None
+    with open_ledger(settings) as ledger:
+        rental = ledger.get(rid)
+        if rental is None:
+            raise NotFoundError(f"no rental {rid} in the ledger (see `deploy status`)")
+        meta = rental.meta
+        if not meta.get("endpoint"):
+            raise UsageError(f"rental {rid} has no recorded endpoint (status {rental.status}); pass --endpoint URL")
+        if not rental.is_open:
+            raise UsageError(f"rental {rid} is {rental.status}: its server is gone (see `deploy status`)")
+        token_file = meta.get("token_file")
+        if meta.get("access") != TUNNEL:
+            yield str(meta["endpoint"]), token_file
+            return
+        from deploy.providers import host_for
+
+        host = host_for(rental, settings, ledger)
+        try:
+            with host.forward_port(int(meta["port"])) as local_port:
+                yield f"http://127.0.0.1:{local_port}", token_file
+        finally:
+            host.close()

@@ -1,0 +1,326 @@
+"""The provision steps after `check`: push -> install -> autotune -> start -> ready. Registered into
+deploy.provision.STEPS by `register()`; each reads RuntimeOptions from ctx.state["runtime"] (set by `push`).
+
+    push      build the wheel here, put it and the lock file on the box (sha256-checked)   (mode bootstrap)
+    install   venv on the box, pins, the wheel; or check the image's / this interpreter's runtime
+    autotune  push the profile this GPU already has, or measure one on the box and keep a copy here
+    start     fresh token (here 0600, there 0600), the server started detached, its log on the box
+    ready     /ready with the token, through an SSH tunnel (or directly on this machine), until 200 or the deadline
+
+A failure in start or ready prints the server log's last lines; the driver then destroys the box and records why.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.bootstrap import (
+    LOCK_FILE,
+    SERVER_LOG,
+    SERVER_NAME,
+    SERVER_PID,
+    BoxLayout,
+    RuntimeOptions,
+    build_wheel,
+    device_probe_command,
+    install_script,
+    model_family,
+)
+from deploy.endpoint import DIRECT, TUNNEL, new_token
+from deploy.errors import DeployError, RemoteError
+from deploy.provision import Context, Step, add_step
+
+LOG_TAIL_LINES = 30
+
+
+def runtime(ctx: Context) -> tuple[RuntimeOptions, BoxLayout]:
+    if "runtime" not in ctx.state:
+        opts = RuntimeOptions.from_extra(ctx.options.extra, provider=ctx.provider.name, image=ctx.options.image)
+        ctx.state["runtime"] = opts
+        ctx.state["layout"] = BoxLayout.for_remote_dir(ctx.settings.remote_dir, opts.mode)
+    return ctx.state["runtime"], ctx.state["layout"]
+
+
+def _q(path: str) -> str:
+    return shlex.quote(path)
+
+
+# --- push ------------------------------------------------------------------------------------------------------------
+
+
+def step_push(ctx: Context) -> None:
+    opts, layout = runtime(ctx)
+    assert ctx.host is not None
+    ctx.host.run(f"mkdir -p {_q(layout.dir)}/wheels {_q(layout.profiles)}", stream=False)
+    pushed = [f"runtime.txt {ctx.host.put(LOCK_FILE, layout.lock)[:12]}"]
+    if opts.mode == "bootstrap":
+        with tempfile.TemporaryDirectory(prefix="csm-deploy-wheel-") as tmp:
+            started = time.monotonic()
+            wheel = build_wheel(Path(tmp))
+            ctx.log(f"built {wheel.name} in {time.monotonic() - started:.1f} s")
+            digest = ctx.host.put(wheel, layout.path(f"wheels/{wheel.name}"))
+        ctx.state["wheel"] = wheel.name
+        pushed.append(f"{wheel.name} {digest[:12]}")
+    ctx.state["box_dir"] = ctx.host.run(f"cd {_q(layout.dir)} && pwd", stream=False).stdout.strip()
+    ctx.event("push", "; ".join(pushed) + " (sha256 checked)")
+    ctx.log(f"pushed {', '.join(p.split()[0] for p in pushed)} to {ctx.state['box_dir']} on {ctx.host.name}")
+
+
+# --- install ---------------------------------------------------------------------------------------------------------
+
+
+def step_install(ctx: Context) -> None:
+    opts, layout = runtime(ctx)
+    assert ctx.host is not None
+    if opts.mode == "bootstrap":
+        script = install_script(layout, opts, ctx.state["wheel"])
+        res = ctx.host.run(f"bash -c {_q(script)}", timeout=opts.install_timeout_s)
+        detail = (res.stdout.strip().splitlines() or ["installed"])[-1]
+    else:
+        where = {"image": "the image's", "current": "this machine's own"}[opts.mode]
+        ctx.host.run(f"{_q(layout.runtime_bin)} --help >/dev/null", stream=False, timeout=120)
+        detail = f"using {where} runtime: {layout.runtime_bin}"
+    ctx.event("install", detail)
+    ctx.log(detail)
+
+
+# --- autotune --------------------------------------------------------------------------------------------------------
+
+
+def local_profile(opts: RuntimeOptions, home: Path, slug: str) -> Path | None:
+    """A profile for this device slug and model shape: the project's profiles/ first, then DEPLOY_HOME/profiles."""
+    import yaml
+
+    for directory in (Path(opts.profiles_dir), home / "profiles"):
+        path = directory / f"{slug}.yaml"
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            measured = data["identity"]["model"]["id"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue  # not a usable profile: the runtime would refuse it too
+        if model_family(measured) == model_family(opts.model):
+            return path
+    return None
+
+
+def profile_summary(text: str, source: str, path: str) -> dict[str, Any]:
+    """What the final printout needs from a profile: the chosen batch and its measured RTF."""
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    chosen = data.get("chosen") or {}
+    measurement = chosen.get("measurement") or {}
+    settings = chosen.get("settings") or {}
+    return {
+        "source": source,
+        "path": path,
+        "slug": data.get("slug"),
+        "candidate": chosen.get("candidate"),
+        "rtf": measurement.get("rtf"),
+        "max_streams": settings.get("max_streams"),
+        "realtime": chosen.get("realtime"),
+        "measured_on": ((data.get("identity") or {}).get("device") or {}).get("name"),
+    }
+
+
+def step_autotune(ctx: Context) -> None:
+    opts, layout = runtime(ctx)
+    assert ctx.host is not None
+    probe = ctx.host.run(device_probe_command(layout), stream=False, timeout=300)
+    try:
+        device = json.loads(probe.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RemoteError(f"could not read the box's device facts: {probe.stdout.strip()[-200:]!r}") from None
+    slug = device["slug"]
+    ctx.state["device"] = device
+    box_profile = f"{layout.profiles}/{slug}.yaml"
+    found = None if opts.autotune else local_profile(opts, ctx.settings.home_path, slug)
+    if found is not None:
+        ctx.host.put(found, box_profile)
+        ctx.state["profile"] = profile_summary(found.read_text(), "pushed", str(found))
+        ctx.event("autotune", f"skipped: pushed the existing profile {found} for {slug}")
+        ctx.log(f"profile for {device['name']} ({slug}) exists: pushed {found}")
+        return
+    if opts.autotune is False:
+        ctx.state["profile"] = None
+        ctx.event("autotune", f"skipped (--no-autotune): no profile for {slug}, the server uses safe defaults")
+        ctx.log(f"no profile for {slug} and --no-autotune: the server starts with safe defaults")
+        return
+    args = ["autotune", "--model", opts.model, "--out", layout.profiles, "--json", "--no-plot"]
+    args += ["--quick"] if opts.autotune_quick else []
+    command = " ".join(_q(a) for a in [layout.runtime_bin, *args, *opts.autotune_args])
+    ctx.log(
+        f"no profile for {device['name']} ({slug}): measuring one on the box ({'quick' if opts.autotune_quick else 'full'} sweep)"
+    )
+    res = ctx.host.run(command, timeout=opts.autotune_timeout_s, check=False)
+    if not res.ok:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RemoteError(f"autotune on the box exited {res.exit_code}: {tail[0]}")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    text = ctx.host.read_text(summary["profile"])
+    keep = ctx.settings.home_path / "profiles" / f"{slug}.yaml"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.write_text(text)
+    ctx.state["profile"] = profile_summary(text, "autotuned", str(keep))
+    ctx.event("autotune", f"{slug}: chose {summary.get('chosen')} in {summary.get('duration_s')} s; copy in {keep}")
+    ctx.log(f"autotune chose {summary.get('chosen')}: {summary.get('why', '')}")
+
+
+# --- start -----------------------------------------------------------------------------------------------------------
+
+
+def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str) -> str:
+    """The detached server's command line. The environment is scrubbed of the one operator secret a LocalHost child
+    would otherwise inherit (a remote box never has it: SSH forwards no environment)."""
+    args = [
+        layout.runtime_bin,
+        "serve",
+        "--model",
+        opts.model,
+        "--host",
+        opts.bind,
+        "--port",
+        str(opts.port),
+        "--token-file",
+        f"{box_dir}/token",
+        "--profile",
+        "auto",
+    ]
+    env = f"env -u VAST_API_KEY CSM_PROFILES_DIR={_q(box_dir + '/profiles')}"
+    return f"cd {_q(box_dir)} && exec {env} " + " ".join(_q(a) for a in args)
+
+
+def step_start(ctx: Context) -> None:
+    opts, layout = runtime(ctx)
+    assert ctx.host is not None
+    box_dir = ctx.state["box_dir"]
+    token_path, token_sha = new_token(ctx.settings.home_path, ctx.rental_id)
+    box_token = f"{box_dir}/token"
+    # the file exists with mode 0600 before the secret is written into it, and stays 0600 after
+    ctx.host.run(f"umask 077 && : > {_q(box_token)} && chmod 600 {_q(box_token)}", stream=False)
+    ctx.host.put(token_path, box_token)
+    ctx.host.run(f"chmod 600 {_q(box_token)}", stream=False)
+    # a server this toolkit started here before (re-provisioning an ssh box) gives the port back first
+    ctx.host.run(
+        f"[ -f {SERVER_PID} ] && kill -TERM -- -$(cat {SERVER_PID}) 2>/dev/null; rm -f {SERVER_PID}; true", stream=False
+    )
+    pid = ctx.host.start_detached(server_command(opts, layout, box_dir), name=SERVER_NAME)
+    ctx.state["server_pid"] = pid
+    ctx.ledger.update_meta(
+        ctx.rental_id,
+        token_file=str(token_path),
+        token_sha256=token_sha,
+        model=opts.model,
+        port=opts.port,
+        server_pid=pid,
+        server_log=SERVER_LOG,
+        runtime_mode=opts.mode,
+    )
+    ctx.event("start", f"{SERVER_NAME} pid {pid}: {opts.model} on {opts.bind}:{opts.port}, log ~/{SERVER_LOG}")
+    ctx.log(f"started {SERVER_NAME} (pid {pid}) serving {opts.model}; log on the box: ~/{SERVER_LOG}")
+
+
+# --- ready -----------------------------------------------------------------------------------------------------------
+
+
+def log_tail(ctx: Context, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return ctx.host.read_text(SERVER_LOG, tail_lines=lines) if ctx.host else ""
+    except (DeployError, OSError) as exc:
+        return f"(could not read {SERVER_LOG}: {exc})"
+
+
+def show_log_tail(ctx: Context) -> str:
+    """Print the server log's last lines to the progress stream; returns the last non-empty one."""
+    tail = log_tail(ctx)
+    ctx.log(f"--- last {LOG_TAIL_LINES} lines of ~/{SERVER_LOG} on the box ---")
+    for line in tail.rstrip().splitlines():
+        ctx.log(f"  | {line}")
+    ctx.log("--- end of log ---")
+    last = [line for line in tail.strip().splitlines() if line.strip()]
+    return last[-1].strip() if last else "empty log"
+
+
+def _alive(ctx: Context, pid: int) -> bool:
+    res = ctx.host.run(f"kill -0 {int(pid)} 2>/dev/null", stream=False, check=False, timeout=30)
+    return res.ok
+
+
+def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str, Any]:
+    """GET /ready until 200; stops at once if the server process died. Returns /ready's JSON body."""
+    import httpx
+
+    pid = ctx.state["server_pid"]
+    headers = {"Authorization": f"Bearer {token}"}
+    polls, last = 0, "no answer yet"
+    while True:
+        polls += 1
+        try:
+            r = httpx.get(url.rstrip("/") + "/ready", headers=headers, timeout=10.0)
+            if r.status_code == 200:
+                ctx.log(f"/ready answered 200 after {polls} polls (1/1 ready)")
+                try:
+                    return r.json()
+                except ValueError:
+                    return {}
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        if not _alive(ctx, pid):
+            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {show_log_tail(ctx)}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RemoteError(
+                f"/ready did not answer 200 within the deadline ({polls} polls, last: {last}): {show_log_tail(ctx)}"
+            )
+        if polls % 10 == 0:
+            ctx.log(f"waiting for /ready (0/1 ready, {last}, {remaining:.0f} s left)")
+        time.sleep(min(ctx.settings.poll_interval_s, 1.0, max(0.0, remaining)))
+
+
+def step_ready(ctx: Context) -> None:
+    opts, _layout = runtime(ctx)
+    assert ctx.host is not None
+    token = Path(ctx.refresh().meta["token_file"]).read_text().strip()
+    deadline = time.monotonic() + opts.runtime_timeout_s
+    on_box = f"http://{opts.bind}:{opts.port}"
+    if ctx.provider.name == "local":
+        body, access = poll_ready(ctx, on_box, token, deadline), DIRECT
+    else:
+        with ctx.host.forward_port(opts.port) as local_port:
+            body = poll_ready(ctx, f"http://127.0.0.1:{local_port}", token, deadline)
+        access = TUNNEL
+    ctx.ledger.update_meta(ctx.rental_id, endpoint=on_box, access=access, profile=ctx.state.get("profile"))
+    ctx.refresh()
+    note = (body or {}).get("profile")
+    ctx.event("ready", f"{on_box} ({access}); profile: {json.dumps(note)[:300]}")
+
+
+RUNTIME_STEPS: tuple[Step, ...] = (
+    Step("push", step_push),  # a box that cannot take files may be a bad box: try the next offer
+    Step("install", step_install, retry_next_offer=False),  # pins or wheel that do not install fail everywhere
+    Step("autotune", step_autotune, retry_next_offer=False),
+    Step("start", step_start, retry_next_offer=False),
+    Step("ready", step_ready, retry_next_offer=False),  # a server that fails here fails the same on any box
+)
+
+
+def register(steps: list[Step] | None = None) -> list[Step]:
+    """Append the runtime steps after `check` (once); returns the list."""
+    from deploy.provision import STEPS
+
+    target = STEPS if steps is None else steps
+    names = {s.name for s in target}
+    after = "check"
+    for step in RUNTIME_STEPS:
+        if step.name not in names:
+            add_step(step, after=after, steps=target)
+        after = step.name
+    return target
