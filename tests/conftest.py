@@ -1,7 +1,7 @@
 """Shared test fixtures.
 
-- A network guard (autouse): any in-process connect to an address outside loopback (and outside 10.200.0.0/16, the
-  network namespaces tests/netns_box.py creates on links of its own) fails the test, and the run fails at the end
+- A network guard (autouse): any in-process connect to an address outside loopback (and outside the addresses of the
+  network namespaces a test created and registered with `allow_box_address`) fails the test, and the run fails at the end
   even if the code under test swallowed the error. Subprocesses (the vastai CLI, ssh, sshd) cannot be patched from
   here; they are pointed at 127.0.0.1 by their environment instead (VAST_URL, ssh_host), and the emulator is the only
   vast.ai they know.
@@ -28,9 +28,18 @@ DEPLOY_BIN = ROOT / ".venv" / "bin" / "deploy"
 ALLOWED_NETWORKS = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
-    ipaddress.ip_network("10.200.0.0/16"),  # our own network namespaces (tests/netns_box.py)
 )
+_box_addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()  # namespaces tests made (netns_box.py)
 _violations: list[str] = []
+
+
+def allow_box_address(address: str) -> None:
+    """A network namespace this test run created (tests/netns_box.py): its address is ours, on a link of our own."""
+    _box_addresses.add(ipaddress.ip_address(address))
+
+
+def forget_box_address(address: str) -> None:
+    _box_addresses.discard(ipaddress.ip_address(address))
 
 
 def _allowed(address: object) -> bool:
@@ -45,7 +54,7 @@ def _allowed(address: object) -> bool:
         return False  # a name we would have to resolve: not loopback by construction
     if ip.version == 6 and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    return any(ip in net for net in ALLOWED_NETWORKS)
+    return ip in _box_addresses or any(ip in net for net in ALLOWED_NETWORKS)
 
 
 @pytest.fixture(autouse=True)
