@@ -12,6 +12,8 @@ utterance gets its rows of every streaming state reset (moshi's `reset_streaming
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -21,12 +23,27 @@ NUM_CODEBOOKS = 32
 CODEBOOK_SIZE = 2048  # CSM's audio vocab is 2051; ids >= 2048 (pad/eos slots) have no Mimi entry
 
 
-def build_mimi(weights: str | None, device: torch.device, seed: int = 0):
-    """A moshi MimiModel with 32 codebooks; `weights=None` gives a seeded random one (tests, benchmarks)."""
+def tiny_mimi_config() -> dict:
+    """Mimi's real layout (same strides: 1920 samples per frame, 32 codebooks of 2048) with small widths, so the
+    tests' codec costs milliseconds per frame instead of ~90 ms on this CPU."""
+    from moshi.models import loaders
+
+    cfg = copy.deepcopy(loaders._mimi_config)
+    cfg["seanet"].update(dimension=64, n_filters=4)
+    cfg["quantizer"].update(dimension=16, input_dimension=64, output_dimension=64)
+    cfg["transformer"].update(d_model=64, num_heads=2, num_layers=1, dim_feedforward=128, input_dimension=64,
+                              output_dimensions=[64])  # fmt: skip
+    return cfg
+
+
+def build_mimi(weights: str | None, device: torch.device, seed: int = 0, tiny: bool = False):
+    """A moshi MimiModel with 32 codebooks; `weights=None` gives a seeded random one (tests, benchmarks),
+    `tiny=True` a small random one (tiny-random)."""
     from moshi.models import loaders
 
     torch.manual_seed(seed)
-    mimi = loaders.get_mimi(weights, device=device, num_codebooks=NUM_CODEBOOKS)
+    config = tiny_mimi_config() if tiny and weights is None else None
+    mimi = loaders.get_mimi(weights, config, device=device, num_codebooks=NUM_CODEBOOKS)
     if weights is None:
         # get_mimi(None) leaves the codebooks at zero, which decodes every code to the same vector.
         gen = torch.Generator().manual_seed(seed)
@@ -41,7 +58,8 @@ def build_mimi(weights: str | None, device: torch.device, seed: int = 0):
 
 
 def resolve_mimi_weights(setting: str, model_id: str) -> str | None:
-    """`auto`: random for *-random models, else the production file from the HF hub cache; `random`; or a path."""
+    """`auto`: random for *-random models (small for tiny-random), else the production file from the HF hub cache;
+    `random` (full size); or a path."""
     if setting == "random" or (setting == "auto" and model_id.endswith("-random")):
         return None
     if setting == "auto":

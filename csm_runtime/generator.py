@@ -354,6 +354,8 @@ def load_generator(model: str | None = None, *, settings: RuntimeSettings | None
     dtype = resolve_dtype(settings.dtype, device)
     loaded = load_model(settings.model, device=device, dtype=dtype, revision=settings.revision,
                         seed=settings.init_seed)  # fmt: skip
-    mimi = build_mimi(resolve_mimi_weights(settings.mimi_weights, settings.model), device, seed=settings.init_seed)
+    weights = resolve_mimi_weights(settings.mimi_weights, settings.model)
+    tiny = settings.model == "tiny-random" and settings.mimi_weights == "auto"
+    mimi = build_mimi(weights, device, seed=settings.init_seed, tiny=tiny)
     codec = MimiCodec(mimi, settings.max_streams)
     return StreamingGenerator(loaded, codec, settings, device, dtype)
