@@ -2,6 +2,8 @@
 
     csm-runtime serve      the OpenAI-compatible speech server        serve_cmd.py
     csm-runtime autotune   sweep settings, write profiles/<slug>.yaml autotune_cmd.py
+    csm-runtime generate   one text to a WAV, with frame metrics       generate_cmd.py
+    csm-runtime info       torch / CUDA / GPU / CPU / RAM of this box  info.py
 
 Each module owns its options (`build_parser(parser)`) and its `main(args=...)`; nothing heavy is imported here.
 """
@@ -13,7 +15,12 @@ import sys
 from importlib import import_module
 
 # subcommand -> module that defines build_parser(parser) and main(argv=None, args=None) -> int
-COMMANDS: dict[str, str] = {"serve": "csm_runtime.serve_cmd", "autotune": "csm_runtime.autotune_cmd"}
+COMMANDS: dict[str, str] = {
+    "serve": "csm_runtime.serve_cmd",
+    "autotune": "csm_runtime.autotune_cmd",
+    "generate": "csm_runtime.generate_cmd",
+    "info": "csm_runtime.info",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,102 @@
+"""`csm-runtime generate`: speak one text to a 24 kHz mono WAV and print frames, ms/frame, TTFA and RTF.
+
+Usage (registered in cli.py):
+    csm-runtime generate --model tiny-random --text "Hello there." -o out.wav
+    csm-runtime generate --text "Hi" --greedy --max-ms 4000 --seed 1 -o hi.wav --json
+    csm-runtime generate --show-config
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def build_parser(parser=None):
+    import argparse
+
+    p = parser or argparse.ArgumentParser(prog="csm-runtime generate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="tiny-random (default) | csm-1b-random | sesame/csm-1b | a local path")
+    p.add_argument("--text", help="what to say")
+    p.add_argument("--speaker", type=int, default=0)
+    p.add_argument("--max-ms", type=int, help="longest audio to generate (default: settings.max_audio_ms)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--topk", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--compile", help="off | default | reduce-overhead | max-autotune-no-cudagraphs")
+    p.add_argument("--config", help="YAML file of settings (applied before env and options)")
+    p.add_argument("-o", "--output", default="out.wav", help="WAV file to write (default out.wav)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--show-config", action="store_true", help="print the resolved settings and exit")
+    return p
+
+
+def main(argv: list[str] | None = None, args=None) -> int:
+    from csm_runtime.settings import SettingsError, load_settings
+
+    args = args if args is not None else build_parser().parse_args(argv)
+    cli = {"model": args.model, "device": args.device, "dtype": args.dtype, "compile": args.compile}
+    try:
+        settings = load_settings(args.config, **cli)
+    except (SettingsError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if args.model is None and "CSM_MODEL" not in __import__("os").environ and not args.config:
+        settings = settings.replace(model="tiny-random")  # the command's default: runs anywhere, offline
+    if args.show_config:
+        print(json.dumps(settings.as_dict(), indent=2))
+        return 0
+    try:
+        return _generate(settings, args)
+    except (ValueError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _generate(settings, args) -> int:
+    import soundfile
+
+    from csm_runtime.generator import load_generator
+    from csm_runtime.types import GenerationParams
+
+    if not args.text or not args.text.strip():
+        raise ValueError("--text is required and must not be empty")
+    params = GenerationParams(
+        max_audio_ms=args.max_ms if args.max_ms is not None else settings.max_audio_ms,
+        temperature=args.temperature if args.temperature is not None else settings.temperature,
+        topk=args.topk if args.topk is not None else settings.topk,
+        greedy=args.greedy,
+        seed=args.seed,
+        first_chunk_frames=settings.first_chunk_frames,
+        chunk_frames=settings.chunk_frames,
+    )
+    params.validate()
+    gen = load_generator(settings=settings.replace(max_streams=1))
+    chunks = list(gen.stream(args.text, args.speaker, (), params))
+    pcm = __import__("numpy").concatenate([c.pcm for c in chunks])
+    soundfile.write(args.output, pcm, gen.sample_rate, subtype="FLOAT")
+    m = chunks[-1].metrics
+    report = {
+        "output": args.output,
+        "model": gen.model_id,
+        "frames": m.frames_total,
+        "audio_s": round(len(pcm) / gen.sample_rate, 3),
+        "ms_per_frame": round(m.ms_per_frame, 2),
+        "ttfa_ms": round(m.ttfa_ms, 1) if m.ttfa_ms is not None else None,
+        "rtf": round(m.rtf, 3),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"wrote {report['output']}: {report['frames']} frames ({report['audio_s']} s), "
+            f"{report['ms_per_frame']} ms/frame, TTFA {report['ttfa_ms']} ms, RTF {report['rtf']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
