@@ -57,6 +57,7 @@ class Sampling:
     topk: Tensor  # [B] long, 1..vocab
     greedy: Tensor  # [B] bool
     noise: Tensor  # [B, num_codebooks, vocab] uniform(0,1), refilled per frame from each stream's generator
+    enabled: bool = True  # host-side: False when every active row is greedy (skips sort/softmax; own graph)
 
 
 def sample(logits: Tensor, s: Sampling, codebook: int | Tensor) -> Tensor:
@@ -64,6 +65,8 @@ def sample(logits: Tensor, s: Sampling, codebook: int | Tensor) -> Tensor:
     argmax(probs / Exp(1) noise) - an exact categorical draw with no host sync (gpt-fast's trick)."""
     logits = logits.float()
     greedy_ids = logits.argmax(-1)
+    if not s.enabled:
+        return greedy_ids
     scaled = logits / s.temperature[:, None]
     kth = scaled.sort(dim=-1, descending=True).values.gather(-1, (s.topk - 1)[:, None])
     scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -155,10 +158,12 @@ class FrameModel:
             x = _attn_block(layer, x, cos, sin, self.dk[i], self.dv[i], write, mask)
         return self.dd.norm(x)[:, -1]
 
-    def depth_first(self, hidden: Tensor, temperature, topk, greedy, noise) -> tuple[Tensor, Tensor]:
+    def depth_first(
+        self, hidden: Tensor, temperature, topk, greedy, noise, sampling: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Codebook 0 from the backbone head (lm_head), then the depth decoder over [hidden, c0] at positions 0-1
         -> codebook 1. Returns (c0, c1), each [B]."""
-        s = Sampling(temperature, topk, greedy, noise)
+        s = Sampling(temperature, topk, greedy, noise, sampling)
         c0 = sample(self.m.lm_head(hidden), s, 0)
         x = self.dd.inputs_embeds_projector(torch.stack([hidden, self.dd.embed_tokens(c0)], dim=1))
         cos, sin = self.dcos[:2][None, None], self.dsin[:2][None, None]
@@ -170,10 +175,10 @@ class FrameModel:
         h = self._depth_layers(x, cos, sin, mask, write)
         return c0, sample(h @ self.head.weight[0], s, 1)  # CsmCodebooksHead: position p uses weight[p - 1]
 
-    def depth_next(self, prev: Tensor, cb: Tensor, temperature, topk, greedy, noise) -> Tensor:
+    def depth_next(self, prev: Tensor, cb: Tensor, temperature, topk, greedy, noise, sampling: bool = True) -> Tensor:
         """Codebook `cb` (0-dim long tensor, 2..31) from codebook cb-1 `prev` [B] at depth position cb.
         One graph serves all 30 positions because the position is a tensor, not a Python int."""
-        s = Sampling(temperature, topk, greedy, noise)
+        s = Sampling(temperature, topk, greedy, noise, sampling)
         x = self.dd.inputs_embeds_projector(self.dd.embed_tokens(prev + (cb - 1) * self.vocab))[:, None]
         idx = cb.view(1)
         cos, sin = self.dcos.index_select(0, idx)[None, None], self.dsin.index_select(0, idx)[None, None]
@@ -198,10 +203,10 @@ class FrameModel:
 
     @torch.no_grad()
     def decode_frame(self, hidden: Tensor, pos: Tensor, temperature: Tensor, topk: Tensor, greedy: Tensor,
-                     noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+                     noise: Tensor, sampling: bool = True) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
         """One frame for all slots. hidden [B, H] (last backbone state), pos [B] (next cache position), sampling
         controls as in `Sampling`. Returns (codes [B, 32], new hidden [B, H], new pos [B]). No host syncs."""
-        samp = (temperature, topk, greedy, noise)
+        samp = (temperature, topk, greedy, noise, sampling)
         c0, c = self.depth_first(hidden, *samp)
         codes = [c0, c]
         for cb in range(2, self.ncb):

@@ -122,8 +122,9 @@ class StreamingGenerator:
             graph, (frame, hidden, pos) = self._graph
             graph.replay()
         else:
+            sampling = any(not st.params.greedy for st in self._streams.values())
             frame, hidden, pos = self._decode(self.hidden, self.pos, self.temperature, self.topk, self.greedy,
-                                              self.noise)  # fmt: skip
+                                              self.noise, sampling)  # fmt: skip
         self.hidden.copy_(hidden)
         self.pos.copy_(pos)
         return frame
