@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from deploy.errors import DeployError, NotFoundError, UsageError
+
+if TYPE_CHECKING:  # httpx is imported where it is used: `deploy --help` must not pay for it
+    import httpx
 
 SAMPLE_RATE = 24_000
 WAV_HEADER_BYTES = 44
@@ -169,6 +171,8 @@ def synthesize(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body = {"model": model, "input": text, "voice": voice, "response_format": fmt, **(extra or {})}
     url = endpoint.rstrip("/") + "/v1/audio/speech"
+    import httpx
+
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     nbytes, ttfa = 0, None
     start = time.perf_counter()
