@@ -30,6 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILE = PROJECT_ROOT / "requirements" / "runtime.txt"
 STOCK_IMAGE_PREFIX = "pytorch/pytorch"  # ships torch in the system site-packages: the venv reuses it
 MODES = ("auto", "bootstrap", "image", "current")
+IMAGE_VENV = "/opt/venv"  # docker/Dockerfile's VIRTUAL_ENV: absolute, since an SSH session may not get the image's PATH
 SERVER_NAME = "csm-runtime"  # start_detached name: the log is .csm-deploy-run/csm-runtime.log in the box's home
 SERVER_LOG = f".csm-deploy-run/{SERVER_NAME}.log"
 SERVER_PID = f".csm-deploy-run/{SERVER_NAME}.pid"
@@ -143,13 +144,15 @@ class BoxLayout:
 
     @property
     def python(self) -> str:
-        return {"bootstrap": f"{self.venv}/bin/python", "image": "python3", "current": sys.executable}[self.mode]
+        return {"bootstrap": f"{self.venv}/bin/python", "image": f"{IMAGE_VENV}/bin/python", "current": sys.executable}[
+            self.mode
+        ]
 
     @property
     def runtime_bin(self) -> str:
         return {
             "bootstrap": f"{self.venv}/bin/csm-runtime",
-            "image": "csm-runtime",
+            "image": f"{IMAGE_VENV}/bin/csm-runtime",
             "current": str(Path(self.current_bin) / "csm-runtime"),
         }[self.mode]
 

@@ -31,7 +31,7 @@ from deploy.bootstrap import (
     install_script,
     model_family,
 )
-from deploy.endpoint import DIRECT, TUNNEL, new_token
+from deploy.endpoint import DIRECT, TUNNEL, new_token, tunnel
 from deploy.errors import DeployError, RemoteError
 from deploy.provision import Context, Step, add_step
 
@@ -67,6 +67,8 @@ def step_push(ctx: Context) -> None:
         ctx.state["wheel"] = wheel.name
         pushed.append(f"{wheel.name} {digest[:12]}")
     ctx.state["box_dir"] = ctx.host.run(f"cd {_q(layout.dir)} && pwd", stream=False).stdout.strip()
+    # from here on every path is absolute: the server runs from the box dir, autotune and probes from the home
+    ctx.state["layout"] = layout = BoxLayout(ctx.state["box_dir"], opts.mode)
     ctx.event("push", "; ".join(pushed) + " (sha256 checked)")
     ctx.log(f"pushed {', '.join(p.split()[0] for p in pushed)} to {ctx.state['box_dir']} on {ctx.host.name}")
 
@@ -231,10 +233,15 @@ def step_start(ctx: Context) -> None:
 
 
 def log_tail(ctx: Context, lines: int = LOG_TAIL_LINES) -> str:
+    """The log's last lines, minus our own /ready polls (they would push the traceback out of the window)."""
+    if ctx.host is None:
+        return ""
+    command = f"grep -v '\"GET /ready HTTP' {SERVER_LOG} | tail -n {int(lines)}"
     try:
-        return ctx.host.read_text(SERVER_LOG, tail_lines=lines) if ctx.host else ""
+        res = ctx.host.run(command, stream=False, check=False, timeout=30)
     except (DeployError, OSError) as exc:
         return f"(could not read {SERVER_LOG}: {exc})"
+    return res.stdout if res.stdout.strip() else f"(nothing in {SERVER_LOG}: {res.stderr.strip()[:200]})"
 
 
 def show_log_tail(ctx: Context) -> str:
@@ -248,16 +255,45 @@ def show_log_tail(ctx: Context) -> str:
     return last[-1].strip() if last else "empty log"
 
 
-def _alive(ctx: Context, pid: int) -> bool:
-    res = ctx.host.run(f"kill -0 {int(pid)} 2>/dev/null", stream=False, check=False, timeout=30)
-    return res.ok
+def _pause(ctx: Context, deadline: float) -> None:
+    time.sleep(min(ctx.settings.poll_interval_s, 1.0, max(0.0, deadline - time.monotonic())))
+
+
+def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
+    """On the box: until the server's port accepts connections (uvicorn binds once the model is loaded), failing at
+    once when the process is gone. A tunnel opened before that would only carry refusals."""
+    pid = int(ctx.state["server_pid"])
+    probe = f"kill -0 {pid} 2>/dev/null || exit 7; (exec 3<>/dev/tcp/{opts.bind}/{opts.port}) 2>/dev/null || exit 8"
+    polls = 0
+    while True:
+        polls += 1
+        res = ctx.host.run(f"bash -c {_q(probe)}", stream=False, check=False, timeout=30)
+        if res.exit_code == 0:
+            ctx.log(f"the server listens on {opts.bind}:{opts.port} on the box after {polls} polls")
+            return
+        if res.exit_code == 7:
+            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {show_log_tail(ctx)}")
+        if time.monotonic() >= deadline:
+            raise RemoteError(
+                f"the server did not listen on port {opts.port} within the deadline: {show_log_tail(ctx)}"
+            )
+        if polls % 15 == 0:
+            ctx.log(f"waiting for the server to listen (0/1 ready, {deadline - time.monotonic():.0f} s left)")
+        _pause(ctx, deadline)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str, Any]:
-    """GET /ready until 200; stops at once if the server process died. Returns /ready's JSON body."""
+    """GET /ready with the token until 200 (503 while loading or warming up). Returns /ready's JSON body."""
     import httpx
 
-    pid = ctx.state["server_pid"]
     headers = {"Authorization": f"Bearer {token}"}
     polls, last = 0, "no answer yet"
     while True:
@@ -266,23 +302,24 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
             r = httpx.get(url.rstrip("/") + "/ready", headers=headers, timeout=10.0)
             if r.status_code == 200:
                 ctx.log(f"/ready answered 200 after {polls} polls (1/1 ready)")
-                try:
-                    return r.json()
-                except ValueError:
-                    return {}
+                return _json(r)
             last = f"HTTP {r.status_code}"
+            body = _json(r)
+            if body.get("status") in ("failed", "stopped"):  # the model did not load: waiting longer changes nothing
+                why = body.get("error") or body["status"]
+                show_log_tail(ctx)
+                raise RemoteError(f"the server could not load {ctx.state['runtime'].model}: {why}")
+            if r.status_code in (401, 403):
+                raise RemoteError(f"/ready refused our token ({last}): is another server on port {url}?")
         except httpx.HTTPError as exc:
             last = type(exc).__name__
-        if not _alive(ctx, pid):
-            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {show_log_tail(ctx)}")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if time.monotonic() >= deadline:
             raise RemoteError(
                 f"/ready did not answer 200 within the deadline ({polls} polls, last: {last}): {show_log_tail(ctx)}"
             )
         if polls % 10 == 0:
-            ctx.log(f"waiting for /ready (0/1 ready, {last}, {remaining:.0f} s left)")
-        time.sleep(min(ctx.settings.poll_interval_s, 1.0, max(0.0, remaining)))
+            ctx.log(f"waiting for /ready (0/1 ready, {last}, {deadline - time.monotonic():.0f} s left)")
+        _pause(ctx, deadline)
 
 
 def step_ready(ctx: Context) -> None:
@@ -291,10 +328,11 @@ def step_ready(ctx: Context) -> None:
     token = Path(ctx.refresh().meta["token_file"]).read_text().strip()
     deadline = time.monotonic() + opts.runtime_timeout_s
     on_box = f"http://{opts.bind}:{opts.port}"
+    wait_listening(ctx, opts, deadline)
     if ctx.provider.name == "local":
         body, access = poll_ready(ctx, on_box, token, deadline), DIRECT
     else:
-        with ctx.host.forward_port(opts.port) as local_port:
+        with tunnel(ctx.host, opts.port) as local_port:
             body = poll_ready(ctx, f"http://127.0.0.1:{local_port}", token, deadline)
         access = TUNNEL
     ctx.ledger.update_meta(ctx.rental_id, endpoint=on_box, access=access, profile=ctx.state.get("profile"))

@@ -40,9 +40,11 @@ def keygen(path: Path) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def start_sshd(root: Path, *, listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> Sshd:
+def start_sshd(
+    root: Path, *, listen: str = "127.0.0.1", prefix: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Sshd:
     """`listen`/`prefix`: run it elsewhere, e.g. inside a network namespace (prefix `ip netns exec NAME`) on the
-    namespace's own address (tests/test_e2e_provision.py)."""
+    namespace's own address (tests/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
     os.makedirs("/run/sshd", exist_ok=True)
@@ -70,6 +72,7 @@ Subsystem sftp internal-sftp
 AllowTcpForwarding yes
 LogLevel ERROR
 """
+        + "".join(f"SetEnv {k}={v}\n" for k, v in (env or {}).items())
     )
     with open(root / "sshd.log", "wb") as log:
         proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)], stderr=log)

@@ -1,0 +1,274 @@
+"""End to end: `deploy provision --gpu 4090 --model tiny-random` through every step, for real, on a box of our own.
+
+The one thing emulated is vast.ai (tests/vast_emulator.py, driven by the real vastai CLI). The box it "rents" is a
+network namespace with its own address (tests/netns_box.py) running a real sshd, with its own home directory (a
+bind mount over /root in a mount namespace), so the toolkit reaches it only over SSH, as a rented machine. The project
+wheel is really built, pushed (sha256-checked) and installed into a venv on the box; the box has no network, so it is
+handed this checkout's site-packages as a prepared environment (`--box-site-packages`) for the heavy pins. Destroying
+the instance in the emulator kills the box's processes, as destroying a container does.
+
+Runs as root (network and mount namespaces); elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import wave
+from pathlib import Path
+
+import pytest
+
+from deploy.ledger import Ledger
+from tests.conftest import ROOT, allow_box_address, forget_box_address, unknown_running
+from tests.netns_box import NetnsBox, create_box, netns_available
+from tests.vast_emulator import VastEmulator
+
+pytestmark = pytest.mark.slow
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # this checkout's .venv: the box's "prepared" environment
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+# A cheap but real sweep: one setting, one batch, few frames (the box is a shared 2-core CPU).
+AUTOTUNE_ARGS = "--compile off --batches 1 --timed-frames 2 --warmup-frames 1"
+
+
+def _needed_under_root() -> list[str]:
+    """Top-level entries of /root the box must still see once its own home is mounted over /root."""
+    keep = set()
+    for path in (BASE_PYTHON, SITE_PACKAGES, str(ROOT)):
+        parts = Path(path).parts
+        if parts[:2] == ("/", "root") and len(parts) > 2:
+            keep.add(parts[2])
+    return sorted(keep)
+
+
+def box_prefix(box: NetnsBox, home: Path) -> list[str]:
+    """Run a command in the namespace with `home` mounted over /root (keeping what the box needs from /root)."""
+    lines = ["set -e"]
+    for name in _needed_under_root():
+        lines += [f"mkdir -p {home}/{name}", f"mount --bind /root/{name} {home}/{name}"]
+    lines += [f"mount --rbind {home} /root", 'exec "$@"']
+    script = "; ".join(lines)
+    return [*box.exec_prefix(), "unshare", "--mount", "--propagation", "private", "sh", "-c", script, "box"]
+
+
+def box_pids(box: NetnsBox) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", box.name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def kill_box_processes(box: NetnsBox, keep: set[int]) -> None:
+    """What destroying a container does to what runs in it; every pid here was started by this test's box."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for p in box_pids(box) if p not in keep]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while pids and time.monotonic() < deadline and [p for p in box_pids(box) if p not in keep]:
+            time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan stays in /proc until this container's init reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+class BoxEmulator(VastEmulator):
+    """The emulator, plus: destroying an instance kills what runs on the box."""
+
+    def __init__(self, *, on_destroy, **kwargs):
+        super().__init__(**kwargs)
+        self.on_destroy = on_destroy
+
+    def route(self, method, path, query, body, headers):
+        result = super().route(method, path, query, body, headers)
+        if method == "DELETE" and result[0] == 200 and re.fullmatch(r"/api/v0/instances/\d+/", path):
+            self.on_destroy()
+        return result
+
+
+@pytest.fixture(scope="module")
+def box():
+    reason = netns_available()
+    if reason:
+        pytest.skip(f"end-to-end box needs a network namespace: {reason}")
+    box = create_box()
+    allow_box_address(box.box_addr)
+    yield box
+    kill_box_processes(box, keep=set())
+    box.destroy()
+    forget_box_address(box.box_addr)
+
+
+@pytest.fixture(scope="module")
+def box_home(box, tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("box-home")
+
+
+@pytest.fixture(scope="module")
+def sshd(box, box_home, tmp_path_factory):
+    """Overrides conftest's loopback sshd: the rented box's sshd, inside the namespace, on the box's address."""
+    from tests.sshd import start_sshd
+
+    # the box has no network, and says so: the Hugging Face hub then fails at once instead of retrying DNS
+    server = start_sshd(
+        tmp_path_factory.mktemp("box-sshd"),
+        listen=box.box_addr,
+        prefix=box_prefix(box, box_home),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def vast(sshd, box):
+    emu = BoxEmulator(
+        ssh_host=sshd.host,
+        ssh_port=sshd.port,
+        authorized_keys=sshd.authorized_keys,
+        on_destroy=lambda: kill_box_processes(box, keep={sshd.proc.pid}),
+    )
+    emu.start()
+    yield emu
+    emu.stop()
+    kill_box_processes(box, keep={sshd.proc.pid})
+
+
+def provision_args(model: str, *extra: str) -> list[str]:
+    return [
+        "provision",
+        "--runtime",
+        "--gpu",
+        "4090",
+        "--model",
+        model,
+        "--box-python",
+        BASE_PYTHON,
+        "--box-site-packages",
+        SITE_PACKAGES,
+        "--runtime-timeout",
+        "300",
+        *extra,
+    ]
+
+
+def rows(home: Path):
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        return ledger.rentals()
+
+
+def events(home: Path, rid: int) -> list[tuple[str, str | None]]:
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        return [
+            (r["kind"], r["detail"])
+            for r in ledger.db.execute("SELECT kind, detail FROM events WHERE rental_id=?", (rid,))
+        ]
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
+                pass
+    return hits
+
+
+def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, sshd, box, box_home, deploy_home, tmp_path):
+    res = deploy_cli(
+        *provision_args("tiny-random", "--autotune", "--autotune-args", AUTOTUNE_ARGS, "--json"), timeout=540
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "ready" and out["provider"] == "vast" and out["rate_usd_h"] == 0.35
+    assert out["access"] == "ssh-tunnel" and out["endpoint"].startswith("http://127.0.0.1:")
+    assert out["model"] == "tiny-random" and out["runtime_mode"] == "bootstrap"
+    steps = ["rent", "wait_running", "connect", "check", "push", "install", "autotune", "start", "ready"]
+    assert set(out["timings_s"]) == set(steps)  # every step ran and was timed (JSON keys come sorted)
+    print("step timings (s):", ", ".join(f"{s} {out['timings_s'][s]}" for s in steps))
+    # autotune really ran on the box, and a copy of its profile came back
+    profile = out["profile"]
+    assert profile["source"] == "autotuned" and profile["rtf"] > 0 and profile["max_streams"] == 1
+    assert Path(profile["path"]).is_file() and Path(profile["path"]).parent == deploy_home / "profiles"
+    assert out["usd_per_audio_hour"] == pytest.approx(0.35 * profile["rtf"])
+
+    # the wheel really went into a venv on the box, beside the lock file and the prepared-environment .pth
+    box_dir = box_home / "csm-deploy"
+    installed = list((box_dir / "venv").glob("lib/python3*/site-packages/csm_runtime/server/app.py"))
+    assert installed, "the wheel's csm_runtime is not in the box's venv"
+    assert list((box_dir / "venv").glob("lib/python3*/site-packages/csm-deploy-prepared.pth"))
+    assert (box_dir / "runtime.txt").read_bytes() == (ROOT / "requirements" / "runtime.txt").read_bytes()
+    (row,) = rows(deploy_home)
+    kinds = dict(events(deploy_home, row.id))
+    assert "sha256 checked" in kinds["push"] and ".whl" in kinds["push"]
+    assert "installed csm_deploy-" in kinds["install"]
+
+    # the token: fresh, 0600 on both sides, only its hash in the ledger
+    token_file = Path(out["token_file"])
+    token = token_file.read_text().strip()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert (box_dir / "token").stat().st_mode & 0o777 == 0o600
+    assert (box_dir / "token").read_text().strip() == token
+    assert row.meta["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    ledger_bytes = b"".join(p.read_bytes() for p in deploy_home.glob("ledger.sqlite3*"))
+    assert token.encode() not in ledger_bytes
+
+    # the vast API key never reaches the box: not in its files, not in the server's environment
+    assert files_containing(box_home, vast.api_key.encode()) == []
+    server_pid = row.meta["server_pid"]
+    assert vast.api_key.encode() not in Path(f"/proc/{server_pid}/environ").read_bytes()
+    assert b"VAST_API_KEY" not in Path(f"/proc/{server_pid}/environ").read_bytes()
+
+    # generate through the endpoint the ledger recorded (deploy opens the SSH tunnel itself)
+    wav_path = tmp_path / "box.wav"
+    gen = deploy_cli("generate", str(row.id), "Hello from the box.", "-o", str(wav_path), "--max-audio-ms", "800",
+                     "--json", timeout=300)  # fmt: skip
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    with wave.open(str(wav_path)) as w:
+        assert w.getframerate() == 24_000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+        assert w.getnframes() >= 1920  # at least one 80 ms frame of audio
+    assert json.loads(gen.stdout)["audio_s"] > 0
+
+    # teardown destroys the instance (and with it the server), cost shows it at the emulator's rate
+    down = deploy_cli("teardown", str(row.id))
+    assert down.returncode == 0, down.stderr
+    assert vast.running_ids() == set()
+    assert not running(server_pid)
+    cost = deploy_cli("cost", "--json")
+    assert cost.returncode == 0, cost.stderr
+    (line,) = json.loads(cost.stdout)["lines"]
+    assert line["rate_usd_h"] == 0.35 and line["usd"] > 0 and not line["open"]
+    assert unknown_running(vast, deploy_home) == set()
+
+
+def test_server_that_fails_to_start_shows_its_log_and_the_box_is_destroyed(deploy_cli, vast, deploy_home):
+    res = deploy_cli(*provision_args("no-such-model", "--no-autotune", "--max-offers", "1"), timeout=400)
+    assert res.returncode == 1, res.stdout
+    assert "last 30 lines of ~/.csm-deploy-run/csm-runtime.log" in res.stderr
+    log_tail = res.stderr.split("last 30 lines", 1)[1].split("--- end of log ---", 1)[0]
+    assert "ModelLoadError: cannot load model 'no-such-model'" in log_tail  # the server's own words, from its log
+    assert '"GET /ready' not in log_tail  # our polls are filtered out of the tail
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: step 'ready' failed: the server could not load no-such-model: ModelLoadError")
+    (row,) = rows(deploy_home)
+    assert row.status == "destroyed" and row.ended_at is not None
+    assert row.reason.startswith("provision failed at ready: the server could not load no-such-model")
+    assert vast.instances[int(row.provider_id)]["_destroyed_at"] is not None
+    assert vast.running_ids() == set()
+    assert unknown_running(vast, deploy_home) == set()
