@@ -86,6 +86,11 @@ class MimiCodec:
         for mod in self._streaming:
             mod.streaming_forever(slots)
 
+    def close(self) -> None:
+        """Leave streaming mode, so another MimiCodec (e.g. another batch size) can reuse the same Mimi."""
+        for mod in self._streaming:
+            mod._stop_streaming()
+
     @torch.no_grad()
     def reset(self, slot_mask: torch.Tensor) -> None:
         """Forget the decoder history of the slots where `slot_mask` (bool, [slots]) is true."""

@@ -66,3 +66,11 @@ def test_clamp_and_weight_resolution():
     assert resolve_mimi_weights("auto", "tiny-random") is None
     assert resolve_mimi_weights("random", "sesame/csm-1b") is None
     assert resolve_mimi_weights("/models/mimi.safetensors", "sesame/csm-1b") == "/models/mimi.safetensors"
+
+
+def test_close_lets_another_codec_reuse_the_same_mimi():
+    mimi = build_mimi(None, torch.device("cpu"), seed=0, tiny=True)
+    first = MimiCodec(mimi, slots=1)
+    first.close()
+    second = MimiCodec(mimi, slots=3)
+    assert second.decode_step(torch.zeros(3, 32, 1, dtype=torch.long)).shape == (3, FRAME_SAMPLES)
