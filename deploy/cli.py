@@ -1,13 +1,16 @@
 """`deploy`: the control plane's command line. This file is its table of contents.
 
     deploy offers      list offers for a GPU, cheapest first          commands/offers.py
-    deploy provision   rent -> wait -> connect -> check (-> ...)      commands/provision.py
+    deploy provision   rent -> ... -> push -> autotune -> start -> ready  commands/provision.py
     deploy status      ledger joined with live state, orphans, ghosts commands/status.py
     deploy teardown    destroy, confirm, record the end               commands/teardown.py
     deploy cost        rate x time, beside vast's own charges         commands/cost.py
     deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
     deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
+    deploy gateway     HAProxy in front of a fleet: start/stop/status commands/gateway.py
+    deploy scale       grow (parallel provision) or shrink (drain)    commands/scale.py
+    deploy heal        replace replicas that died or stay unready     commands/heal.py
 
 Errors map to one line on stderr (`Error: ...`) and exit 1 via ERRORS below; DEPLOY_DEBUG=1 adds the traceback.
 Nothing heavy is imported here: `deploy --help` stays fast (no fabric, httpx or torch).
@@ -24,7 +27,9 @@ from typing import Annotated
 import typer
 
 # The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
-COMMANDS: tuple[str, ...] = ("offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate", "autotune")
+COMMANDS: tuple[str, ...] = (
+    "offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate", "autotune", "gateway", "scale", "heal",
+)  # fmt: skip
 
 app = typer.Typer(
     name="deploy",

@@ -79,7 +79,9 @@ def provision(
     ] = None,
     json_: c.Json = False,
 ) -> None:
-    """Rent a box, wait until it runs and answers SSH, check it, and record everything in the ledger.
+    """Rent a box, get the runtime onto it, tune it, start it and wait for /ready; record everything in the ledger.
+
+    Steps: rent, wait_running, connect, check, then (unless --no-runtime) push, install, autotune, start, ready.
 
     Offers are tried cheapest first; a box that fails is destroyed (unless --keep-on-failure) and the next is tried.
 
