@@ -85,6 +85,34 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_fleets(db: sqlite3.Connection) -> None:
+    """Fleets (several rentals behind one gateway) and their replicas; deploy/fleet.py reads and writes them."""
+    _script(
+        db,
+        """
+        CREATE TABLE fleets (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            spec TEXT NOT NULL DEFAULT '{}',
+            gateway TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE replicas (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            fleet_id INTEGER NOT NULL REFERENCES fleets(id),
+            rental_id INTEGER NOT NULL UNIQUE REFERENCES rentals(id),
+            state TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            removed_at REAL,
+            failing_since REAL,
+            reason TEXT
+        );
+        CREATE INDEX replicas_fleet ON replicas(fleet_id, state);
+        """,
+    )
+
+
 @dataclass(frozen=True)
 class Rental:
     id: int

@@ -1,0 +1,44 @@
+"""`deploy heal`: replace replicas whose instance died or whose /ready has failed for a set time."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+from deploy.commands.gateway import Fleet_
+
+
+def heal(
+    fleet: Fleet_ = "default",
+    after: Annotated[float, typer.Option(help="Seconds /ready must keep failing before a replica is replaced.")] = 60.0,
+    replica: Annotated[
+        str | None, typer.Option(help="Only this replica (r12 or rental ID 12).", show_default=False)
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Provision a replacement (--no-replace: only remove).")] = True,
+    json_: c.Json = False,
+) -> None:
+    """Check every replica: a dead instance is destroyed and replaced at once; one whose /ready fails is watched
+    for --after seconds and replaced if it does not recover. The gateway is reloaded around the change.
+
+    Examples:
+      deploy heal
+      deploy heal --after 30 --replica r12
+    """
+    from deploy import fleet_ops
+
+    if after < 0:
+        from deploy.errors import UsageError
+
+        raise UsageError(f"--after must be 0 or more seconds, not {after}")
+    result = fleet_ops.heal(c.settings(), fleet, after_s=after, log=output.progress, only=replica, replace=replace)
+    if json_:
+        output.emit_json(result)
+        return
+    checked = ", ".join(f"{k}: {v}" for k, v in sorted(result["checked"].items())) or "no replicas"
+    output.emit_text(
+        f"fleet {fleet}: {checked}; replaced {', '.join(result['replaced']) or 'none'}"
+        f"{' with ' + ', '.join(result['added']) if result['added'] else ''}"
+    )

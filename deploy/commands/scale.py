@@ -1,0 +1,41 @@
+"""`deploy scale N`: add replicas (provisioned in parallel) or remove them (drained first, then destroyed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+from deploy.commands.gateway import Fleet_
+
+
+def scale(
+    replicas: Annotated[int, typer.Argument(help="How many replicas the fleet should have.")],
+    fleet: Fleet_ = "default",
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a removed replica's streams to finish.")
+    ] = 600.0,
+    json_: c.Json = False,
+) -> None:
+    """Grow or shrink a fleet; the gateway (if running) is reloaded without dropping streams.
+
+    Removal drains first: the replica gets no new requests, its streams finish, then it is destroyed.
+    New replicas are provisioned like the fleet's first ones (same provider, GPU list, model).
+
+    Examples:
+      deploy scale 3
+      deploy scale 1 --drain-timeout 120
+    """
+    from deploy import fleet_ops
+
+    c.positive("--drain-timeout", drain_timeout)
+    result = fleet_ops.scale(c.settings(), fleet, replicas, log=output.progress, drain_s=drain_timeout)
+    if json_:
+        output.emit_json(result)
+        return
+    output.emit_text(
+        f"fleet {fleet}: {len(result['active'])} active ({', '.join(result['active'])}); "
+        f"added {', '.join(result['added']) or 'none'}; removed {', '.join(result['removed']) or 'none'}"
+    )

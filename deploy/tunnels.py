@@ -1,0 +1,100 @@
+"""SSH tunnels the gateway keeps open to replicas whose server listens on the box's loopback (access `ssh-tunnel`).
+
+One `ssh -N -L 127.0.0.1:<local>:127.0.0.1:<remote>` process per replica, detached (its own session) so it outlives
+the `deploy` command that opened it, with the host key pinned in the ledger as the only one accepted (a known_hosts
+file written from it; strict checking). Its pid and local port live in DEPLOY_HOME/gateway/<fleet>/tunnel-<name>.*;
+`ensure` reuses a live one, `close` ends it. Why OpenSSH and not Fabric: Fabric's forward lives in our process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from deploy.errors import RemoteError, UsageError
+from deploy.ledger import Rental
+from deploy.remote import free_port
+
+
+def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    return directory / f"tunnel-{name}.pid", directory / f"tunnel-{name}.port", directory / f"tunnel-{name}.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ssh" in cmd.split(b"\0")[0] and b"-N" in cmd
+
+
+def current(directory: Path, name: str) -> int | None:
+    """The local port of this replica's live tunnel, or None."""
+    pid_f, port_f, _log = _files(directory, name)
+    try:
+        pid, port = int(pid_f.read_text()), int(port_f.read_text())
+    except (OSError, ValueError):
+        return None
+    return port if _alive(pid) else None
+
+
+def ensure(directory: Path, name: str, rental: Rental, key: Path, *, timeout: float = 20.0) -> int:
+    """A live tunnel to the rental's server port; returns the local port."""
+    port = current(directory, name)
+    if port is not None:
+        return port
+    close(directory, name)
+    if not rental.ssh_host or not rental.ssh_port or not rental.host_key:
+        raise UsageError(f"replica {name}: rental {rental.id} has no SSH endpoint or pinned host key for a tunnel")
+    ssh = shutil.which("ssh")
+    if not ssh:
+        raise UsageError("ssh (OpenSSH client) not found: the gateway reaches tunnelled replicas through it")
+    remote_port = int(rental.meta["port"])
+    known = directory / f"tunnel-{name}.known_hosts"
+    known.write_text(f"[{rental.ssh_host}]:{rental.ssh_port} {rental.host_key}\n")
+    local = free_port()
+    pid_f, port_f, log_f = _files(directory, name)
+    cmd = [
+        ssh, "-N", "-T", "-F", "/dev/null", "-i", str(key), "-p", str(rental.ssh_port),
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={known}", "-o", "ExitOnForwardFailure=yes",
+        "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
+        "-L", f"127.0.0.1:{local}:127.0.0.1:{remote_port}", f"{rental.ssh_user or 'root'}@{rental.ssh_host}",
+    ]  # fmt: skip
+    with open(log_f, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    pid_f.write_text(str(proc.pid))
+    port_f.write_text(str(local))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_f.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RemoteError(f"SSH tunnel to replica {name} exited: {tail[0]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local), timeout=0.5):
+            return local
+        time.sleep(0.05)
+    close(directory, name)
+    raise RemoteError(f"SSH tunnel to replica {name} did not open within {timeout:g} s")
+
+
+def close(directory: Path, name: str) -> None:
+    pid_f, port_f, _log = _files(directory, name)
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_f.read_text())
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    for f in (pid_f, port_f):
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
+def close_all(directory: Path) -> None:
+    if directory.is_dir():
+        for pid_f in directory.glob("tunnel-*.pid"):
+            close(directory, pid_f.name[len("tunnel-") : -len(".pid")])
