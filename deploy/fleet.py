@@ -161,6 +161,14 @@ class FleetStore:
             d = dict(row)
             rental = self.ledger.get(d["rental_id"])
             assert rental is not None
+            if d["state"] in LIVE_STATES and not rental.is_open:  # `deploy teardown ID` ended it: it left the fleet
+                self.db.execute(
+                    "UPDATE replicas SET state=?, reason=?, removed_at=? WHERE id=?",
+                    (REMOVED, f"rental {rental.status} outside the fleet", self.ledger.clock(), d["id"]),
+                )
+                if REMOVED not in states:
+                    continue
+                d = {**d, "state": REMOVED}
             out.append(
                 Replica(
                     d["id"], d["fleet_id"], rental, d["state"], d["added_at"], d["removed_at"], d["failing_since"],

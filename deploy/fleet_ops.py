@@ -101,7 +101,7 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
     result = Added()
 
     def one(i: int) -> int:
-        return provision_one(settings, spec, log=lambda m: log(f"[replica {i}/{count}] {m}"))
+        return provision_one(settings, spec, log=lambda m: log(f"replica {i}/{count}: {m}"))
 
     with ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="replica") as pool:
         futures = [pool.submit(one, i) for i in range(1, count + 1)]
@@ -120,7 +120,7 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
                 result.rental_ids.append(rid)
             else:
                 result.failures.append(f"replica {i}: {exc}")
-                log(f"[replica {i}/{count}] failed: {exc}")
+                log(f"replica {i}/{count}: failed: {exc}")
     return result
 
 
@@ -446,3 +446,26 @@ def heal(
 
 def token_path(settings: DeploySettings, fleet_name: str) -> Path:
     return gw.client_token(settings.home_path, fleet_name)[0]
+
+
+def create_fleet(settings: DeploySettings, name: str, spec: dict[str, Any], count: int, *, log: Log) -> dict[str, Any]:
+    """`deploy provision --replicas N`: the fleet row first (so a crash leaves it on record), then N in parallel."""
+    if count < 1:
+        raise UsageError(f"--replicas must be at least 1, not {count}")
+    with Ledger(settings.ledger_path) as ledger:
+        FleetStore(ledger).create(name, spec)
+    added = add_replicas(settings, name, count, log=log)
+    with Ledger(settings.ledger_path) as ledger:
+        store = FleetStore(ledger)
+        fleet = store.get(name)
+        gateway_reload(settings, store, fleet)
+        replicas = [r.as_dict() for r in store.replicas(fleet, (ACTIVE,))]
+    result = {"fleet": name, "requested": count, "replicas": replicas, "failures": added.failures}
+    if added.failures:
+        got = ", ".join(f"r{i}" for i in added.rental_ids) or "none"
+        raise DeployError(
+            f"fleet {name}: {len(added.rental_ids)} of {count} replicas ready ({got}); "
+            + "; ".join(added.failures)
+            + f" (each failed one was rolled back; `deploy scale {count} --fleet {name}` tries again)"
+        )
+    return result

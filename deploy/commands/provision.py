@@ -77,6 +77,11 @@ def provision(
     runtime_timeout: Annotated[
         float | None, typer.Option(help="Seconds from start to /ready [default: 900].", show_default=False)
     ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(help="Provision a fleet of N replicas in parallel (see `deploy gateway`).", show_default=False),
+    ] = None,
+    fleet: Annotated[str, typer.Option(help="--replicas: the fleet's name.")] = "default",
     json_: c.Json = False,
 ) -> None:
     """Rent a box, get the runtime onto it, tune it, start it and wait for /ready; record everything in the ledger.
@@ -96,6 +101,10 @@ def provision(
     from deploy.provision import provision as run
 
     s = c.settings()
+    gpus = [g.strip() for g in (gpu or "").split(",") if g.strip()]  # `4090,3090`: the next type when one runs out
+    gpu = gpus[0] if gpus else None
+    for alias in gpus:
+        c.gpu(alias)
     if provider == "vast" and gpu is None:
         from deploy.errors import UsageError
 
@@ -129,6 +138,21 @@ def provision(
         from deploy.runtime_steps import register
 
         steps = register(list(STEPS))
+    if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback: deploy/fleet_ops.py
+        from deploy import fleet_ops
+
+        spec = fleet_ops.make_spec(
+            provider, gpus, options, runtime=runtime, ssh={"host": host, "port": port, "user": user}
+        )
+        _interrupt_on_sigterm()
+        if replicas is None:
+            rid = fleet_ops.provision_one(s, spec, log=output.progress)
+            return output.emit_text(f"ready: rental {rid}; `deploy status`, `deploy teardown {rid}`")
+        result = fleet_ops.create_fleet(s, fleet, spec, replicas, log=output.progress)
+        if json_:
+            return output.emit_json(result)
+        names = ", ".join(f"{r['replica']} ({r['gpu_name']}, {r['rate_usd_h']:.3f} USD/h)" for r in result["replicas"])
+        return output.emit_text(f"fleet {fleet}: {names}; next: `deploy gateway start --fleet {fleet}`")
     prov = c.provider(provider, host=host, port=port, user=user)
     _interrupt_on_sigterm()
     with c.open_ledger() as ledger:
