@@ -179,6 +179,7 @@ def render_for(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> tup
 
 
 def gateway_start(settings: DeploySettings, fleet_name: str, *, bind: str, port: int, check_ms: int) -> dict:
+    gw.find_haproxy()  # the cheapest error first
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -190,6 +191,7 @@ def gateway_start(settings: DeploySettings, fleet_name: str, *, bind: str, port:
                 f"the gateway of fleet {fleet_name!r} already runs on port {fleet.gateway.get('port')} "
                 f"(pid {gw.master_pid(p)}): `deploy gateway stop` first"
             )
+        gw.check_port_free(bind, port)
         fleet = store.set_gateway(fleet, bind=bind, port=port, check_interval_ms=check_ms)
         text, names, secrets_ = render_for(settings, store, fleet)
         pid = gw.start(p, text, bind=bind, port=port, secrets_=secrets_, names=names)
@@ -421,6 +423,9 @@ def heal(
             pending = still
             if pending:
                 time.sleep(poll_s)
+        leftover = store.replicas(fleet, (DRAINING,))  # a scale or heal that stopped half-way: finish it
+        if leftover and only is None:
+            remove(settings, store, fleet, leftover, log=log, drain_s=600.0)
         for r in due:
             store.set_state(r, DRAINING, verdicts[r.name])
         if due:

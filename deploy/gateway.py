@@ -111,7 +111,7 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
         "defaults",
         "    mode http",
         "    load-server-state-from-file global",
-        "    no option http-buffer-request  # a request is forwarded as it arrives",
+        "    option http-buffer-request  # the small JSON request whole before a replica is picked: L7 retries need it",
         "    no option httpclose",
         f"    timeout connect {cfg.timeout_connect_s}s",
         f"    timeout client {cfg.timeout_client_s}s",
@@ -136,7 +136,7 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
         "    option httpchk",
         "    http-check send meth GET uri /ready  # the replica's token is added by its own proxy below",
         "    http-check expect status 200",
-        "    retry-on conn-failure empty-response 503  # a replica that died or is not ready: try another",
+        "    retry-on conn-failure empty-response response-timeout 502 503 504  # a replica died or is not ready: try another",
         "    option redispatch 1",
         f"    retries {cfg.retries}",
         f"    default-server check inter {cfg.check_interval_ms}ms fall {cfg.fall} rise {cfg.rise}",
@@ -148,6 +148,7 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
             f"listen {b.name}",
             f"    bind unix@{sock}/{b.name}.sock mode 600",
             f'    http-request set-header Authorization "Bearer {b.token}"',
+            "    retries 0  # fail fast: the fleet backend retries the request on another replica",
             f"    server replica {b.address}",
         ]
     return "\n".join(lines) + "\n"
@@ -294,11 +295,14 @@ def api(sock: Path, command: str, *, timeout: float = 5.0) -> str:
             s.connect(str(sock))
         except OSError as exc:
             raise GatewayError(f"the gateway's socket {sock} does not answer ({exc.strerror or exc})") from None
-        s.sendall(command.encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
         chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
+        try:
+            s.sendall(command.encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except OSError as exc:  # a master re-executing itself on reload resets its CLI connections
+            raise GatewayError(f"the gateway's socket {sock} dropped `{command.split()[0]}` ({exc})") from None
     return b"".join(chunks).decode(errors="replace")
 
 

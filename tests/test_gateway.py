@@ -1,0 +1,188 @@
+"""The gateway's config as a pure function (checked by the real HAProxy's own parser), the files it writes, and the
+errors an operator meets: HAProxy missing, port in use, unknown replica or fleet, a replica without a server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from deploy import gateway as gw
+from deploy.errors import NotFoundError, UsageError
+from deploy.fleet import FleetStore, choose_for_removal, due_for_replacement, parse_metrics
+from deploy.ledger import Ledger
+from tests.conftest import run_deploy
+
+HAPROXY = "/usr/sbin/haproxy"
+needs_haproxy = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed (.ci/run installs it)")
+CLIENT = "client-token-abcdefgh"
+
+
+def _cfg(tmp_path, **kw) -> gw.GatewayConfig:
+    return gw.GatewayConfig(
+        client_token=CLIENT, sockets_dir=str(tmp_path), state_file=str(tmp_path / "s.state"), port=18123, **kw
+    )
+
+
+BACKENDS = [gw.Backend("r1", "127.0.0.1:9001", "tok-one-123456"), gw.Backend("r2", "127.0.0.1:9002", "tok-two-123456")]
+
+
+def test_render_is_pure_and_has_what_streams_need(tmp_path):
+    text = gw.render(_cfg(tmp_path), BACKENDS)
+    assert text == gw.render(_cfg(tmp_path), BACKENDS)
+    assert "balance leastconn" in text
+    assert "http-check send meth GET uri /ready" in text and "http-check expect status 200" in text
+    assert "option http-buffer-request" in text and "no option httpclose" in text  # requests whole, responses streamed
+    assert "timeout tunnel 3600s" in text and "timeout server 600s" in text
+    assert f'req.hdr(Authorization) -m str "Bearer {CLIENT}"' in text
+    assert "http-request return status 401" in text and "acl public path /health" in text
+    # each replica's own token goes only into its own proxy, towards its own address
+    r1 = text[text.index("listen r1") :].split("\n\n")[0]
+    assert 'set-header Authorization "Bearer tok-one-123456"' in r1 and "server replica 127.0.0.1:9001" in r1
+    assert "tok-two" not in r1
+    assert f"server r1 unix@{tmp_path}/r1.sock" in text and f"server r2 unix@{tmp_path}/r2.sock" in text
+
+
+@needs_haproxy
+def test_haproxy_accepts_the_rendered_config(tmp_path):
+    cfg = tmp_path / "h.cfg"
+    (tmp_path / "s.state").write_text("1\n")
+    cfg.write_text(gw.render(_cfg(tmp_path), BACKENDS))
+    res = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "WARNING" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "backends,message",
+    [
+        ([gw.Backend("r1", "127.0.0.1:9001", 'bad"token x')], "replica r1: the token"),
+        ([gw.Backend("r1", "127.0.0.1:9001", "short")], "replica r1: the token"),
+        ([gw.Backend("r1", "nohost", "tok-one-123456")], "is not host:port"),
+        ([gw.Backend("r1", "127.0.0.1:99999", "tok-one-123456")], "is not host:port"),
+        ([BACKENDS[0], BACKENDS[0]], "unique"),
+        ([gw.Backend("r 1", "127.0.0.1:9001", "tok-one-123456")], "not a valid HAProxy server name"),
+    ],
+)
+def test_bad_input_is_refused_before_haproxy_sees_it(tmp_path, backends, message):
+    with pytest.raises(UsageError, match=message):
+        gw.render(_cfg(tmp_path), backends)
+
+
+def test_address_of_endpoints():
+    assert gw.address_of("http://127.0.0.1:8001") == "127.0.0.1:8001"
+    assert gw.address_of("http://[::1]:8001/") == "[::1]:8001"
+    with pytest.raises(UsageError):
+        gw.address_of("https://example.org")
+
+
+def test_files_hold_tokens_so_they_are_private(tmp_path):
+    path = tmp_path / "x.cfg"
+    gw.write_private(path, "secret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    tok_path, token = gw.client_token(tmp_path, "default")
+    assert stat.S_IMODE(tok_path.stat().st_mode) == 0o600 and len(token) >= 32
+    assert gw.client_token(tmp_path, "default")[1] == token  # made once, then reused
+    assert gw.scrub(f"line with {token} in it", [token]) == "line with *** in it"
+
+
+def test_long_homes_get_short_socket_paths(tmp_path):
+    deep = tmp_path / ("d" * 90)
+    p = gw.Paths.for_fleet(deep, "default")
+    assert len(str(p.sockets / "r123456.sock")) < 100 and p.dir == deep / "gateway" / "default"
+
+
+def test_port_in_use_is_one_clear_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UsageError, match=f"port {port} on 127.0.0.1 is in use"):
+            gw.check_port_free("127.0.0.1", port)
+
+
+def test_haproxy_missing_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(gw.os, "access", lambda *a: False)
+    with pytest.raises(gw.GatewayError, match="apt-get install haproxy"):
+        gw.find_haproxy()
+    monkeypatch.setenv("DEPLOY_HAPROXY", str(tmp_path / "nope"))
+    with pytest.raises(gw.GatewayError, match="DEPLOY_HAPROXY=.* is not an executable"):
+        gw.find_haproxy()
+
+
+def test_metrics_parsing_counts_only_served_speech():
+    text = "\n".join(
+        [
+            "# HELP csm_requests_total x",
+            'csm_requests_total{route="/v1/audio/speech",status="200"} 5.0',
+            'csm_requests_total{route="/v1/audio/speech",status="429"} 2.0',
+            'csm_requests_total{route="/ready",status="200"} 99.0',
+            "csm_audio_seconds_total 12.5",
+            "csm_active_streams 1.0",
+            "csm_queue_depth 0.0",
+        ]
+    )
+    m = parse_metrics(text)
+    assert m == {"speech_requests": 5.0, "audio_seconds": 12.5, "active_streams": 1.0, "queue_depth": 0.0}
+
+
+def _ledger_with_fleet(home, n=3):
+    ledger = Ledger(home / "ledger.sqlite3")
+    store = FleetStore(ledger)
+    fleet = store.create("default", {"provider": "local"})
+    for i in range(n):
+        r = ledger.record_intent(attempt_id=f"a{i}", provider="local", label_prefix="csm-deploy")
+        ledger.record_rented(r.id, f"local-{i}")
+        store.add(fleet, r.id)
+    return ledger, store, fleet
+
+
+def test_fleet_rows_decisions_and_unknown_replica(deploy_home):
+    ledger, store, fleet = _ledger_with_fleet(deploy_home)
+    reps = store.replicas(fleet)
+    assert [r.name for r in reps] == ["r1", "r2", "r3"]
+    assert [r.name for r in choose_for_removal(reps, 2)] == ["r3", "r2"]  # newest first...
+    assert [r.name for r in choose_for_removal(reps, 2, unhealthy=["r1"])] == ["r1", "r3"]  # ...unhealthy before all
+    assert store.replica(fleet, "2").name == "r2" and store.replica(fleet, "r2").name == "r2"
+    with pytest.raises(NotFoundError, match="no replica 'r9' in fleet 'default'"):
+        store.replica(fleet, "r9")
+    with pytest.raises(NotFoundError, match="no fleet 'other'"):
+        store.get("other")
+    with pytest.raises(UsageError, match="exists already"):
+        store.create("default", {})
+    r1 = reps[0]
+    assert due_for_replacement(r1, box_alive=False, ready=False, now=100, after_s=60)[0]
+    assert not due_for_replacement(r1, box_alive=True, ready=True, now=100, after_s=60)[0]
+    assert due_for_replacement(r1, box_alive=True, ready=False, now=100, after_s=0)[0]
+    store.set_failing(r1, 50.0)
+    assert not due_for_replacement(store.replica(fleet, "r1"), box_alive=True, ready=False, now=100, after_s=60)[0]
+    assert due_for_replacement(store.replica(fleet, "r1"), box_alive=True, ready=False, now=111, after_s=60)[0]
+    # a rental torn down outside the fleet leaves it
+    ledger.close_rental(reps[1].rental.id, "destroyed", "teardown")
+    assert [r.name for r in store.replicas(fleet)] == ["r1", "r3"]
+    ledger.close()
+
+
+def test_cli_errors_are_one_line(deploy_home):
+    env = {**os.environ, "DEPLOY_HOME": str(deploy_home)}
+    res = run_deploy(["gateway", "start"], env)
+    assert res.returncode == 1 and res.stderr.strip().startswith("Error: no fleet 'default'"), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run_deploy(["gateway", "restart"], env)
+    assert res.returncode == 1 and "unknown action 'restart'" in res.stderr
+    res = run_deploy(["scale", "0"], env)
+    assert res.returncode == 1 and "at least 1 replica" in res.stderr
+    ledger, _store, _fleet = _ledger_with_fleet(deploy_home, 1)
+    ledger.close()
+    res = run_deploy(["heal", "--replica", "r7"], env)
+    assert res.returncode == 1 and "no replica 'r7' in fleet 'default'" in res.stderr, res.stderr
+    res = run_deploy(["gateway", "start", "--port", "18124"], env)  # a replica with no server behind it
+    assert res.returncode == 1 and "has no server endpoint" in res.stderr, res.stderr
+    res = run_deploy(["gateway", "start", "--port", "0"], env)
+    assert res.returncode == 1 and "--port must be between" in res.stderr
+    res = run_deploy(["gateway", "start"], {**env, "DEPLOY_HAPROXY": "/nonexistent/haproxy"})
+    assert res.returncode == 1 and "DEPLOY_HAPROXY=/nonexistent/haproxy is not an executable" in res.stderr, res.stderr
