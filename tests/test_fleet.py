@@ -66,7 +66,7 @@ class Fleet:
 def fleet(tmp_path_factory):
     home = tmp_path_factory.mktemp("fleet") / "home"
     env = {**os.environ, "DEPLOY_HOME": str(home), "DEPLOY_POLL_INTERVAL_S": "0.2", "CSM_DEVICE": "cpu",
-           "CSM_CPU_THREADS": "1", "CSM_MAX_STREAMS": "4"}  # fmt: skip
+           "CSM_CPU_THREADS": "1", "CSM_MAX_STREAMS": "4", "DEPLOY_LOCAL_RATE": "0.5"}  # fmt: skip
     env.pop("VAST_API_KEY", None)
     port = free_port()
     try:
@@ -109,6 +109,25 @@ def test_twelve_concurrent_requests_spread_over_three_replicas(fleet):
     status = fleet.deploy("gateway", "status")
     assert status.returncode == 0 and fleet.token not in status.stdout + status.stderr
     assert replica_token not in status.stdout + status.stderr
+
+
+def test_status_and_cost_show_the_fleet(fleet):
+    served = fleet.served()
+    res = fleet.deploy("status", "--json")
+    assert res.returncode == 0, res.stderr
+    replicas = {e["replica"]["replica"]: e["replica"] for e in json.loads(res.stdout) if "replica" in e}
+    assert sorted(replicas) == sorted(served)
+    for name, r in replicas.items():
+        assert r["fleet"] == "default" and r["ready"] and r["gateway"] == "UP"
+        assert r["requests"] >= served[name] > 0  # from the replica's own /metrics
+    text = " ".join(fleet.deploy("status").stdout.split())  # the table's caption wraps
+    assert "fleet default" in text and "3/3 ready" in text
+    res = fleet.deploy("cost", "--json")
+    assert res.returncode == 0, res.stderr
+    (f,) = json.loads(res.stdout)["fleets"]
+    assert f["replicas"] == 3 and f["rate_usd_h"] == 1.5 and f["audio_seconds"] > 0
+    assert f["usd_per_audio_h"] == pytest.approx(f["usd"] / (f["audio_seconds"] / 3600), rel=1e-6)
+    assert "per hour of audio" in " ".join(fleet.deploy("cost").stdout.split())
 
 
 def test_streamed_bytes_arrive_while_the_replica_is_still_generating(fleet):

@@ -49,9 +49,15 @@ def cost(
             output.progress(note)
     report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs)
     report.provider_note = note
+    from deploy.fleet_report import emit_tables, fleet_reports
+
+    with c.open_ledger() as ledger:
+        fleets = fleet_reports(c.settings(), ledger, now=now)  # $ per hour of audio, per fleet
     if json_:
-        output.emit_json(report.as_dict())
+        output.emit_json({**report.as_dict(), "fleets": [{"fleet": f["fleet"], **f["total"]} for f in fleets]})
         return
+    if fleets:
+        emit_tables(fleets)
     if by == "day":
         rows = [(x.key, f"{x.hours:.3f}", output.fmt_usd(x.usd), "yes" if x.open else "") for x in report.lines]
         output.emit_table(

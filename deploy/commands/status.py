@@ -25,8 +25,16 @@ def status(
         rec = reconcile(ledger, c.settings(), lambda name: c.provider(name), providers=provider)
         for rid in rec.adopted:
             output.progress(f"adopted rental {rid}: found at the provider by its label (a crashed provision)")
+        from deploy.fleet_report import fleet_reports
+
+        fleets = fleet_reports(c.settings(), ledger)  # fleet lines: per replica requests, readiness, gateway state
     if json_:
-        output.emit_json([e.as_dict() for e in rec.entries])
+        replicas = {x["rental_id"]: {**x, "fleet": f["fleet"]} for f in fleets for x in f["replicas"]}
+        entries = [e.as_dict() for e in rec.entries]
+        for d in entries:
+            if d["rental"] and d["rental"]["id"] in replicas:
+                d["replica"] = replicas[d["rental"]["id"]]
+        output.emit_json(entries)
         return
     now = time.time()
     rows = []
@@ -53,6 +61,10 @@ def status(
     if rec.of_kind("ghost"):
         hints.append("ghosts: `deploy teardown ID` closes their ledger rows")
     output.emit_table(f"{len(rows)} open rentals", cols, rows, caption="; ".join(hints) or None)
+    if fleets:
+        from deploy.fleet_report import emit_tables
+
+        emit_tables(fleets)
 
 
 def _age(now: float, started: float | None) -> str:

@@ -1,0 +1,116 @@
+"""The fleet lines of `deploy status` and `deploy cost`: per replica and in total, requests served (from each
+replica's own /metrics), the gateway's view, what the fleet costs, and what an hour of audio has cost.
+
+Two dollar-per-audio-hour figures, since they answer different questions: `usd_per_audio_h` is what the audio served
+so far cost (the live replicas' dollars since they started over the audio hours their /metrics count; a replica's
+counters die with it, so removed replicas are left out of both sides), and `usd_per_audio_h_full_load` is what it
+would cost with every replica busy at its profile's measured speed (USD/h over audio hours per hour at full load).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from deploy import gateway as gw
+from deploy.errors import DeployError
+from deploy.fleet import FleetStore, fleet_usd_per_audio_hour, probe
+from deploy.ledger import Ledger
+from deploy.settings import DeploySettings
+
+
+def _hours(rental: Any, now: float) -> float:
+    start = rental.started_at or rental.created_at
+    return max(0.0, ((rental.ended_at or now) - start) / 3600.0)
+
+
+def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None = None) -> list[dict[str, Any]]:
+    """One dict per fleet: its replicas (each probed once, 3 s at most) and the totals."""
+    from deploy.fleet_ops import paths, replica_url
+
+    now = time.time() if now is None else now
+    store = FleetStore(ledger)
+    out = []
+    for fleet in store.fleets():
+        p = paths(settings, fleet)
+        stats: dict[str, gw.ServerStat] = {}
+        if gw.master_pid(p) is not None:
+            try:
+                stats = gw.server_stats(p)
+            except gw.GatewayError:
+                stats = {}
+        rows, capacity_audio_h_per_h = [], 0.0
+        for r in store.replicas(fleet):
+            url = replica_url(settings, fleet, r)
+            pr, detail = None, "no endpoint" if not r.endpoint else "tunnel closed"
+            if url:
+                try:
+                    pr = probe(url, r.token(), timeout=3.0)
+                    detail = pr.detail
+                except DeployError as exc:  # a missing token file: a status line, never a crash
+                    detail = str(exc)
+            profile = r.rental.meta.get("profile") or {}
+            if profile.get("rtf") and profile.get("max_streams"):
+                capacity_audio_h_per_h += float(profile["max_streams"]) / float(profile["rtf"])
+            stat = stats.get(r.name)
+            rows.append(
+                {
+                    **r.as_dict(),
+                    "ready": bool(pr and pr.ready),
+                    "probe": detail,
+                    "requests": pr.requests if pr and pr.metrics else None,
+                    "audio_seconds": round(pr.metrics.get("audio_seconds", 0.0), 2) if pr and pr.metrics else None,
+                    "active_streams": int(pr.metrics.get("active_streams", 0)) if pr and pr.metrics else None,
+                    "gateway": stat.status if stat else None,
+                    "usd": round(r.rental.rate_usd_h * _hours(r.rental, now), 6),
+                }
+            )
+        rate = sum(x["rate_usd_h"] for x in rows)
+        usd = sum(x["usd"] for x in rows)
+        audio = sum(x["audio_seconds"] or 0.0 for x in rows)
+        full = rate / capacity_audio_h_per_h if capacity_audio_h_per_h > 0 else None
+        out.append(
+            {
+                "fleet": fleet.name,
+                "gateway": {"running": bool(stats) or gw.master_pid(p) is not None, "port": fleet.gateway.get("port")},
+                "replicas": rows,
+                "total": {
+                    "replicas": len(rows),
+                    "ready": sum(1 for x in rows if x["ready"]),
+                    "rate_usd_h": round(rate, 6),
+                    "requests": sum(x["requests"] or 0 for x in rows),
+                    "audio_seconds": round(audio, 2),
+                    "usd": round(usd, 6),
+                    "usd_per_audio_h": fleet_usd_per_audio_hour(usd, audio),
+                    "usd_per_audio_h_full_load": full,
+                },
+            }
+        )
+    return out
+
+
+def _usd(x: float | None) -> str:
+    return "n/a" if x is None else f"${x:.4f}"
+
+
+def emit_tables(reports: list[dict[str, Any]]) -> None:
+    """The human form: one table per fleet, the totals in its caption."""
+    from deploy import output
+
+    for f in reports:
+        rows = [
+            (x["replica"], x["rental_id"], x["state"], x["gateway"] or "", "yes" if x["ready"] else x["probe"],
+             "" if x["requests"] is None else x["requests"], "" if x["audio_seconds"] is None else x["audio_seconds"],
+             f"{x['rate_usd_h']:.3f}", _usd(x["usd"]))
+            for x in f["replicas"]
+        ]  # fmt: skip
+        t = f["total"]
+        g = f["gateway"]
+        where = f"gateway on port {g['port']}" if g["running"] else "gateway not running"
+        caption = (
+            f"{t['ready']}/{t['replicas']} ready, {where}; {t['requests']} requests, {t['audio_seconds']} s of audio; "
+            f"{t['rate_usd_h']:.3f} USD/h; per hour of audio: {_usd(t['usd_per_audio_h'])} so far, "
+            f"{_usd(t['usd_per_audio_h_full_load'])} at full load"
+        )
+        cols = ("replica", "rental", "state", "gateway", "ready", "requests", "audio s", "USD/h", "USD")
+        output.emit_table(f"fleet {f['fleet']}", cols, rows, caption=caption)
