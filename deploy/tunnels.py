@@ -56,6 +56,7 @@ def ensure(directory: Path, name: str, rental: Rental, key: Path, *, timeout: fl
     if not ssh:
         raise UsageError("ssh (OpenSSH client) not found: the gateway reaches tunnelled replicas through it")
     remote_port = int(rental.meta["port"])
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     known = directory / f"tunnel-{name}.known_hosts"
     known.write_text(f"[{rental.ssh_host}]:{rental.ssh_port} {rental.host_key}\n")
     local = free_port()
