@@ -46,7 +46,8 @@ class RuntimeOptions:
     model: str = "sesame/csm-1b"
     mode: str = "bootstrap"  # resolved: bootstrap | image | current
     port: int = 8000  # the server's port on the box
-    bind: str = "127.0.0.1"  # reached through an SSH tunnel (or directly on this machine), so loopback suffices
+    bind: str = "127.0.0.1"  # loopback unless the provider mapped the port to a public one (then 0.0.0.0)
+    tunnel: bool = False  # --tunnel: stay on loopback and reach the server through SSH even if a port is mapped
     box_python: str = "auto"
     box_site_packages: str | None = None
     system_site_packages: bool = False
@@ -78,6 +79,7 @@ class RuntimeOptions:
             "autotune": extra.get("autotune"),
             "autotune_quick": model.endswith("-random") if quick is None else bool(quick),
             "autotune_args": tuple(shlex.split(extra.get("autotune_args") or "")),
+            "tunnel": bool(extra.get("tunnel")),
         }
         for name in ("profiles_dir", "install_timeout_s", "autotune_timeout_s", "runtime_timeout_s"):
             if extra.get(name) is not None:

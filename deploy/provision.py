@@ -145,7 +145,13 @@ def step_rent(ctx: Context) -> None:
     )
     label = ctx.rental.label or ""
     pub = ensure_ssh_key(s) if ctx.provider.name != "local" else None
-    request = RentRequest(label=label, image=ctx.options.image, disk_gb=ctx.options.disk_gb, ssh_public_key=pub)
+    request = RentRequest(
+        label=label,
+        image=ctx.options.image,
+        disk_gb=ctx.options.disk_gb,
+        ssh_public_key=pub,
+        ports=tuple(ctx.options.extra.get("expose_ports") or ()),  # the server's port, unless --tunnel
+    )
     try:
         provider_id = ctx.provider.rent(o, request)
     except OfferUnavailableError as exc:

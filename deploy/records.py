@@ -53,6 +53,8 @@ class Box:
     gpu_name: str = ""
     started_at: float | None = None  # unix time the provider started billing, when it says
     detail: str = ""  # the provider's status message, for errors
+    public_ip: str | None = None  # the address a mapped port answers on (vast: public_ipaddr)
+    ports: dict[int, int] = field(default_factory=dict, compare=False)  # port in the box -> port on public_ip
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -41,8 +41,13 @@ def text(rental: Any, info: dict[str, Any]) -> str:
         f"{rental.rate_usd_h:.3f} USD/h",
     ]
     if info.get("endpoint"):
-        how = "through an SSH tunnel that `deploy generate` opens" if info["access"] == "ssh-tunnel" else "directly"
-        lines.append(f"  endpoint:   {info['endpoint']} on the box, reached {how}")
+        if info["access"] == "ssh-tunnel":
+            how = (
+                f"on the box, reached through an SSH tunnel (`deploy generate` opens one; `deploy tunnel {rental.id}`)"
+            )
+        else:
+            how = "reached directly (any HTTP client with the bearer token: curl, the openai SDK)"
+        lines.append(f"  endpoint:   {info['endpoint']} {how}")
         lines.append(f"  token:      {info['token_file']} (mode 0600; the ledger keeps only its sha256)")
         lines.append(f"  model:      {info['model']} ({info['runtime_mode']} runtime)")
     profile = info.get("profile")

@@ -5,13 +5,15 @@ deploy.provision.STEPS by `register()`; each reads RuntimeOptions from ctx.state
     install   venv on the box, pins, the wheel; or check the image's / this interpreter's runtime
     autotune  push the profile this GPU already has, or measure one on the box and keep a copy here
     start     fresh token (here 0600, there 0600), the server started detached, its log on the box
-    ready     /ready with the token, through an SSH tunnel (or directly on this machine), until 200 or the deadline
+    ready     /ready with the token: directly on a mapped public port (vast `ports`) or on this machine, else through
+              an SSH tunnel; until 200 or the deadline
 
 A failure in start or ready prints the server log's last lines; the driver then destroys the box and records why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import tempfile
@@ -199,9 +201,22 @@ def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str) -> str
     return f"cd {_q(box_dir)} && exec {env} " + " ".join(_q(a) for a in args)
 
 
+def direct_address(box: Any, opts: RuntimeOptions) -> tuple[str, int] | None:
+    """(public IP, public port) where the provider mapped the server's port to one (vast `ports`), unless --tunnel.
+    None means the server stays on the box's loopback, reached through an SSH tunnel."""
+    if opts.tunnel or box is None or not getattr(box, "public_ip", None):
+        return None
+    public_port = (getattr(box, "ports", None) or {}).get(opts.port)
+    return (box.public_ip, int(public_port)) if public_port else None
+
+
 def step_start(ctx: Context) -> None:
     opts, layout = runtime(ctx)
     assert ctx.host is not None
+    direct = direct_address(ctx.box, opts) if ctx.provider.name != "local" else None
+    if direct:  # a mapped port only reaches 0.0.0.0; the server refuses that without a token, and it always has one
+        opts = ctx.state["runtime"] = dataclasses.replace(opts, bind="0.0.0.0")
+    ctx.state["direct"] = direct
     box_dir = ctx.state["box_dir"]
     token_path, token_sha = new_token(ctx.settings.home_path, ctx.rental_id)
     box_token = f"{box_dir}/token"
@@ -263,7 +278,8 @@ def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
     """On the box: until the server's port accepts connections (uvicorn binds once the model is loaded), failing at
     once when the process is gone. A tunnel opened before that would only carry refusals."""
     pid = int(ctx.state["server_pid"])
-    probe = f"kill -0 {pid} 2>/dev/null || exit 7; (exec 3<>/dev/tcp/{opts.bind}/{opts.port}) 2>/dev/null || exit 8"
+    on_box = "127.0.0.1" if opts.bind == "0.0.0.0" else opts.bind
+    probe = f"kill -0 {pid} 2>/dev/null || exit 7; (exec 3<>/dev/tcp/{on_box}/{opts.port}) 2>/dev/null || exit 8"
     polls = 0
     while True:
         polls += 1
@@ -322,23 +338,51 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
         _pause(ctx, deadline)
 
 
+DIRECT_PROBE_S = 20.0  # how long a mapped port may stay silent before the ready step falls back to the tunnel
+
+
+def answers(url: str, deadline: float, *, within_s: float | None = None) -> str | None:
+    """None once GET /health answers at all (any status) from here, else why not, tried for `within_s` at most:
+    a mapped port that a firewall drops should fall back to the tunnel, not eat the whole ready deadline."""
+    import httpx
+
+    until, why = min(deadline, time.monotonic() + (DIRECT_PROBE_S if within_s is None else within_s)), "not tried"
+    while True:
+        try:
+            httpx.get(url + "/health", timeout=5.0)
+            return None
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= until:
+            return why
+        time.sleep(0.5)
+
+
 def step_ready(ctx: Context) -> None:
     opts, _layout = runtime(ctx)
     assert ctx.host is not None
     token = Path(ctx.refresh().meta["token_file"]).read_text().strip()
     deadline = time.monotonic() + opts.runtime_timeout_s
-    on_box = f"http://{opts.bind}:{opts.port}"
+    on_box = f"http://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.port}"
     wait_listening(ctx, opts, deadline)
+    direct = ctx.state.get("direct")
+    public = f"http://{direct[0]}:{direct[1]}" if direct else None
+    if public and (why := answers(public, deadline)) is not None:
+        ctx.log(f"the mapped port {public} does not answer from here ({why}): using the SSH tunnel instead")
+        ctx.event("direct-unreachable", f"{public}: {why}")
+        public = None
     if ctx.provider.name == "local":
-        body, access = poll_ready(ctx, on_box, token, deadline), DIRECT
+        body, endpoint, access = poll_ready(ctx, on_box, token, deadline), on_box, DIRECT
+    elif public:
+        body, endpoint, access = poll_ready(ctx, public, token, deadline), public, DIRECT
     else:
         with tunnel(ctx.host, opts.port) as local_port:
             body = poll_ready(ctx, f"http://127.0.0.1:{local_port}", token, deadline)
-        access = TUNNEL
-    ctx.ledger.update_meta(ctx.rental_id, endpoint=on_box, access=access, profile=ctx.state.get("profile"))
+        endpoint, access = on_box, TUNNEL
+    ctx.ledger.update_meta(ctx.rental_id, endpoint=endpoint, access=access, profile=ctx.state.get("profile"))
     ctx.refresh()
     note = (body or {}).get("profile")
-    ctx.event("ready", f"{on_box} ({access}); profile: {json.dumps(note)[:300]}")
+    ctx.event("ready", f"{endpoint} ({access}); profile: {json.dumps(note)[:300]}")
 
 
 RUNTIME_STEPS: tuple[Step, ...] = (

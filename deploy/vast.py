@@ -173,8 +173,17 @@ class VastCli:
 
     # --- instances ----------------------------------------------------------------------------------------------
     def create_instance(
-        self, offer_id: str, *, image: str, disk_gb: float, label: str, onstart: str | None = None
+        self,
+        offer_id: str,
+        *,
+        image: str,
+        disk_gb: float,
+        label: str,
+        onstart: str | None = None,
+        ports: tuple[int, ...] = (),
     ) -> str:
+        """`ports`: box ports to map to public ones, as docker's `-p P:P` in the create's env field (the CLI parses
+        `--env` into `{"-p P:P": "1"}`); vast picks the public port and reports it in the instance's `ports`."""
         args = [
             "create",
             "instance",
@@ -189,6 +198,8 @@ class VastCli:
         ]
         if onstart:
             args += ["--onstart-cmd", onstart]
+        if ports:
+            args += ["--env", " ".join(f"-p {int(p)}:{int(p)}" for p in ports)]
         res = self.run(*args)
         if not isinstance(res, dict) or not res.get("success") or not res.get("new_contract"):
             raise VastError(
@@ -268,6 +279,23 @@ def _offer(r: dict[str, Any]) -> Offer:
     )
 
 
+def _ports(raw: Any) -> dict[int, int]:
+    """vast's docker-style `{"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41234"}]}` -> {8000: 41234} (tcp only)."""
+    mapped: dict[int, int] = {}
+    if not isinstance(raw, dict):
+        return mapped
+    for key, bindings in raw.items():
+        inner, _, proto = str(key).partition("/")
+        if proto not in ("", "tcp") or not inner.isdigit() or not isinstance(bindings, list):
+            continue
+        for b in bindings:
+            host_port = str((b or {}).get("HostPort") or "") if isinstance(b, dict) else ""
+            if host_port.isdigit():
+                mapped[int(inner)] = int(host_port)
+                break
+    return mapped
+
+
 def _box(r: dict[str, Any]) -> Box:
     raw = r.get("actual_status") or r.get("cur_state") or ""
     port = r.get("ssh_port")
@@ -283,4 +311,6 @@ def _box(r: dict[str, Any]) -> Box:
         gpu_name=str(r.get("gpu_name") or ""),
         started_at=_num(r.get("start_date")),
         detail=str(r.get("status_msg") or ""),
+        public_ip=str(r.get("public_ipaddr") or "").strip() or None,
+        ports=_ports(r.get("ports")),
     )

@@ -136,6 +136,7 @@ def sshd(box, box_home, tmp_path_factory):
 @pytest.fixture
 def vast(sshd, box):
     emu = BoxEmulator(
+        same_host_port=True,  # public_ipaddr = the box's address (ssh_host), the mapped port = the server's port
         ssh_host=sshd.host,
         ssh_port=sshd.port,
         authorized_keys=sshd.authorized_keys,
@@ -197,7 +198,9 @@ def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, sshd
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["status"] == "ready" and out["provider"] == "vast" and out["rate_usd_h"] == 0.35
-    assert out["access"] == "ssh-tunnel" and out["endpoint"].startswith("http://127.0.0.1:")
+    # the server's port was mapped (`-p 8000:8000`), so the server binds 0.0.0.0 and any client reaches it directly
+    assert out["access"] == "direct" and out["endpoint"] == f"http://{box.box_addr}:8000"
+    assert vast.instances[int(out["provider_id"])]["ports"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
     assert out["model"] == "tiny-random" and out["runtime_mode"] == "bootstrap"
     steps = ["rent", "wait_running", "connect", "check", "push", "install", "autotune", "start", "ready"]
     assert set(out["timings_s"]) == set(steps)  # every step ran and was timed (JSON keys come sorted)
@@ -235,7 +238,15 @@ def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, sshd
     assert vast.api_key.encode() not in Path(f"/proc/{server_pid}/environ").read_bytes()
     assert b"VAST_API_KEY" not in Path(f"/proc/{server_pid}/environ").read_bytes()
 
-    # generate through the endpoint the ledger recorded (deploy opens the SSH tunnel itself)
+    # a plain HTTP client needs nothing but the URL and the token
+    import httpx
+
+    assert httpx.get(out["endpoint"] + "/health", timeout=10).status_code == 200
+    assert httpx.get(out["endpoint"] + "/ready", timeout=10).status_code == 401
+    ready = httpx.get(out["endpoint"] + "/ready", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert ready.status_code == 200
+
+    # generate through the endpoint the ledger recorded
     wav_path = tmp_path / "box.wav"
     gen = deploy_cli("generate", str(row.id), "Hello from the box.", "-o", str(wav_path), "--max-audio-ms", "800",
                      "--json", timeout=300)  # fmt: skip

@@ -77,10 +77,18 @@ class VastEmulator:
         authorized_keys: Path | None = None,
         loading_after_s: float = 0.2,
         running_after_s: float = 0.6,
+        public_ipaddr: str | None = None,
+        same_host_port: bool = False,
     ):
+        """`public_ipaddr`: what instances report as their public address (default: ssh_host); `same_host_port`:
+        a `-p P:P` mapping gets public port P (a box of our own, where the server's port is reachable as is) instead
+        of a high port like vast's."""
         self.api_key = api_key
         self.ssh_host = ssh_host
         self.ssh_port = ssh_port
+        self.public_ipaddr = public_ipaddr or ssh_host
+        self.same_host_port = same_host_port
+        self.next_host_port = 41_000
         self.authorized_keys = authorized_keys
         self.loading_after_s = loading_after_s
         self.running_after_s = running_after_s
@@ -148,7 +156,24 @@ class VastEmulator:
         row["status_msg"] = {"created": "scheduling", "loading": "pulling image", "running": "success, running"}[status]
         if status != "running":
             row["ssh_port"] = None
+            row["ports"] = {}  # vast fills the mapping in once the container runs
         return row
+
+    def _ports(self, env: Any) -> dict[str, list[dict[str, str]]]:
+        """The create body's env `{"-p 8000:8000": "1"}` (how vastai 1.9.1 sends `--env "-p 8000:8000"`) -> vast's
+        docker-style `{"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}`."""
+        ports: dict[str, list[dict[str, str]]] = {}
+        for key in env or {}:
+            m = re.fullmatch(r"-p (\d+):(\d+)(?:/(tcp|udp))?", str(key))
+            if not m:
+                continue
+            inner, proto = int(m.group(2)), m.group(3) or "tcp"
+            if self.same_host_port:
+                host_port = inner
+            else:
+                host_port, self.next_host_port = self.next_host_port, self.next_host_port + 1
+            ports[f"{inner}/{proto}"] = [{"HostIp": "0.0.0.0", "HostPort": str(host_port)}]
+        return ports
 
     def _create(self, offer_id: int, body: dict[str, Any]) -> int:
         offer = self.offers.pop(offer_id)
@@ -168,9 +193,9 @@ class VastEmulator:
             "start_date": self.now(),
             "ssh_host": self.ssh_host,
             "ssh_port": port,
-            "public_ipaddr": self.ssh_host,
+            "public_ipaddr": self.public_ipaddr,
             "extra_env": [["VAST_CONTAINERLABEL", f"C.{iid}"]],
-            "ports": {},
+            "ports": self._ports(body.get("env")),
             "_offer": offer_id,
             "_destroyed_at": None,
         }

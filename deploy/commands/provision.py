@@ -77,6 +77,13 @@ def provision(
     runtime_timeout: Annotated[
         float | None, typer.Option(help="Seconds from start to /ready [default: 900].", show_default=False)
     ] = None,
+    tunnel: Annotated[
+        bool,
+        typer.Option(
+            "--tunnel",
+            help="Serve on the box's loopback only, reached through an SSH tunnel (vast: ask for no public port).",
+        ),
+    ] = False,
     replicas: Annotated[
         int | None,
         typer.Option(help="Provision a fleet of N replicas in parallel (see `deploy gateway`).", show_default=False),
@@ -92,6 +99,7 @@ def provision(
 
     Examples:
       deploy provision --gpu 4090 --max-price 0.5
+      deploy provision --gpu 4090 --tunnel        # no public port: reach it with `deploy tunnel ID`
       deploy provision --provider local
       deploy provision --provider ssh --host 203.0.113.7 --port 2222 --gpu 4090
       deploy provision --provider local --model tiny-random --autotune-args "--compile off"
@@ -131,6 +139,9 @@ def provision(
         box_python=box_python,
         box_site_packages=box_site_packages,
         runtime_timeout_s=c.positive("--runtime-timeout", runtime_timeout),
+        tunnel=tunnel,
+        # vast maps the server's port to a public one; the ready step then binds 0.0.0.0 (the token is always set)
+        expose_ports=(server_port or 8000,) if provider == "vast" and runtime and not tunnel else (),
     )
     steps = None
     if runtime:

@@ -35,6 +35,7 @@ class RentRequest:
     disk_gb: float
     ssh_public_key: str | None = None  # public half only; the private key never leaves this machine
     onstart: str | None = None
+    ports: tuple[int, ...] = ()  # box ports to expose on a public address, where the provider can (vast: `-p`)
 
 
 class Provider(ABC):

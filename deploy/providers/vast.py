@@ -34,7 +34,12 @@ class VastProvider(Provider):
     def rent(self, offer: Offer, request: RentRequest) -> str:
         try:
             iid = self.cli.create_instance(
-                offer.id, image=request.image, disk_gb=request.disk_gb, label=request.label, onstart=request.onstart
+                offer.id,
+                image=request.image,
+                disk_gb=request.disk_gb,
+                label=request.label,
+                onstart=request.onstart,
+                ports=request.ports,
             )
         except VastError as exc:
             if exc.status_code in _OFFER_GONE:

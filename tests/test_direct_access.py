@@ -1,0 +1,125 @@
+"""The mapped-port path: vast is asked for `-p 8000:8000`, reports `ports` / `public_ipaddr`, and the ready step uses
+that address directly when it answers, else (no mapping, --tunnel, a port that stays silent) the SSH tunnel.
+
+vast.ai is the emulator (tests/vast_emulator.py) driven by the real vastai CLI; the box is the loopback sshd with a
+real tiny-random csm-runtime server on it (tests/ssh_rental.py). The full direct path on a box with its own address
+is in tests/test_e2e_provision.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.bootstrap import BoxLayout, RuntimeOptions
+from deploy.endpoint import DIRECT, TUNNEL
+from deploy.ledger import Ledger
+from deploy.providers.ssh import SshProvider
+from deploy.provision import Context, ProvisionOptions
+from deploy.records import Box, Offer, State
+from deploy.remote import RemoteHost
+from deploy.settings import load_settings
+from deploy.vast import VastCli, _ports
+from tests.ssh_rental import start_ssh_rental, stop_group
+from tests.vast_emulator import closed_port
+
+
+def test_create_asks_for_the_port_mapping_and_the_box_reports_it(vast_env, vast):
+    cli = VastCli()
+    mapped = cli.create_instance("1001", image="img", disk_gb=10, label="t:a:1", ports=(8000,))
+    plain = cli.create_instance("1002", image="img", disk_gb=10, label="t:a:2")
+    # what vastai 1.9.1 sent for `--env "-p 8000:8000"`: {"-p 8000:8000": "1"} in the create body's env
+    assert vast.instances[int(mapped)]["ports"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}
+    assert vast.instances[int(plain)]["ports"] == {}
+    vast.advance(5)
+    box = cli.show_instance(mapped)
+    assert box.state is State.RUNNING and box.public_ip == vast.ssh_host and box.ports == {8000: 41000}
+    assert cli.show_instance(plain).ports == {}
+
+
+def test_port_table_parsing_keeps_tcp_and_skips_junk():
+    raw = {
+        "8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41234"}, {"HostIp": "::", "HostPort": "41234"}],
+        "9000/udp": [{"HostIp": "0.0.0.0", "HostPort": "1"}],
+        "22/tcp": [],
+        "x/tcp": [{"HostPort": "5"}],
+        "7000": [{"HostPort": "not a port"}],
+    }
+    assert _ports(raw) == {8000: 41234}
+    assert _ports(None) == {} and _ports([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("box", "tunnel", "expected"),
+    [
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={8000: 41234}), False, ("203.0.113.7", 41234)),
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={8000: 41234}), True, None),  # --tunnel
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={}), False, None),  # nothing mapped
+        (Box("vast", "1", State.RUNNING, public_ip=None, ports={8000: 41234}), False, None),
+        (Box("ssh", "u@h:22", State.RUNNING), False, None),  # the ssh provider never maps a port
+        (None, False, None),
+    ],
+)
+def test_direct_address_needs_a_mapping_for_the_server_port_and_no_tunnel_flag(box, tunnel, expected):
+    from deploy.runtime_steps import direct_address
+
+    assert direct_address(box, RuntimeOptions(port=8000, tunnel=tunnel)) == expected
+
+
+@pytest.fixture
+def ssh_server(sshd, tmp_path):
+    server = start_ssh_rental(sshd, tmp_path)
+    yield server
+    stop_group(server.pid)
+
+
+def _ready(sshd, server, direct) -> tuple[dict, list[str]]:
+    """Run the real `ready` step against the rental, as the provision driver would after `start`."""
+    from deploy.runtime_steps import step_ready
+
+    settings = load_settings()
+    logs: list[str] = []
+    with Ledger(settings.ledger_path) as ledger:
+        rental = ledger.get(server.id)
+        host = RemoteHost(sshd.host, sshd.port, sshd.user, settings.ssh_key_path, pinned_key=rental.host_key)
+        opts = RuntimeOptions(model="tiny-random", mode="current", port=server.port, runtime_timeout_s=60)
+        ctx = Context(
+            settings=settings,
+            options=ProvisionOptions(provider="ssh"),
+            provider=SshProvider(sshd.host, sshd.port, sshd.user),
+            ledger=ledger,
+            attempt_id="test",
+            offer=Offer("ssh", rental.provider_id, "cpu"),
+            log=logs.append,
+            rental=rental,
+            host=host,
+            state={
+                "runtime": opts,
+                "layout": BoxLayout("x", "current"),
+                "server_pid": server.pid,
+                "direct": direct,
+            },
+        )
+        try:
+            step_ready(ctx)
+        finally:
+            host.close()
+        return ledger.get(server.id).meta, logs
+
+
+def test_ready_uses_the_mapped_port_when_it_answers(sshd, ssh_server):
+    meta, _ = _ready(sshd, ssh_server, ("127.0.0.1", ssh_server.port))
+    assert meta["access"] == DIRECT and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
+
+
+def test_ready_falls_back_to_the_tunnel_without_a_mapping_or_when_it_stays_silent(sshd, ssh_server, monkeypatch):
+    from deploy import runtime_steps
+
+    meta, logs = _ready(sshd, ssh_server, None)
+    assert meta["access"] == TUNNEL and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
+    assert not any("does not answer" in line for line in logs)
+
+    monkeypatch.setattr(runtime_steps, "DIRECT_PROBE_S", 1.0)
+    silent = closed_port()
+    meta, logs = _ready(sshd, ssh_server, ("127.0.0.1", silent))
+    assert meta["access"] == TUNNEL and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
+    assert any(f"mapped port http://127.0.0.1:{silent} does not answer" in line for line in logs)
