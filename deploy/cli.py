@@ -6,6 +6,7 @@
     deploy teardown    destroy, confirm, record the end               commands/teardown.py
     deploy cost        rate x time, beside vast's own charges         commands/cost.py
     deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
+    deploy tunnel      hold an SSH tunnel to a rental's server open   commands/tunnel.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
     deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
     deploy gateway     HAProxy in front of a fleet: start/stop/status commands/gateway.py
@@ -28,7 +29,8 @@ import typer
 
 # The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
 COMMANDS: tuple[str, ...] = (
-    "offers", "provision", "status", "teardown", "cost", "ssh", "logs", "generate", "autotune", "gateway", "scale", "heal",
+    "offers", "provision", "status", "teardown", "cost", "ssh", "tunnel", "logs", "generate", "autotune", "gateway", "scale",
+    "heal",
 )  # fmt: skip
 
 app = typer.Typer(

@@ -71,12 +71,12 @@ def open_rental_endpoint(rental_id: str, settings) -> Iterator[tuple[str, str | 
 
 
 @contextlib.contextmanager
-def tunnel(host, remote_port: int) -> Iterator[int]:
+def tunnel(host, remote_port: int, local_port: int | None = None) -> Iterator[int]:
     """host.forward_port, minus one Fabric habit: a forwarded connection the box refused re-raises on exit as a
     ThreadException, which would replace the block's own outcome. What the block saw (an HTTP error) is what counts."""
     from invoke.exceptions import ThreadException
 
-    manager = host.forward_port(remote_port)
+    manager = host.forward_port(remote_port, local_port)
     local_port = manager.__enter__()
     try:
         yield local_port

@@ -1,0 +1,94 @@
+"""`deploy tunnel ID`: hold an SSH tunnel to a rental's server open in the foreground, for clients that cannot open
+one themselves (curl, a browser, the openai SDK). A rental whose port is mapped (`access: direct`) needs none: its
+endpoint is printed as is."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from typing import Annotated
+
+import typer
+
+from deploy import output
+from deploy.commands import _common as c
+from deploy.errors import NotFoundError, RemoteError, UsageError
+
+
+def tunnel(
+    rental_id: Annotated[int, typer.Argument(help="Ledger ID (see `deploy status`).", show_default=False)],
+    local_port: Annotated[
+        int | None,
+        typer.Option("--local-port", help="Port on this machine [default: a free one].", show_default=False),
+    ] = None,
+    json_: c.Json = False,
+) -> None:
+    """Open the SSH tunnel to a rental's server and keep it open until Ctrl-C; prints the local URL and token file.
+
+    Examples:
+      deploy tunnel 3
+      deploy tunnel 3 --local-port 8000 &
+      curl -H "Authorization: Bearer $(cat ~/.csm-deploy/tokens/rental-3.token)" http://127.0.0.1:8000/ready
+    """
+    from deploy.endpoint import TUNNEL
+    from deploy.endpoint import tunnel as open_tunnel
+    from deploy.providers import host_for
+
+    if local_port is not None and not 0 < local_port < 65536:
+        raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
+    with c.open_ledger() as ledger:
+        rental = ledger.get(rental_id)
+        if rental is None:
+            raise NotFoundError(f"no rental {rental_id} in the ledger (see `deploy status`)")
+        meta = rental.meta
+        if not rental.is_open:
+            raise UsageError(f"rental {rental_id} is {rental.status}: its server is gone (see `deploy status`)")
+        if not meta.get("endpoint") or not meta.get("port"):
+            raise UsageError(f"rental {rental_id} has no server recorded (provisioned with --no-runtime?)")
+        if meta.get("access") != TUNNEL:
+            _emit(json_, url=str(meta["endpoint"]), token_file=meta.get("token_file"), access=meta.get("access"))
+            return
+        if local_port is not None:
+            _check_free(local_port)
+        host = host_for(rental, c.settings(), ledger)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
+    try:
+        with open_tunnel(host, int(meta["port"]), local_port) as port:
+            _emit(json_, url=f"http://127.0.0.1:{port}", token_file=meta.get("token_file"), access=TUNNEL)
+            output.progress(
+                f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it"
+            )
+            _hold(host)
+    except KeyboardInterrupt:
+        output.progress("tunnel closed")
+    finally:
+        host.close()
+
+
+def _emit(json_: bool, *, url: str, token_file: str | None, access: str | None) -> None:
+    if json_:
+        output.emit_json({"url": url, "token_file": token_file, "access": access})
+    else:
+        output.emit_text(f"url:        {url}\ntoken file: {token_file}")
+
+
+def _check_free(port: int) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"--local-port {port} is already in use on this machine") from None
+
+
+def _hold(host) -> None:
+    """Until Ctrl-C; a dropped SSH connection ends it with an error instead of a tunnel that silently refuses."""
+    while True:
+        time.sleep(0.5)
+        transport = host.conn.transport
+        if transport is None or not transport.is_active():
+            raise RemoteError("the SSH connection to the box dropped: the tunnel is closed")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
