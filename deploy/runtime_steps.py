@@ -237,6 +237,7 @@ def step_start(ctx: Context) -> None:
         model=opts.model,
         port=opts.port,
         server_pid=pid,
+        server_pid_file=SERVER_PID,  # what `deploy teardown` checks before it stops the group on an ssh box
         server_log=SERVER_LOG,
         runtime_mode=opts.mode,
     )

@@ -61,21 +61,57 @@ def teardown(
             if rental is None or (e.kind == "orphan" and not rental.is_open):
                 rental = _record_orphan(ledger, s.label_prefix, e)
             output.progress(f"tearing down rental {rental.id} ({rental.provider} {rental.provider_id or '-'})")
+            server = None
             try:
+                if rental.provider == "ssh":  # nothing to destroy there: stop what we started, then close the row
+                    server = _stop_ssh_server(ledger, s, rental)
                 final = destroy_rental(prov(rental.provider), ledger, rental, reason="teardown")
             except (DeployError, OSError) as exc:
                 failed.append(f"rental {rental.id}: {exc}")
                 continue
             done.append(
-                {"id": rental.id, "provider": rental.provider, "provider_id": rental.provider_id, "status": final}
+                {
+                    "id": rental.id,
+                    "provider": rental.provider,
+                    "provider_id": rental.provider_id,
+                    "status": final,
+                    **({"server": server} if server else {}),
+                }
             )
     if json_:
         output.emit_json({"closed": done, "failed": failed})
     else:
         for d in done:
-            output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}")
+            server = f" (server on the box: {d['server']})" if d.get("server") else ""
+            output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}{server}")
     if failed:
         raise DeployError("teardown failed for " + "; ".join(failed) + " (run it again)")
+
+
+def _stop_ssh_server(ledger, settings, rental) -> str | None:
+    """The server `provision` started on a box we only borrowed: stopped over SSH before its row closes. A box that
+    cannot be reached fails the teardown (the row stays open), since the server may still be running there."""
+    from deploy.providers import host_for
+    from deploy.server_stop import stop_server
+
+    if not rental.meta.get("server_pid"):
+        return None
+    pid = rental.meta["server_pid"]
+    try:
+        host = host_for(rental, settings, ledger)
+        try:
+            outcome = stop_server(host, rental.meta)
+        finally:
+            host.close()
+    except (DeployError, OSError, EOFError) as exc:
+        raise DeployError(
+            f"could not stop the server (pid {pid}) on {rental.provider_id}: {exc}; on the box: kill -- -{pid}"
+        ) from exc
+    except Exception as exc:  # paramiko / socket errors from an unreachable box
+        raise DeployError(f"could not reach {rental.provider_id} to stop the server (pid {pid}): {exc}") from exc
+    ledger.event(rental.id, "server_stopped", f"pid {pid}: {outcome}")
+    output.progress(f"server pid {pid} on {rental.provider_id}: {outcome}")
+    return f"pid {pid} {outcome}"
 
 
 def _name(e) -> str:
