@@ -10,6 +10,8 @@ it and the rental destroyed.
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -94,23 +96,47 @@ class Added:
     failures: list[str] = field(default_factory=list)
 
 
+_STEP_BOUNDARY = re.compile(r"^(offer \d+/\d+: |\[\d+/\d+\] \w+$)")
+
+
 def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: Log) -> Added:
-    """Provision `count` replicas in parallel and add each one that passed to the fleet."""
+    """Provision `count` replicas in parallel and add each one that passed to the fleet.
+
+    Ctrl-C (or SIGTERM, which the command maps to it) reaches only the main thread: it sets `cancel`, and each
+    provision stops at its next step boundary by raising KeyboardInterrupt there, inside the provision driver, which
+    destroys what that attempt rented, exactly as a single interrupted provision does. Replicas that finished first
+    still join the fleet; then the interrupt goes on."""
     with Ledger(settings.ledger_path) as ledger:
         spec = FleetStore(ledger).get(fleet_name).spec
     result = Added()
+    cancel = threading.Event()
 
     def one(i: int) -> int:
-        return provision_one(settings, spec, log=lambda m: log(f"replica {i}/{count}: {m}"))
+        def replica_log(message: str) -> None:
+            if cancel.is_set() and _STEP_BOUNDARY.match(message):  # never inside a rollback's own messages
+                raise KeyboardInterrupt
+            log(f"replica {i}/{count}: {message}")
 
+        return provision_one(settings, spec, log=replica_log)
+
+    outcomes: list[tuple[int, int | None, BaseException | None]] = []
+    interrupted: BaseException | None = None
     with ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="replica") as pool:
         futures = [pool.submit(one, i) for i in range(1, count + 1)]
-        outcomes = []
         for i, f in enumerate(futures, 1):
-            try:
-                outcomes.append((i, f.result(), None))
-            except (DeployError, OSError) as exc:
-                outcomes.append((i, None, exc))
+            while True:
+                try:
+                    outcomes.append((i, f.result(), None))
+                except KeyboardInterrupt as exc:
+                    if not f.done():  # the interrupt hit this thread while it waited: stop the others, then wait
+                        interrupted = interrupted or exc
+                        cancel.set()
+                        log("interrupted: each replica stops at its next step and destroys what it rented")
+                        continue
+                    outcomes.append((i, None, exc))
+                except BaseException as exc:  # noqa: BLE001 - one replica's failure is reported, not fatal
+                    outcomes.append((i, None, exc))
+                break
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -119,8 +145,11 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
                 store.add(fleet, rid)
                 result.rental_ids.append(rid)
             else:
-                result.failures.append(f"replica {i}: {exc}")
-                log(f"replica {i}/{count}: failed: {exc}")
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else exc
+                result.failures.append(f"replica {i}: {why}")
+                log(f"replica {i}/{count}: failed: {why}")
+    if interrupted is not None:
+        raise interrupted
     return result
 
 

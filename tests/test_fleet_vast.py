@@ -52,3 +52,37 @@ def test_fallback_heal_and_scale_leave_nothing_unknown_billing(deploy_cli, vast,
     assert unknown_running(vast, deploy_home) == set()
     deploy_cli("teardown", "--all", "--yes")
     assert vast.running_ids() == set()
+
+
+def test_sigterm_during_parallel_provision_rolls_each_replica_back(vast, vast_env, deploy_home):
+    """Both replicas are renting (their boxes stuck loading) when SIGTERM arrives: each attempt destroys what it
+    rented, no further offer is tried, and the command exits as interrupted."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import DEPLOY_BIN
+
+    for offer in (1001, 1002, 1003, 1004):
+        vast.stick_loading(offer)
+    env = {**vast_env, "DEPLOY_READY_TIMEOUT_S": "3"}
+    proc = subprocess.Popen([str(DEPLOY_BIN), "provision", "--gpu", "4090", "--replicas", "2", "--no-runtime"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+            before = ledger.rentals()  # the two racing for offer 1001 may leave a `not_created` row too
+            if sum(1 for r in before if r.status == "rented") == 2:
+                break
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        rows = ledger.rentals()
+    assert len(rows) == len(before) and all(not r.is_open for r in rows), [
+        (r.id, r.status) for r in rows
+    ]  # no new offer
+    assert vast.running_ids() == set() and unknown_running(vast, deploy_home) == set()
