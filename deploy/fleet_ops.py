@@ -285,6 +285,28 @@ def _provider_for(settings: DeploySettings, r: Replica):
     return make_provider(r.rental.provider, settings, **ssh)
 
 
+def end_rental(settings: DeploySettings, ledger: Ledger, r: Replica, rental: Any, *, reason: str, log: Log) -> None:
+    """Destroy a replica's rental. On a borrowed `ssh` box, where destroy only releases the row, the server provision
+    started there is stopped first (deploy/server_stop.py, as `deploy teardown` does); if the box cannot be reached
+    the row stays open and the message names the teardown to run."""
+    from deploy.provision import destroy_rental
+
+    if rental.provider == "ssh" and rental.meta.get("server_pid"):
+        from deploy.providers import host_for
+        from deploy.server_stop import stop_server
+
+        try:
+            host = host_for(rental, settings, ledger)
+            try:
+                log(f"{r.name}: server pid {rental.meta['server_pid']}: {stop_server(host, rental.meta)}")
+            finally:
+                host.close()
+        except Exception as exc:  # noqa: BLE001 - paramiko and socket errors from an unreachable box too
+            log(f"{r.name}: could not stop its server ({exc}); the rental stays open: `deploy teardown {rental.id}`")
+            return
+    destroy_rental(_provider_for(settings, r), ledger, rental, reason=reason)
+
+
 def wait_idle(
     settings: DeploySettings, fleet: Fleet, r: Replica, *, timeout: float, log: Log, poll_s: float = 0.25
 ) -> None:
@@ -321,8 +343,6 @@ def remove(
     settings: DeploySettings, store: FleetStore, fleet: Fleet, victims: list[Replica], *, log: Log, drain_s: float
 ) -> list[str]:
     """Drain, wait, reload without them, destroy, record. Returns the names removed."""
-    from deploy.provision import destroy_rental
-
     p = paths(settings, fleet)
     running = gw.master_pid(p) is not None
     for r in victims:
@@ -342,7 +362,7 @@ def remove(
         tunnels.close(p.dir, r.name)
         rental = store.ledger.get(r.rental.id)
         if rental is not None and rental.is_open:
-            destroy_rental(_provider_for(settings, r), store.ledger, rental, reason=f"fleet {fleet.name}: removed")
+            end_rental(settings, store.ledger, r, rental, reason=f"fleet {fleet.name}: removed", log=log)
         store.set_state(r, REMOVED, "drained and destroyed")
         log(f"{r.name} (rental {r.rental.id}): drained and destroyed")
         done.append(r.name)
@@ -409,8 +429,6 @@ def heal(
 ) -> dict[str, Any]:
     """Replace replicas whose instance died, or whose /ready has failed for `after_s` seconds (watched here until
     it either recovers or the time is up). Dead ones are destroyed (nothing left billing), then replaced."""
-    from deploy.provision import destroy_rental
-
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -463,7 +481,7 @@ def heal(
             tunnels.close(paths(settings, fleet).dir, r.name)
             rental = store.ledger.get(r.rental.id)
             if rental is not None and rental.is_open:
-                destroy_rental(_provider_for(settings, r), store.ledger, rental, reason=f"heal: {verdicts[r.name]}")
+                end_rental(settings, store.ledger, r, rental, reason=f"heal: {verdicts[r.name]}", log=log)
             store.set_state(r, REMOVED, f"replaced: {verdicts[r.name]}")
     added = Added()
     if due and replace:
