@@ -108,6 +108,10 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
     still join the fleet; then the interrupt goes on."""
     with Ledger(settings.ledger_path) as ledger:
         spec = FleetStore(ledger).get(fleet_name).spec
+    if spec["provider"] != "local":  # made once here: parallel first uses would race on ssh-keygen
+        from deploy.provision import ensure_ssh_key
+
+        ensure_ssh_key(settings)
     result = Added()
     cancel = threading.Event()
 
