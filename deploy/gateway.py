@@ -457,4 +457,6 @@ def stop(paths: Paths, *, graceful: bool = True, timeout: float = 60.0) -> bool:
     for p in (paths.pidfile, paths.admin, paths.master):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    if paths.sockets != paths.dir:  # the short-path socket dir under /tmp is ours alone
+        shutil.rmtree(paths.sockets, ignore_errors=True)
     return True
