@@ -12,6 +12,8 @@ import platform
 import sys
 from typing import Any
 
+from csm_runtime.identity import cpu_model
+
 
 def _gpus() -> tuple[list[dict[str, Any]], str | None]:
     """GPUs from NVML (name, memory, compute capability, driver); (empty list, reason) when there are none."""
@@ -56,24 +58,13 @@ def collect_info() -> dict[str, Any]:
         "gpus": gpus,
         "gpu_note": reason,
         "cpu": {
-            "model": _cpu_model(),
+            "model": cpu_model(),
             "cores_physical": psutil.cpu_count(logical=False),
             "cores_logical": psutil.cpu_count(logical=True),
             "torch_threads": torch.get_num_threads(),
         },
         "ram": {"total_gib": round(mem.total / 2**30, 1), "available_gib": round(mem.available / 2**30, 1)},
     }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_info(info: dict[str, Any]) -> str:

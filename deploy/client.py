@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deploy.errors import DeployError, NotFoundError, UsageError
+from deploy.errors import DeployError, UsageError
 
 if TYPE_CHECKING:  # httpx is imported where it is used: `deploy --help` must not pay for it
     import httpx
@@ -64,25 +64,6 @@ def read_token_file(path: str | Path | None) -> str | None:
     if not token:
         raise UsageError(f"token file {path} is empty")
     return token
-
-
-def resolve_endpoint(instance_id: str, settings) -> tuple[str, str | None]:
-    """Rental ID -> (endpoint URL, token file) from the ledger row's meta (`endpoint`, `token_file`), which the
-    provision flow records once the runtime answers. Raises NotFoundError / UsageError with the next step."""
-    from deploy.ledger import open_ledger
-
-    try:
-        rid = int(instance_id)
-    except ValueError:
-        raise UsageError(f"instance ID must be a number (see `deploy status`), got {instance_id!r}") from None
-    with open_ledger(settings) as ledger:
-        rental = ledger.get(rid)
-    if rental is None:
-        raise NotFoundError(f"no rental {rid} in the ledger (see `deploy status`)")
-    endpoint = rental.meta.get("endpoint")
-    if not endpoint:
-        raise UsageError(f"rental {rid} has no recorded endpoint (status {rental.status}); pass --endpoint URL")
-    return str(endpoint), rental.meta.get("token_file")
 
 
 def _server_message(response: httpx.Response) -> str:

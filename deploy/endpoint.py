@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from deploy.errors import NotFoundError, UsageError
+from deploy.errors import UsageError
 
 DIRECT, TUNNEL = "direct", "ssh-tunnel"
 
@@ -43,15 +43,9 @@ def open_rental_endpoint(rental_id: str, settings) -> Iterator[tuple[str, str | 
     """Rental ID -> (URL usable from here, token file), with an SSH tunnel held open for the block when needed."""
     from deploy.ledger import open_ledger
 
-    try:
-        rid = int(rental_id)
-    except ValueError:
-        raise UsageError(f"instance ID must be a number (see `deploy status`), got {rental_id!r}") from None
     with open_ledger(settings) as ledger:
-        rental = ledger.get(rid)
-        if rental is None:
-            raise NotFoundError(f"no rental {rid} in the ledger (see `deploy status`)")
-        meta = rental.meta
+        rental = ledger.require(rental_id)
+        rid, meta = rental.id, rental.meta
         if not meta.get("endpoint"):
             raise UsageError(f"rental {rid} has no recorded endpoint (status {rental.status}); pass --endpoint URL")
         if not rental.is_open:

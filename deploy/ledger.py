@@ -295,6 +295,19 @@ class Ledger:
         row = self.db.execute("SELECT * FROM rentals WHERE id=?", (rid,)).fetchone()
         return _rental(row) if row else None
 
+    def require(self, rid: int | str) -> Rental:
+        """The rental a command was given, or the one-line error every command shows for a bad ID."""
+        from deploy.errors import NotFoundError, UsageError
+
+        try:
+            rid = int(rid)
+        except ValueError:
+            raise UsageError(f"rental ID must be a number (see `deploy status`), got {rid!r}") from None
+        rental = self.get(rid)
+        if rental is None:
+            raise NotFoundError(f"no rental {rid} in the ledger; `deploy status` lists them")
+        return rental
+
     def by_provider_id(self, provider: str, provider_id: str) -> Rental | None:
         row = self.db.execute(
             "SELECT * FROM rentals WHERE provider=? AND provider_id=? ORDER BY id DESC", (provider, str(provider_id))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from csm_runtime.server import create_app
 from csm_runtime.settings import RuntimeSettings
-from deploy.client import GenerateError, fix_wav_header, play, resolve_endpoint, synthesize
+from deploy.client import GenerateError, fix_wav_header, play, synthesize
 from deploy.commands.generate import generate
 from deploy.errors import NotFoundError, UsageError
 from tests.server_fixtures import ServerThread, wait_ready
@@ -83,6 +83,7 @@ def test_play_without_any_player_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_instance_id_resolves_through_the_ledger(tmp_path, monkeypatch):
+    from deploy.endpoint import open_rental_endpoint
     from deploy.ledger import Ledger
     from deploy.settings import load_settings
 
@@ -93,11 +94,14 @@ def test_instance_id_resolves_through_the_ledger(tmp_path, monkeypatch):
         rid = ledger.record_intent(attempt_id="a1", provider="local", label_prefix="csm").id
         ledger.update_meta(rid, endpoint="http://127.0.0.1:8123", token_file="/tmp/tok")
         bare = ledger.record_intent(attempt_id="a2", provider="local", label_prefix="csm").id
-    assert resolve_endpoint(str(rid), settings) == ("http://127.0.0.1:8123", "/tmp/tok")
-    with pytest.raises(UsageError, match="no recorded endpoint"):
-        resolve_endpoint(str(bare), settings)
-    with pytest.raises(NotFoundError):
-        resolve_endpoint("999", settings)
+    with open_rental_endpoint(str(rid), settings) as resolved:
+        assert resolved == ("http://127.0.0.1:8123", "/tmp/tok")
+    with pytest.raises(UsageError, match="no recorded endpoint"), open_rental_endpoint(str(bare), settings):
+        pass
+    with pytest.raises(NotFoundError, match="no rental 999"), open_rental_endpoint("999", settings):
+        pass
+    with pytest.raises(UsageError, match="must be a number"), open_rental_endpoint("abc", settings):
+        pass
 
 
 def test_fix_wav_header_leaves_other_files_alone(tmp_path):

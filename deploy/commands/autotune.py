@@ -43,9 +43,7 @@ def autotune(
 
     s = c.settings()
     with c.open_ledger() as ledger:
-        rental = ledger.get(rental_id)
-        if rental is None:
-            raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+        rental = ledger.require(rental_id)
         if not rental.is_open:
             raise NotFoundError(f"rental {rental_id} is {rental.status}: nothing to autotune on")
         runtime = runtime or runtime_on_box(rental.meta.get("runtime_mode"), s.remote_dir) or DEFAULT_RUNTIME

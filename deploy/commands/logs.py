@@ -27,9 +27,7 @@ def logs(
     from deploy.providers import host_for
 
     with c.open_ledger() as ledger:
-        rental = ledger.get(rental_id)
-        if rental is None:
-            raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+        rental = ledger.require(rental_id)
         if events:
             rows = ledger.events(rental_id)
             if json_:

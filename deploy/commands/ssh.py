@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from deploy.commands import _common as c
-from deploy.errors import NotFoundError, UsageError
+from deploy.errors import UsageError
 
 
 def ssh(
@@ -24,9 +24,7 @@ def ssh(
 
     s = c.settings()
     with c.open_ledger() as ledger:
-        rental = ledger.get(rental_id)
-        if rental is None:
-            raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+        rental = ledger.require(rental_id)
         if not rental.is_open:
             raise UsageError(f"rental {rental_id} is closed ({rental.status})")
         if rental.provider == "local":

@@ -7,7 +7,7 @@ import typer
 
 from deploy import output
 from deploy.commands import _common as c
-from deploy.errors import DeployError, NotFoundError, UsageError
+from deploy.errors import DeployError, UsageError
 
 
 def teardown(
@@ -48,9 +48,7 @@ def teardown(
             elif not yes:
                 _confirm(f"destroy {len(targets)} rentals ({', '.join(_name(e) for e in targets)})?")
         else:
-            rental = ledger.get(rental_id)
-            if rental is None:
-                raise NotFoundError(f"no rental {rental_id} in the ledger; `deploy status` lists them")
+            rental = ledger.require(rental_id)
             if not rental.is_open:
                 raise UsageError(f"rental {rental_id} is already closed ({rental.status})")
             from deploy.reconcile import Entry

@@ -13,7 +13,7 @@ import typer
 
 from deploy import output
 from deploy.commands import _common as c
-from deploy.errors import NotFoundError, RemoteError, UsageError
+from deploy.errors import RemoteError, UsageError
 
 
 def tunnel(
@@ -38,9 +38,7 @@ def tunnel(
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
     with c.open_ledger() as ledger:
-        rental = ledger.get(rental_id)
-        if rental is None:
-            raise NotFoundError(f"no rental {rental_id} in the ledger (see `deploy status`)")
+        rental = ledger.require(rental_id)
         meta = rental.meta
         if not rental.is_open:
             raise UsageError(f"rental {rental_id} is {rental.status}: its server is gone (see `deploy status`)")
