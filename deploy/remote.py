@@ -199,7 +199,11 @@ class RemoteHost:
             res = self.conn.run(full, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err)
         except CommandTimedOut:
             raise RemoteError(f"{self.name}: `{command}` did not finish within {timeout:.0f} s") from None
-        result = CommandResult(command, res.exited, "".join(out.parts), "".join(err.parts), time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        if timeout is not None and res.exited == -1 and elapsed >= timeout:
+            # invoke races its own timer: the killed channel can close (exit -1) before `timed_out` turns true.
+            raise RemoteError(f"{self.name}: `{command}` did not finish within {timeout:.0f} s")
+        result = CommandResult(command, res.exited, "".join(out.parts), "".join(err.parts), elapsed)
         if check and not result.ok:
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
             raise RemoteError(f"{self.name}: `{command}` exited {result.exit_code}: {tail[0]}")
