@@ -34,10 +34,6 @@ def new_token(home: Path, rental_id: int) -> tuple[Path, str]:
     return path, hashlib.sha256(token.encode()).hexdigest()
 
 
-def read_token(path: str | Path) -> str:
-    return Path(path).read_text().strip()
-
-
 @contextlib.contextmanager
 def open_rental_endpoint(rental_id: str, settings) -> Iterator[tuple[str, str | None]]:
     """Rental ID -> (URL usable from here, token file), with an SSH tunnel held open for the block when needed."""

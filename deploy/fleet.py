@@ -13,9 +13,9 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from deploy.client import read_token_file
 from deploy.endpoint import TUNNEL
 from deploy.errors import NotFoundError, UsageError
 from deploy.ledger import Ledger, Rental
@@ -65,12 +65,9 @@ class Replica:
         if not path:
             raise UsageError(f"replica {self.name} (rental {self.rental.id}) has no token file recorded")
         try:
-            token = Path(path).read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"replica {self.name}: cannot read its token file {path}: {exc.strerror}") from None
-        if not token:
-            raise UsageError(f"replica {self.name}: its token file {path} is empty")
-        return token
+            return read_token_file(path)
+        except UsageError as exc:
+            raise UsageError(f"replica {self.name}: {exc}") from None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ from deploy.bootstrap import (
     install_script,
     model_family,
 )
+from deploy.client import read_token_file
 from deploy.endpoint import DIRECT, TUNNEL, new_token, tunnel
 from deploy.errors import DeployError, RemoteError
 from deploy.provision import Context, Step, add_step
@@ -362,7 +363,7 @@ def answers(url: str, deadline: float, *, within_s: float | None = None) -> str 
 def step_ready(ctx: Context) -> None:
     opts, _layout = runtime(ctx)
     assert ctx.host is not None
-    token = Path(ctx.refresh().meta["token_file"]).read_text().strip()
+    token = read_token_file(ctx.refresh().meta["token_file"])
     deadline = time.monotonic() + opts.runtime_timeout_s
     on_box = f"http://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.port}"
     wait_listening(ctx, opts, deadline)
