@@ -20,17 +20,28 @@ from deploy.errors import UsageError
 DIRECT, TUNNEL = "direct", "ssh-tunnel"
 
 
-def new_token(home: Path, rental_id: int) -> tuple[Path, str]:
-    """A fresh bearer token in DEPLOY_HOME/tokens/rental-<id>.token (0600, dir 0700); returns (path, sha256)."""
-    directory = home / "tokens"
+def token_path(home: Path, name: str) -> Path:
+    """DEPLOY_HOME/tokens/<name>.token, its directory made 0700: every secret the toolkit mints lives there."""
+    directory = Path(home) / "tokens"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-    path = directory / f"rental-{rental_id}.token"
+    return directory / f"{name}.token"
+
+
+def write_token(path: Path, *, exclusive: bool = False) -> str:
+    """A fresh token in a file created 0600 before the secret goes in; `exclusive` refuses to replace one."""
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    flags = os.O_CREAT | os.O_WRONLY | (os.O_EXCL if exclusive else os.O_TRUNC)
+    with os.fdopen(os.open(path, flags, 0o600), "w") as f:
         f.write(token + "\n")
     os.chmod(path, 0o600)
+    return token
+
+
+def new_token(home: Path, rental_id: int) -> tuple[Path, str]:
+    """A fresh bearer token in DEPLOY_HOME/tokens/rental-<id>.token (0600, dir 0700); returns (path, sha256)."""
+    path = token_path(home, f"rental-{rental_id}")
+    token = write_token(path)
     return path, hashlib.sha256(token.encode()).hexdigest()
 
 

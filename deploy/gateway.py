@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from deploy.client import read_token_file
+from deploy.endpoint import token_path, write_token
 from deploy.errors import DeployError, UsageError
 
 BACKEND = "fleet"
@@ -211,15 +212,11 @@ class Paths:
 
 def client_token(home: Path, fleet: str) -> tuple[Path, str]:
     """The token clients present to the gateway: DEPLOY_HOME/tokens/gateway-<fleet>.token (0600), made once."""
-    directory = Path(home) / "tokens"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"gateway-{fleet}.token"
+    path = token_path(home, f"gateway-{fleet}")
     if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        write_token(path, exclusive=True)
     os.chmod(path, 0o600)
-    return path, path.read_text().strip()
+    return path, read_token_file(path)
 
 
 def write_private(path: Path, text: str) -> None:
