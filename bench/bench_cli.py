@@ -47,8 +47,8 @@ def bench_provision(n: int) -> dict:
     from deploy.provision import ProvisionOptions, provision
     from deploy.settings import load_settings
     from deploy.vast import VastCli
-    from tests.sshd import start_sshd
-    from tests.vast_emulator import VastEmulator
+    from tests.fakes.sshd import start_sshd
+    from tests.fakes.vast_emulator import VastEmulator
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     sshd = start_sshd(tmp / "sshd")
@@ -126,7 +126,7 @@ def bench_provision(n: int) -> dict:
 
 
 def _gpu():
-    from deploy.gpus import resolve
+    from csm_common.gpus import resolve
 
     return resolve("4090")
 

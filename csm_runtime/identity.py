@@ -1,6 +1,6 @@
 """What machine and software a measurement was taken on: the identity block of a profile, and the profile slug.
 
-The slug comes from `deploy/gpus.py` (the same table the control plane searches offers with), so a profile written
+The slug comes from `csm_common/gpus.py` (the same table the control plane searches offers with), so a profile written
 on the box is found by name on both sides. Reading facts never initialises CUDA: pynvml first, torch's view second,
 so `serve --profile auto` can pick the profile before the model is built.
 """
@@ -13,7 +13,7 @@ import os
 import platform
 from dataclasses import dataclass
 
-from deploy.gpus import cpu_slug, slug_for_device
+from csm_common.gpus import cpu_slug, slug_for_device
 
 
 @dataclass(frozen=True)

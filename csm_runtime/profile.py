@@ -1,6 +1,6 @@
 """The profile: what autotune measured on one device and the settings it chose, as `profiles/<slug>.yaml`.
 
-One file per device slug (the slug table is `deploy/gpus.py`, shared with the control plane). Schema version 1:
+One file per device slug (the slug table is `csm_common/gpus.py`, shared with the control plane). Schema version 1:
 identity (device facts, driver, CUDA, package versions, model id and revision, date), the rule and the settings it
 chose with the measurements behind them, and the full candidate table, skipped and OOM rows included with their
 reasons. Loading validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is

@@ -174,7 +174,7 @@ def build_wheel(out_dir: Path, *, root: Path = PROJECT_ROOT, python: str = sys.e
             if (root / name).exists():
                 shutil.copy2(root / name, src / name)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for package in ("deploy", "csm_runtime"):
+        for package in ("deploy", "csm_runtime", "csm_common"):
             shutil.copytree(root / package, src / package, ignore=ignore)
         cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check"]
         res = subprocess.run([*cmd, "-q", "-w", str(out_dir), str(src)], capture_output=True, text=True)

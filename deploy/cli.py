@@ -96,7 +96,7 @@ def _errors() -> list[tuple[type[BaseException], Callable[[BaseException], str]]
     import sqlite3
 
     from deploy.errors import DeployError
-    from deploy.gpus import UnknownGpuError
+    from csm_common.gpus import UnknownGpuError
     from deploy.settings import SettingsError
 
     return [

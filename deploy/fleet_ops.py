@@ -23,7 +23,7 @@ from deploy import gateway as gw
 from deploy import tunnels
 from deploy.errors import DeployError, NoOffersError, UsageError
 from deploy.fleet import ACTIVE, DRAINING, REMOVED, Fleet, FleetStore, Probe, Replica, due_for_replacement, probe
-from deploy.gpus import resolve
+from csm_common.gpus import resolve
 from deploy.ledger import Ledger
 from deploy.records import State
 from deploy.settings import DeploySettings

@@ -27,7 +27,7 @@ from deploy.errors import (
     StepFailedError,
     UsageError,
 )
-from deploy.gpus import Gpu
+from csm_common.gpus import Gpu
 from deploy.ledger import Ledger, Rental
 from deploy.providers import OfferQuery, Provider, RentRequest, host_for
 from deploy.records import Box, Offer

@@ -34,7 +34,7 @@ _violations: list[str] = []
 
 
 def allow_box_address(address: str) -> None:
-    """A network namespace this test run created (tests/netns_box.py): its address is ours, on a link of our own."""
+    """A network namespace this test run created (tests/fakes/netns_box.py): its address is ours, on a link of our own."""
     _box_addresses.add(ipaddress.ip_address(address))
 
 
@@ -99,7 +99,7 @@ def deploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tests.sshd import start_sshd
+    from tests.fakes.sshd import start_sshd
 
     if not Path("/usr/sbin/sshd").exists():
         pytest.skip("openssh-server is not installed (/usr/sbin/sshd); .ci/run installs it")
@@ -111,7 +111,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture
 def vast(sshd: object) -> Iterator[object]:
     """The vast.ai emulator (vast.ai itself cannot be reached here); its boxes are the real loopback sshd."""
-    from tests.vast_emulator import VastEmulator
+    from tests.fakes.vast_emulator import VastEmulator
 
     emu = VastEmulator(ssh_host=sshd.host, ssh_port=sshd.port, authorized_keys=sshd.authorized_keys)
     emu.start()

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from deploy.errors import UsageError
-from deploy.gpus import Gpu, resolve
+from csm_common.gpus import Gpu, resolve
 from deploy.settings import DeploySettings, load_settings
 
 Gpu_ = Annotated[str, typer.Option("--gpu", "-g", help="GPU alias: 4090, 3090, 5090, A100, H100, L40S, A6000, ...")]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from deploy.gpus import Gpu
+from csm_common.gpus import Gpu
 from deploy.records import Box, Offer
 
 Log = Callable[[str], None]

@@ -17,7 +17,7 @@ from csm_runtime.settings import RuntimeSettings
 from deploy.client import GenerateError, fix_wav_header, play, synthesize
 from deploy.commands.generate import generate
 from deploy.errors import NotFoundError, UsageError
-from tests.server_fixtures import ServerThread, wait_ready
+from tests.fakes.server_fixtures import ServerThread, wait_ready
 
 TOKEN = "client-test-token"
 

@@ -1,5 +1,5 @@
 """`deploy tunnel ID`: the console script against an `ssh` rental on the loopback sshd with a real tiny-random
-server on the box's loopback (tests/ssh_rental.py): the printed URL answers /health and, with the token, /ready;
+server on the box's loopback (tests/fakes/ssh_rental.py): the printed URL answers /health and, with the token, /ready;
 SIGINT closes the tunnel and exits 0. Direct rentals just print their endpoint."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from deploy.ledger import Ledger
 from deploy.remote import free_port
 from deploy.settings import load_settings
 from tests.conftest import DEPLOY_BIN
-from tests.ssh_rental import start_ssh_rental, stop_group
+from tests.fakes.ssh_rental import start_ssh_rental, stop_group
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """`deploy teardown` on an `ssh` rental stops the server provision started there (a real tiny-random csm-runtime on
-the loopback sshd, tests/ssh_rental.py) before closing the row: the provider has nothing to destroy."""
+the loopback sshd, tests/fakes/ssh_rental.py) before closing the row: the provider has nothing to destroy."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from deploy.ledger import Ledger
 from deploy.settings import load_settings
 from tests.conftest import DEPLOY_BIN
-from tests.ssh_rental import running, start_ssh_rental, stop_group, wait_gone
-from tests.vast_emulator import closed_port
+from tests.fakes.ssh_rental import running, start_ssh_rental, stop_group, wait_gone
+from tests.fakes.vast_emulator import closed_port
 
 
 @pytest.fixture

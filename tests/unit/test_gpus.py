@@ -2,7 +2,7 @@
 
 import pytest
 
-from deploy import gpus
+from csm_common import gpus
 
 
 @pytest.mark.parametrize("name", ["4090", "RTX 4090", "rtx_4090", "rtx-4090", "RTX4090"])

@@ -14,7 +14,7 @@ import pytest
 
 from csm_runtime.serve_cmd import check_bind, is_loopback
 from csm_runtime.settings import RuntimeSettings
-from tests.server_fixtures import free_port, wait_ready
+from tests.fakes.server_fixtures import free_port, wait_ready
 
 SERVE = [sys.executable, "-m", "csm_runtime.cli", "serve"]  # the `csm-runtime serve` console script
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from csm_runtime.server.audio_formats import FORMATS, Encoder, wav_header
-from tests.server_fixtures import decode
+from tests.fakes.server_fixtures import decode
 
 SR = 24_000
 

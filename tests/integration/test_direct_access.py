@@ -1,9 +1,9 @@
 """The mapped-port path: vast is asked for `-p 8000:8000`, reports `ports` / `public_ipaddr`, and the ready step uses
 that address directly when it answers, else (no mapping, --tunnel, a port that stays silent) the SSH tunnel.
 
-vast.ai is the emulator (tests/vast_emulator.py) driven by the real vastai CLI; the box is the loopback sshd with a
-real tiny-random csm-runtime server on it (tests/ssh_rental.py). The full direct path on a box with its own address
-is in tests/test_e2e_provision.py.
+vast.ai is the emulator (tests/fakes/vast_emulator.py) driven by the real vastai CLI; the box is the loopback sshd with a
+real tiny-random csm-runtime server on it (tests/fakes/ssh_rental.py). The full direct path on a box with its own address
+is in tests/e2e/test_e2e_provision.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from deploy.records import Box, Offer, State
 from deploy.remote import RemoteHost
 from deploy.settings import load_settings
 from deploy.vast import VastCli, _ports
-from tests.ssh_rental import start_ssh_rental, stop_group
-from tests.vast_emulator import closed_port
+from tests.fakes.ssh_rental import start_ssh_rental, stop_group
+from tests.fakes.vast_emulator import closed_port
 
 
 def test_create_asks_for_the_port_mapping_and_the_box_reports_it(vast_env, vast):

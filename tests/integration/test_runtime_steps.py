@@ -1,6 +1,6 @@
 """The runtime steps' decisions (mode, profile choice, install script, token, printout) as pure functions, and the
 `local` provider's whole flow through the real console script (the demo's path: direct endpoint, teardown stops
-the server). The remote flow over SSH is tests/test_e2e_provision.py."""
+the server). The remote flow over SSH is tests/e2e/test_e2e_provision.py."""
 
 from __future__ import annotations
 

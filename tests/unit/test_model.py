@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from csm_runtime.model import ModelLoadError, load_model, resolve_dtype, special_ids, tiny_tokenizer
-from tests.runtime_fixtures import hf_greedy_codes
+from tests.fakes.runtime_fixtures import hf_greedy_codes
 
 CPU = torch.device("cpu")
 

@@ -25,7 +25,7 @@ from deploy import gateway as gw
 from deploy.fleet import FleetStore, probe
 from deploy.ledger import Ledger
 from tests.conftest import run_deploy
-from tests.server_fixtures import free_port
+from tests.fakes.server_fixtures import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="haproxy is not installed")
 PCM_BYTES_PER_MS = 48  # 24 kHz, 16-bit mono
@@ -146,15 +146,15 @@ def test_streamed_bytes_arrive_while_the_replica_is_still_generating(fleet):
 
 
 def test_a_warming_replica_gets_no_traffic_until_ready(fleet, tmp_path):
-    """A real runtime app whose model load waits for a gate file (tests/gated_replica.py): /ready is 503 until the
+    """A real runtime app whose model load waits for a gate file (tests/fakes/gated_replica.py): /ready is 503 until the
     test opens the gate. It joins the fleet in the ledger, the gateway reloads, and it must get nothing until ready."""
     token_file, gate = fleet.home / "tokens" / "warming.token", tmp_path / "gate"
     token = "warming-replica-token-0123456789"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.gated_replica", str(port), str(token_file), str(gate)],
-                            cwd=Path(__file__).parents[1], env=fleet.env)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.gated_replica", str(port), str(token_file), str(gate)],
+                            cwd=Path(__file__).parents[2], env=fleet.env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

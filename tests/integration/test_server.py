@@ -18,7 +18,7 @@ import soundfile as sf
 from csm_runtime.server import create_app
 from csm_runtime.server.app import default_loader
 from csm_runtime.settings import RuntimeSettings
-from tests.server_fixtures import ServerThread, decode, wait_ready
+from tests.fakes.server_fixtures import ServerThread, decode, wait_ready
 
 TOKEN = "test-token-0123456789"
 FRAME = 1920  # samples per 80 ms frame at 24 kHz

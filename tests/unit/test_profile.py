@@ -27,7 +27,7 @@ from csm_runtime.profile import (
 from csm_runtime.serve_cmd import resolve_profile
 from csm_runtime.settings import RuntimeSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLUG = detect_device("cpu").slug
 
 

@@ -1,7 +1,7 @@
 """End to end: `deploy provision --gpu 4090 --model tiny-random` through every step, for real, on a box of our own.
 
-The one thing emulated is vast.ai (tests/vast_emulator.py, driven by the real vastai CLI). The box it "rents" is a
-network namespace with its own address (tests/netns_box.py) running a real sshd, with its own home directory (a
+The one thing emulated is vast.ai (tests/fakes/vast_emulator.py, driven by the real vastai CLI). The box it "rents" is a
+network namespace with its own address (tests/fakes/netns_box.py) running a real sshd, with its own home directory (a
 bind mount over /root in a mount namespace), so the toolkit reaches it only over SSH, as a rented machine. The project
 wheel is really built, pushed (sha256-checked) and installed into a venv on the box; the box has no network, so it is
 handed this checkout's site-packages as a prepared environment (`--box-site-packages`) for the heavy pins. Destroying
@@ -29,8 +29,8 @@ import pytest
 
 from deploy.ledger import Ledger
 from tests.conftest import ROOT, allow_box_address, forget_box_address, unknown_running
-from tests.netns_box import NetnsBox, create_box, netns_available
-from tests.vast_emulator import VastEmulator
+from tests.fakes.netns_box import NetnsBox, create_box, netns_available
+from tests.fakes.vast_emulator import VastEmulator
 
 pytestmark = pytest.mark.slow
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # this checkout's .venv: the box's "prepared" environment
@@ -120,7 +120,7 @@ def box_home(box, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sshd(box, box_home, tmp_path_factory):
     """Overrides conftest's loopback sshd: the rented box's sshd, inside the namespace, on the box's address."""
-    from tests.sshd import start_sshd
+    from tests.fakes.sshd import start_sshd
 
     # the box has no network, and says so: the Hugging Face hub then fails at once instead of retrying DNS
     server = start_sshd(

@@ -26,7 +26,7 @@ from csm_runtime.autotune_cmd import main as autotune_main
 from csm_runtime.identity import detect_device
 from csm_runtime.profile import Candidate, Measurement, Rule, apply_profile, load_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULE = Rule(rtf_max=0.8, ttfa_target_ms=300, text="test")
 
 
@@ -238,7 +238,7 @@ def test_deploy_autotune_unknown_rental_is_one_line(deploy_home):
 def test_fetch_file_over_ssh_is_binary_safe_and_checksummed(sshd, tmp_path):
     from deploy.autotune_remote import fetch_file
     from deploy.remote import RemoteHost
-    from tests.sshd import keygen
+    from tests.fakes.sshd import keygen
 
     key = tmp_path / "id"
     with open(sshd.authorized_keys, "a") as f:

@@ -1,5 +1,5 @@
 """A real csm-runtime app (tiny-random) whose model load waits until a gate file exists: a replica that stays
-"warming" (/ready 503) for exactly as long as a test wants. Run as a process: python -m tests.gated_replica PORT
+"warming" (/ready 503) for exactly as long as a test wants. Run as a process: python -m tests.fakes.gated_replica PORT
 TOKEN_FILE GATE_FILE."""
 
 from __future__ import annotations

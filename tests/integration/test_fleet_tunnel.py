@@ -20,7 +20,7 @@ from deploy.ledger import Ledger
 from deploy.provision import ensure_ssh_key
 from deploy.settings import load_settings
 from tests.conftest import run_deploy
-from tests.server_fixtures import free_port
+from tests.fakes.server_fixtures import free_port
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="haproxy is not installed")
 

@@ -2,7 +2,7 @@
 
 These tests drive the scheduler with `DevFakeGenerator`, a DEVELOPMENT FAKE that has StreamingGenerator's API
 (add_stream / step / cancel / warmup) but produces silence, so each case is deterministic and runs in milliseconds.
-The server tests (tests/test_server.py) run the real generator end to end.
+The server tests (tests/integration/test_server.py) run the real generator end to end.
 """
 
 from __future__ import annotations

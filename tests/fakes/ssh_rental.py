@@ -1,4 +1,4 @@
-"""An `ssh`-provider rental on the loopback sshd (tests/sshd.py), with a real csm-runtime server (tiny-random) started
+"""An `ssh`-provider rental on the loopback sshd (tests/fakes/sshd.py), with a real csm-runtime server (tiny-random) started
 on it the way the `start` step does: detached over SSH, token file 0600 on both sides, pid and pid file in the ledger.
 
 It is what `deploy provision --provider ssh ... --runtime` leaves behind, minus the install (this checkout's .venv

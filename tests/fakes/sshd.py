@@ -44,7 +44,7 @@ def start_sshd(
     root: Path, *, listen: str = "127.0.0.1", prefix: Sequence[str] = (), env: dict[str, str] | None = None
 ) -> Sshd:
     """`listen`/`prefix`: run it elsewhere, e.g. inside a network namespace (prefix `ip netns exec NAME`) on the
-    namespace's own address (tests/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv)."""
+    namespace's own address (tests/e2e/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
     os.makedirs("/run/sshd", exist_ok=True)

@@ -10,7 +10,7 @@ import torch
 from csm_runtime.generator import BatchFullError, load_generator
 from csm_runtime.model import ModelLoadError
 from csm_runtime.types import GenerationParams, Segment
-from tests.runtime_fixtures import TEXTS, hf_greedy_codes, tiny_generator
+from tests.fakes.runtime_fixtures import TEXTS, hf_greedy_codes, tiny_generator
 
 FRAMES = 24
 

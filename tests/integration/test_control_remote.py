@@ -9,8 +9,8 @@ import pytest
 
 from deploy.errors import HostKeyMismatchError, RemoteError
 from deploy.remote import LocalHost, RemoteHost, wait_for_ssh
-from tests.http_once import serve_once
-from tests.sshd import keygen
+from tests.fakes.http_once import serve_once
+from tests.fakes.sshd import keygen
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_run_put_detached_forward(sshd, key, tmp_path):
 
 
 def test_ssh_wait_gives_up_at_deadline(key):
-    from tests.vast_emulator import closed_port
+    from tests.fakes.vast_emulator import closed_port
 
     port = closed_port()
     with pytest.raises(RemoteError, match="did not answer before the deadline"):
