@@ -38,7 +38,7 @@ def work_hf(model: str, frames: int, threads: int) -> dict:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from csm_runtime.generator import load_generator
+    from csm_runtime.engine.generator import load_generator
 
     torch.set_num_threads(threads)
     gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512)
@@ -77,8 +77,8 @@ def work_hf(model: str, frames: int, threads: int) -> dict:
 def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
     import torch
 
-    from csm_runtime.generator import load_generator
-    from csm_runtime.types import GenerationParams
+    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)
     gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512,
@@ -114,8 +114,8 @@ def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
 def work_throughput(model: str, frames: int, threads: int, batch: int, compile_mode: str) -> dict:
     import torch
 
-    from csm_runtime.generator import load_generator
-    from csm_runtime.types import GenerationParams
+    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)
     params = GenerationParams(max_audio_ms=frames * 80, greedy=True)

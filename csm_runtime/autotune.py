@@ -123,7 +123,7 @@ class GeneratorFactory:
     def __init__(self, base: RuntimeSettings):
         import torch
 
-        from .model import resolve_device
+        from csm_runtime.engine.model import resolve_device
 
         self.base = base
         self.device = resolve_device(base.device)
@@ -133,9 +133,9 @@ class GeneratorFactory:
             torch.set_num_threads(base.cpu_threads)
 
     def build(self, settings: RuntimeSettings):
-        from .codec import MimiCodec, build_mimi, resolve_mimi_weights
-        from .generator import StreamingGenerator
-        from .model import load_model, resolve_dtype
+        from csm_runtime.engine.codec import MimiCodec, build_mimi, resolve_mimi_weights
+        from csm_runtime.engine.generator import StreamingGenerator
+        from csm_runtime.engine.model import load_model, resolve_dtype
 
         dtype = resolve_dtype(settings.dtype, self.device)
         if self._loaded is None or self._loaded[0] != settings.dtype:
@@ -191,7 +191,7 @@ def measure(gen, batch: int, plan: Plan) -> Measurement:
     import psutil
     import torch
 
-    from .types import GenerationParams
+    from csm_runtime.engine.types import GenerationParams
 
     warm = gen.warmup()
     longest = max(plan.first_chunk_frames)

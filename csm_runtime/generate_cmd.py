@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None, args=None) -> int:
 def _generate(settings, args) -> int:
     import soundfile
 
-    from csm_runtime.generator import load_generator
-    from csm_runtime.types import GenerationParams
+    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.types import GenerationParams
 
     if not args.text or not args.text.strip():
         raise ValueError("--text is required and must not be empty")

@@ -88,7 +88,7 @@ def load_reference_audio(voices: dict[str, Voice], sample_rate: int) -> None:
     import torch
     import torchaudio.functional as F
 
-    from csm_runtime.types import Segment
+    from csm_runtime.engine.types import Segment
 
     for voice in voices.values():
         if voice.audio_path is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from csm_runtime.generator import StreamingGenerator, load_generator
+from csm_runtime.engine.generator import StreamingGenerator, load_generator
 
 TEXTS = ("Hello there, how are you?", "The quick brown fox.", "Streaming speech, one frame at a time!")
 

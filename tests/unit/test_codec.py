@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from csm_runtime.codec import FRAME_SAMPLES, MimiCodec, build_mimi, clamp_codes, resolve_mimi_weights
+from csm_runtime.engine.codec import FRAME_SAMPLES, MimiCodec, build_mimi, clamp_codes, resolve_mimi_weights
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from csm_runtime.generator import BatchFullError, load_generator
-from csm_runtime.model import ModelLoadError
-from csm_runtime.types import GenerationParams, Segment
+from csm_runtime.engine.generator import BatchFullError, load_generator
+from csm_runtime.engine.model import ModelLoadError
+from csm_runtime.engine.types import GenerationParams, Segment
 from tests.fakes.runtime_fixtures import TEXTS, hf_greedy_codes, tiny_generator
 
 FRAMES = 24

@@ -31,7 +31,7 @@ class _ClientGone(Exception):
 
 def build_params(settings, req: SpeechRequest):
     """GenerationParams from the server's settings, narrowed by the request's optional CSM fields."""
-    from csm_runtime.types import GenerationParams
+    from csm_runtime.engine.types import GenerationParams
 
     max_ms = settings.max_audio_ms if req.max_audio_ms is None else min(req.max_audio_ms, settings.max_audio_ms)
     params = GenerationParams(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import LoadedModel
+from csm_runtime.engine.model import LoadedModel
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, build_mimi, resolve_mimi_weights
-from .frame import FrameModel
-from .model import LoadedModel, load_model, resolve_device, resolve_dtype, special_ids
-from .settings import RuntimeSettings
-from .types import AudioChunk, ChunkMetrics, GenerationParams, Segment, StreamEvent
+from csm_runtime.engine.codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, build_mimi, resolve_mimi_weights
+from csm_runtime.engine.frame import FrameModel
+from csm_runtime.engine.model import LoadedModel, load_model, resolve_device, resolve_dtype, special_ids
+from csm_runtime.engine.types import AudioChunk, ChunkMetrics, GenerationParams, Segment, StreamEvent
+from csm_runtime.settings import RuntimeSettings
 
 FRAME_MS = 1000 * FRAME_SAMPLES // SAMPLE_RATE  # 80
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -1,0 +1,8 @@
+"""The engine: CSM (transformers) + Mimi (moshi) as a batch of streams that each emit audio chunks frame by frame.
+
+    types.py      the records the generator takes and yields (Segment, GenerationParams, AudioChunk, StreamEvent)
+    model.py      build or load the CSM model and its tokenizer
+    codec.py      Mimi: context audio to codes, frames to PCM with one streaming state per slot
+    frame.py      the frame step: KV caches, explicit positions, device-side sampling
+    generator.py  StreamingGenerator: slots, prefill, batched decode, chunks
+"""
