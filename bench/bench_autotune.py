@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from csm_runtime.autotune import GeneratorFactory, build_profile, default_plan, measure, release_memory, run_sweep
+from csm_runtime.autotune import build_profile, default_plan, measure, release_memory, run_sweep
+from csm_runtime.engine.loader import GeneratorFactory
 from csm_runtime.settings import RuntimeSettings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "autotune.json"
@@ -33,7 +34,7 @@ def remeasure(factory: GeneratorFactory, base: RuntimeSettings, plan, cand) -> f
     try:
         return measure(gen, cand.batch, plan).ms_per_frame_mean
     finally:
-        factory.discard(gen)
+        gen.close()
 
 
 def main() -> int:

@@ -38,13 +38,13 @@ def work_hf(model: str, frames: int, threads: int) -> dict:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
 
     torch.set_num_threads(threads)
     gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512)
     m = gen.loaded.model
     m.config.codebook_eos_token_id = -1  # fixed length, as in NOTES.md
-    ids = torch.tensor([gen._text_rows(TEXT, 0)])
+    ids = torch.tensor([gen.prompt.text_rows(TEXT, 0)])
 
     class Clock(BaseStreamer):
         def __init__(self):
@@ -77,7 +77,7 @@ def work_hf(model: str, frames: int, threads: int) -> dict:
 def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
     import torch
 
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
     from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)
@@ -114,7 +114,7 @@ def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
 def work_throughput(model: str, frames: int, threads: int, batch: int, compile_mode: str) -> dict:
     import torch
 
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
     from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from csm_runtime.engine.loader import GeneratorFactory
+
 from .identity import DeviceFacts, detect_device, package_versions
 from .profile import (
     SCHEMA_VERSION,
@@ -111,52 +113,6 @@ def setting_skip_reason(dtype: str, compile_mode: str, cuda_graphs: bool, device
 
 def candidate_id(dtype: str, compile_mode: str, cuda_graphs: bool, batch: int) -> str:
     return f"{dtype}/{compile_mode}/{'graphs' if cuda_graphs else 'no-graphs'}/b{batch}"
-
-
-# --- building generators ------------------------------------------------------------------------------------------
-
-
-class GeneratorFactory:
-    """Builds one generator per candidate while loading the model weights once per dtype (csm-1b-random takes
-    ~13 s to build; the sweep makes dozens of generators) and reusing the Mimi module."""
-
-    def __init__(self, base: RuntimeSettings):
-        import torch
-
-        from csm_runtime.engine.model import resolve_device
-
-        self.base = base
-        self.device = resolve_device(base.device)
-        self._loaded = None  # (dtype name, LoadedModel)
-        self._mimi = None
-        if base.cpu_threads > 0:
-            torch.set_num_threads(base.cpu_threads)
-
-    def build(self, settings: RuntimeSettings):
-        from csm_runtime.engine.codec import MimiCodec, build_mimi, resolve_mimi_weights
-        from csm_runtime.engine.generator import StreamingGenerator
-        from csm_runtime.engine.model import load_model, resolve_dtype
-
-        dtype = resolve_dtype(settings.dtype, self.device)
-        if self._loaded is None or self._loaded[0] != settings.dtype:
-            self._loaded = None
-            release_memory(self.device)
-            loaded = load_model(settings.model, device=self.device, dtype=dtype, revision=settings.revision,
-                                seed=settings.init_seed)  # fmt: skip
-            self._loaded = (settings.dtype, loaded)
-        if self._mimi is None:
-            weights = resolve_mimi_weights(settings.mimi_weights, settings.model)
-            self._mimi = build_mimi(weights, self.device, seed=settings.init_seed)
-        codec = MimiCodec(self._mimi, settings.max_streams)
-        return StreamingGenerator(self._loaded[1], codec, settings, self.device, dtype)
-
-    @staticmethod
-    def discard(gen) -> None:
-        """Leave the shared Mimi out of streaming mode so the next MimiCodec can enter it with another batch."""
-        if gen is None:
-            return
-        for module in getattr(gen.codec, "_streaming", ()):
-            module._stop_streaming()
 
 
 def release_memory(device) -> None:
@@ -319,7 +275,8 @@ def _measure_one(
             f"batch {batch} failed"
         )
     finally:
-        factory.discard(gen)
+        if gen is not None:
+            gen.close()  # the next candidate's codec reuses the factory's Mimi
         del gen
     stop = None
     if m.rtf > plan.stop_rtf:

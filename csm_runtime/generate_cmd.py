@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, args=None) -> int:
 def _generate(settings, args) -> int:
     import soundfile
 
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
     from csm_runtime.engine.types import GenerationParams
 
     if not args.text or not args.text.strip():

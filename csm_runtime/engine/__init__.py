@@ -1,8 +1,10 @@
 """The engine: CSM (transformers) + Mimi (moshi) as a batch of streams that each emit audio chunks frame by frame.
 
-    types.py      the records the generator takes and yields (Segment, GenerationParams, AudioChunk, StreamEvent)
-    model.py      build or load the CSM model and its tokenizer
-    codec.py      Mimi: context audio to codes, frames to PCM with one streaming state per slot
-    frame.py      the frame step: KV caches, explicit positions, device-side sampling
-    generator.py  StreamingGenerator: slots, prefill, batched decode, chunks
+types.py      the records the generator takes and yields (Segment, GenerationParams, AudioChunk, StreamEvent)
+model.py      build or load the CSM model and its tokenizer
+codec.py      Mimi: context audio to codes, frames to PCM with one streaming state per slot
+frame.py      the frame step: KV caches, explicit positions, device-side sampling, eager or compiled pieces
+prompt.py     the prompt CSM was trained on, as backbone input rows
+generator.py  StreamingGenerator: slots, prefill, batched decode, chunks; compile and CUDA graphs chosen here
+loader.py     load_generator / GeneratorFactory: generators from settings
 """

@@ -85,11 +85,15 @@ class MimiCodec:
         self._streaming = [mimi.upsample.convtr, mimi.decoder_transformer, mimi.decoder]
         for mod in self._streaming:
             mod.streaming_forever(slots)
+        self.closed = False
 
     def close(self) -> None:
-        """Leave streaming mode, so another MimiCodec (e.g. another batch size) can reuse the same Mimi."""
+        """Leave streaming mode, so another MimiCodec (e.g. another batch size) can reuse the same Mimi. Idempotent."""
+        if self.closed:
+            return
         for mod in self._streaming:
             mod._stop_streaming()
+        self.closed = True
 
     @torch.no_grad()
     def reset(self, slot_mask: torch.Tensor) -> None:

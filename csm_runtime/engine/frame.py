@@ -4,24 +4,31 @@ We reuse the weights and sub-modules of `CsmForConditionalGeneration` (norms, pr
 not its forward: transformers' caches keep one position for the whole batch, and a server batch has streams that
 joined at different times. Here every batch row (slot) has its own position in the backbone cache and its own mask.
 
-One frame (`decode_frame`), for every slot at once:
+Each decoder stack keeps its keys and values in a `KVCache` allocated once at the largest batch and length.
+`FrameModel` holds the caches and the pieces of a frame; `FrameStep` runs one frame, for every slot at once:
   1. backbone logits from the slot's last hidden state -> codebook 0 (sampled or greedy)
   2. depth decoder over [hidden, c0] at positions 0-1 -> codebook 1, then one position per codebook -> 2..31
   3. the 32 codes are embedded (sum over codebooks) and run through the backbone at the slot's position,
      giving the next hidden state; the position advances.
 Step 3 of frame n is what transformers does at the start of frame n+1; moving it to the end makes every frame the
-same fixed-shape function (prefill only fills the cache and the first hidden state).
+same fixed-shape function (prefill only fills the cache and the first hidden state), which is what torch.compile and
+CUDA graphs need.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from csm_runtime.engine.model import LoadedModel
+
+# store(k, v) -> (keys, values): writes one layer's new keys/values into its cache, returns what the layer attends over
+Store = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -30,8 +37,8 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rot * sin
 
 
-def _attn_block(layer, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tensor, write, mask: Tensor) -> Tensor:
-    """One decoder layer (HF CsmDecoderLayer maths) with our cache writes; `write(cache, new)` stores k/v."""
+def _attn_block(layer, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, store: Store) -> Tensor:
+    """One decoder layer (HF CsmDecoderLayer maths) with our cache writes: `store(k, v)` keeps k/v, returns the cache."""
     attn = layer.self_attn
     b, t, _ = x.shape
     h = layer.input_layernorm(x)
@@ -39,14 +46,80 @@ def _attn_block(layer, x: Tensor, cos: Tensor, sin: Tensor, kc: Tensor, vc: Tens
     k = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    write(kc, k)
-    write(vc, v)
+    kc, vc = store(k, v)
     rep = attn.num_key_value_groups
     keys = kc.repeat_interleave(rep, dim=1) if rep > 1 else kc
     vals = vc.repeat_interleave(rep, dim=1) if rep > 1 else vc
     o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, scale=attn.scaling)
     x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _run_layers(layers, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, store: Callable[..., tuple]) -> Tensor:
+    """The decoder layers in order; layer i stores its k/v with `store(i, k, v)`."""
+    for i, layer in enumerate(layers):
+        x = _attn_block(layer, x, cos, sin, mask, partial(store, i))
+    return x
+
+
+class KVCache:
+    """Keys and values of every layer of one decoder stack (the backbone, or the depth decoder), gpt-fast style:
+    allocated once at [slots, kv_heads, length, head_dim] and written in place, so the frame step's shapes never change
+    and a captured graph keeps pointing at the same memory. Stale entries need no clearing: every read is masked to
+    the positions the current stream wrote. Each `write_*` stores one layer's new k/v and returns what it attends over.
+    """
+
+    def __init__(self, layers: int, slots: int, kv_heads: int, length: int, head_dim: int, *, device, dtype) -> None:
+        shape = (slots, kv_heads, length, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.rows = torch.arange(slots, device=device)
+
+    @classmethod
+    def for_decoder(cls, decoder, slots: int, length: int, *, device, dtype) -> KVCache:
+        """A cache shaped for a transformers decoder stack (its layer count, kv heads and head size)."""
+        attn = decoder.layers[0].self_attn
+        return cls(
+            len(decoder.layers),
+            slots,
+            decoder.config.num_key_value_heads,
+            length,
+            attn.head_dim,
+            device=device,
+            dtype=dtype,
+        )
+
+    def write_prompt(self, layer: int, k: Tensor, v: Tensor, *, slot: int) -> tuple[Tensor, Tensor]:
+        """Prefill: positions 0..T-1 of `slot` <- k/v [1, kv, T, hd]; returns those rows (the prompt sees only itself)."""
+        t = k.shape[2]
+        kc, vc = self.k[layer][slot : slot + 1, :, :t], self.v[layer][slot : slot + 1, :, :t]
+        kc.copy_(k)
+        vc.copy_(v)
+        return kc, vc
+
+    def write_rows(self, layer: int, k: Tensor, v: Tensor, *, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """One new position per row: row b's position pos[b] <- k/v [B, kv, 1, hd]; returns the whole layer."""
+        self.k[layer][self.rows, :, pos] = k[:, :, 0]
+        self.v[layer][self.rows, :, pos] = v[:, :, 0]
+        return self.k[layer], self.v[layer]
+
+    def write_first(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions 0..T-1 of every row <- k/v [B, kv, T, hd]; returns the whole layer."""
+        t = k.shape[2]
+        self.k[layer][:, :, :t] = k
+        self.v[layer][:, :, :t] = v
+        return self.k[layer], self.v[layer]
+
+    def write_at(self, layer: int, k: Tensor, v: Tensor, *, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Position `idx` (a 1-element device tensor: no host sync) of every row <- k/v [B, kv, 1, hd]."""
+        self.k[layer].index_copy_(2, idx, k)
+        self.v[layer].index_copy_(2, idx, v)
+        return self.k[layer], self.v[layer]
+
+    def reset(self) -> None:
+        """Zero every layer in place (same storage, so graphs captured over it stay valid)."""
+        for t in (*self.k, *self.v):
+            t.zero_()
 
 
 @dataclass
@@ -79,7 +152,7 @@ def sample(logits: Tensor, s: Sampling, codebook: int | Tensor) -> Tensor:
 
 
 class FrameModel:
-    """Static caches for `slots` rows plus `prefill` and `decode_frame` over explicit positions."""
+    """Static caches for `slots` rows, `prefill`, and the fixed-shape pieces of a frame over explicit positions."""
 
     def __init__(self, loaded: LoadedModel, slots: int, max_seq: int, device: torch.device, dtype: torch.dtype):
         m = loaded.model
@@ -93,22 +166,14 @@ class FrameModel:
         bb, dd = m.backbone_model, m.depth_decoder.model
         self.bb, self.dd = bb, dd
         self.head = m.depth_decoder.codebooks_head
-        a_bb, a_dd = bb.layers[0].self_attn, dd.layers[0].self_attn
-        kv_bb = cfg.num_key_value_heads
-        kv_dd = cfg.depth_decoder_config.num_key_value_heads
-
-        def alloc(n, kv, s, hd):
-            return [torch.zeros(slots, kv, s, hd, device=device, dtype=dtype) for _ in range(n)]
-
         # Caches: allocated once at the largest batch and length, reused forever (positions make them fresh).
-        self.bk, self.bv = alloc(len(bb.layers), kv_bb, max_seq, a_bb.head_dim), alloc(len(bb.layers), kv_bb, max_seq, a_bb.head_dim)  # fmt: skip
-        self.dk, self.dv = alloc(len(dd.layers), kv_dd, self.ncb, a_dd.head_dim), alloc(len(dd.layers), kv_dd, self.ncb, a_dd.head_dim)  # fmt: skip
+        self.backbone_cache = KVCache.for_decoder(bb, slots, max_seq, device=device, dtype=dtype)
+        self.depth_cache = KVCache.for_decoder(dd, slots, self.ncb, device=device, dtype=dtype)
         # Rotary tables from the HF rotary modules (same values as computing them per position).
         with torch.no_grad():
             probe = torch.zeros(1, device=device, dtype=dtype)
             self.bcos, self.bsin = (t[0] for t in bb.rotary_emb(probe, torch.arange(max_seq, device=device)[None]))
             self.dcos, self.dsin = (t[0] for t in dd.rotary_emb(probe, torch.arange(self.ncb, device=device)[None]))
-        self.rows = torch.arange(slots, device=device)
         self.seq_range = torch.arange(max_seq, device=device)
         self.cb_range = torch.arange(self.ncb, device=device)
         self.audio_offsets = torch.arange(self.ncb, device=device) * self.vocab
@@ -133,10 +198,7 @@ class FrameModel:
         x = embeds[None]
         cos, sin = self.bcos[:t][None, None], self.bsin[:t][None, None]
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-
-        for i, layer in enumerate(self.bb.layers):
-            kc, vc = self.bk[i][slot : slot + 1, :, :t], self.bv[i][slot : slot + 1, :, :t]
-            x = _attn_block(layer, x, cos, sin, kc, vc, lambda c, new: c.copy_(new), mask)
+        x = _run_layers(self.bb.layers, x, cos, sin, mask, partial(self.backbone_cache.write_prompt, slot=slot))
         return self.bb.norm(x)[0, -1]
 
     # ---- one frame (fixed shapes: compiled / graph-captured) ----------------------------------------------------
@@ -144,19 +206,8 @@ class FrameModel:
         """x [B, 1, H] at per-row positions pos [B] -> normed hidden [B, H]."""
         cos, sin = self.bcos[pos][:, None, None], self.bsin[pos][:, None, None]
         mask = (self.seq_range[None, :] <= pos[:, None])[:, None, None, :]  # [B, 1, 1, S]
-        rows = self.rows
-
-        def write(cache, new):
-            cache[rows, :, pos] = new[:, :, 0]
-
-        for i, layer in enumerate(self.bb.layers):
-            x = _attn_block(layer, x, cos, sin, self.bk[i], self.bv[i], write, mask)
+        x = _run_layers(self.bb.layers, x, cos, sin, mask, partial(self.backbone_cache.write_rows, pos=pos))
         return self.bb.norm(x)[:, -1]
-
-    def _depth_layers(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, write) -> Tensor:
-        for i, layer in enumerate(self.dd.layers):
-            x = _attn_block(layer, x, cos, sin, self.dk[i], self.dv[i], write, mask)
-        return self.dd.norm(x)[:, -1]
 
     def depth_first(
         self, hidden: Tensor, temperature, topk, greedy, noise, sampling: bool = True
@@ -168,12 +219,10 @@ class FrameModel:
         x = self.dd.inputs_embeds_projector(torch.stack([hidden, self.dd.embed_tokens(c0)], dim=1))
         cos, sin = self.dcos[:2][None, None], self.dsin[:2][None, None]
         mask = self.cb_range[None, :] <= self.cb_range[:2, None]  # [2, 32] causal
-
-        def write(cache, new):
-            cache[:, :, :2] = new
-
-        h = self._depth_layers(x, cos, sin, mask, write)
-        return c0, sample(h @ self.head.weight[0], s, 1)  # CsmCodebooksHead: position p uses weight[p - 1]
+        x = _run_layers(self.dd.layers, x, cos, sin, mask, self.depth_cache.write_first)
+        return c0, sample(
+            self.dd.norm(x)[:, -1] @ self.head.weight[0], s, 1
+        )  # CsmCodebooksHead: position p uses weight[p - 1]
 
     def depth_next(self, prev: Tensor, cb: Tensor, temperature, topk, greedy, noise, sampling: bool = True) -> Tensor:
         """Codebook `cb` (0-dim long tensor, 2..31) from codebook cb-1 `prev` [B] at depth position cb.
@@ -183,12 +232,8 @@ class FrameModel:
         idx = cb.view(1)
         cos, sin = self.dcos.index_select(0, idx)[None, None], self.dsin.index_select(0, idx)[None, None]
         mask = (self.cb_range <= cb)[None, :]  # [1, 32]
-
-        def write(cache, new):
-            cache.index_copy_(2, idx, new)
-
-        h = self._depth_layers(x, cos, sin, mask, write)
-        logits = h @ self.head.weight.index_select(0, idx - 1)[0]
+        x = _run_layers(self.dd.layers, x, cos, sin, mask, partial(self.depth_cache.write_at, idx=idx))
+        logits = self.dd.norm(x)[:, -1] @ self.head.weight.index_select(0, idx - 1)[0]
         return sample(logits, s, cb)
 
     def backbone_next(self, frame: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,21 +241,51 @@ class FrameModel:
         hidden = self._backbone_step(self.embed_audio(frame)[:, None], pos)
         return hidden, (pos + 1).clamp_max(self.max_seq - 1)
 
-    def compile(self, mode: str) -> None:
-        """Swap the three fixed-shape pieces for torch.compile'd ones (the only place compilation is chosen)."""
-        for name in ("depth_first", "depth_next", "backbone_next"):
-            setattr(self, name, torch.compile(getattr(self, name), mode=mode, fullgraph=True))
+
+@dataclass(frozen=True)
+class FrameStep:
+    """One frame for every slot, from FrameModel's three fixed-shape pieces: its own methods (`eager`) or
+    torch.compile'd copies of them (`compiled`). Which one runs, and whether it is captured as a CUDA graph, is chosen
+    in one place: `StreamingGenerator._setup_step`."""
+
+    frame: FrameModel
+    depth_first: Callable[..., tuple[Tensor, Tensor]]
+    depth_next: Callable[..., Tensor]
+    backbone_next: Callable[..., tuple[Tensor, Tensor]]
+    compile_mode: str = "off"
+
+    @classmethod
+    def eager(cls, frame: FrameModel) -> FrameStep:
+        return cls(frame, frame.depth_first, frame.depth_next, frame.backbone_next)
+
+    @classmethod
+    def compiled(cls, frame: FrameModel, mode: str) -> FrameStep:
+        """Each piece compiled whole (`fullgraph`): a graph break would put host work back into the step."""
+
+        def compile_piece(fn):
+            return torch.compile(fn, mode=mode, fullgraph=True)
+
+        pieces = (frame.depth_first, frame.depth_next, frame.backbone_next)
+        return cls(frame, *(compile_piece(fn) for fn in pieces), compile_mode=mode)
 
     @torch.no_grad()
-    def decode_frame(self, hidden: Tensor, pos: Tensor, temperature: Tensor, topk: Tensor, greedy: Tensor,
-                     noise: Tensor, sampling: bool = True) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """One frame for all slots. hidden [B, H] (last backbone state), pos [B] (next cache position), sampling
-        controls as in `Sampling`. Returns (codes [B, 32], new hidden [B, H], new pos [B]). No host syncs."""
+    def __call__(
+        self,
+        hidden: Tensor,
+        pos: Tensor,
+        temperature: Tensor,
+        topk: Tensor,
+        greedy: Tensor,
+        noise: Tensor,
+        sampling: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden [B, H] (last backbone state), pos [B] (next cache position), sampling controls as in `Sampling`.
+        Returns (codes [B, 32], new hidden [B, H], new pos [B]). No host syncs."""
         samp = (temperature, topk, greedy, noise, sampling)
         c0, c = self.depth_first(hidden, *samp)
         codes = [c0, c]
-        for cb in range(2, self.ncb):
-            c = self.depth_next(c, self.cb_index[cb], *samp)
+        for cb in range(2, self.frame.ncb):
+            c = self.depth_next(c, self.frame.cb_index[cb], *samp)
             codes.append(c)
         frame = torch.stack(codes, dim=1)
         new_hidden, new_pos = self.backbone_next(frame, pos)

@@ -2,7 +2,8 @@
 
 The scheduler (one thread) calls `add_stream` (prefill into a free slot), `step` (one frame for every slot, chunks
 out), `cancel`. `stream()` and `generate()` are the same engine driven for a single request, so batching and
-single-stream share one code path. Not thread-safe: one thread owns a generator.
+single-stream share one code path. Not thread-safe: one thread owns a generator. Build one with `load_generator`
+(loader.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from csm_runtime.engine.codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec, build_mimi, resolve_mimi_weights
-from csm_runtime.engine.frame import FrameModel
-from csm_runtime.engine.model import LoadedModel, load_model, resolve_device, resolve_dtype, special_ids
+from csm_runtime.engine.codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec
+from csm_runtime.engine.frame import FrameModel, FrameStep
+from csm_runtime.engine.model import LoadedModel
+from csm_runtime.engine.prompt import PromptBuilder
 from csm_runtime.engine.types import AudioChunk, ChunkMetrics, GenerationParams, Segment, StreamEvent
 from csm_runtime.settings import RuntimeSettings
 
@@ -52,17 +54,17 @@ class StreamingGenerator:
     sample_rate = SAMPLE_RATE
     frame_samples = FRAME_SAMPLES
 
-    def __init__(self, loaded: LoadedModel, codec: MimiCodec, settings: RuntimeSettings, device: torch.device,
-                 dtype: torch.dtype):  # fmt: skip
+    def __init__(
+        self, loaded: LoadedModel, codec: MimiCodec, settings: RuntimeSettings, device: torch.device, dtype: torch.dtype
+    ):
         self.settings = settings
         self.device, self.dtype = device, dtype
         self.model_id = loaded.model_id
         self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.ids = special_ids(loaded)
         self.max_streams = settings.max_streams
         self.codec = codec
         self.frame = FrameModel(loaded, self.max_streams, settings.max_seq_len, device, dtype)
+        self.prompt = PromptBuilder(loaded, codec, self.frame, settings.max_context_frames)
         cfg = loaded.config
         b = self.max_streams
         # Per-slot state the frame step reads and writes (static buffers: graph-capturable).
@@ -76,7 +78,7 @@ class StreamingGenerator:
         self._slots: list[int | None] = [None] * b
         self._ids = itertools.count(1)
         self._pending: list[StreamEvent] = []
-        self._decode = self.frame.decode_frame
+        self._frame_step: FrameStep | None = None  # set by _setup_step
         self._graph = None
         self.compile_mode = settings.compile
         self.cuda_graphs_reason: str | None = None
@@ -84,11 +86,12 @@ class StreamingGenerator:
 
     # ---- optimisation switches (one place) -------------------------------------------------------------------
     def _setup_step(self) -> None:
+        """The one place the frame step is chosen: eager or torch.compile'd pieces (settings.compile), and whether
+        the whole step is replayed as a CUDA graph (settings.cuda_graphs; `cuda_graphs_reason` says why not)."""
         mode = self.settings.compile
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
-        if mode != "off":
-            self.frame.compile(mode)
+        self._frame_step = FrameStep.eager(self.frame) if mode == "off" else FrameStep.compiled(self.frame, mode)
         if not self.settings.cuda_graphs:
             self.cuda_graphs_reason = "disabled by settings (cuda_graphs: false)"
         elif self.device.type != "cuda":
@@ -99,18 +102,18 @@ class StreamingGenerator:
             self.cuda_graphs_reason = None  # captured lazily on the first step (after compile warm-up)
 
     def _capture_graph(self) -> None:
-        """Capture decode_frame over the static slot buffers (CUDA only); replay = one frame for all slots."""
+        """Capture the frame step over the static slot buffers (CUDA only); replay = one frame for all slots."""
         args = (self.hidden, self.pos, self.temperature, self.topk, self.greedy, self.noise)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         saved = (self.hidden.clone(), self.pos.clone())
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up runs (and compile) outside capture
-                self._decode(*args)
+                self._frame_step(*args)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._decode(*args)
+            out = self._frame_step(*args)
         self.hidden.copy_(saved[0])
         self.pos.copy_(saved[1])
         self._graph = (graph, out)
@@ -123,70 +126,36 @@ class StreamingGenerator:
             graph.replay()
         else:
             sampling = any(not st.params.greedy for st in self._streams.values())
-            frame, hidden, pos = self._decode(self.hidden, self.pos, self.temperature, self.topk, self.greedy,
-                                              self.noise, sampling)  # fmt: skip
+            args = (self.hidden, self.pos, self.temperature, self.topk, self.greedy, self.noise)
+            frame, hidden, pos = self._frame_step(*args, sampling)
         self.hidden.copy_(hidden)
         self.pos.copy_(pos)
         return frame
 
     # ---- prompt ------------------------------------------------------------------------------------------------
-    def _text_rows(self, text: str, speaker: int) -> list[int]:
-        ids = self.tokenizer.encode(f"[{speaker}]{text}", add_special_tokens=False)
-        return [self.ids["bos"], *ids, self.ids["eos"]]
-
     def build_prompt(self, text: str, speaker: int, context: Sequence[Segment]) -> torch.Tensor:
-        """Embeddings [T, H] of context segments (text, audio frames, audio-eos frame) then the request text,
-        laid out as CSM's chat template does."""
-        ncb = self.loaded.config.num_codebooks
-        tokens, codes, is_audio = [], [], []
-
-        def add_text(ids):
-            tokens.extend(ids)
-            codes.extend([torch.zeros(ncb, dtype=torch.long)] * len(ids))
-            is_audio.extend([False] * len(ids))
-
-        encoded = []
-        for seg in context:
-            if not isinstance(seg, Segment):
-                raise ValueError("context must be a sequence of Segment")
-            if not seg.text.strip():
-                raise ValueError("context segment text is empty")
-            frames = self.codec.encode(seg.audio).cpu() if seg.audio is not None else None
-            encoded.append((seg, frames))
-        # Keep the newest segments that fit in max_context_frames (oldest dropped first).
-        budget, kept = self.settings.max_context_frames, []
-        for seg, frames in reversed(encoded):
-            n = 0 if frames is None else frames.shape[1] + 1
-            if n > budget:
-                break
-            budget -= n
-            kept.append((seg, frames))
-        for seg, frames in reversed(kept):
-            add_text(self._text_rows(seg.text, seg.speaker))
-            if frames is not None:
-                tokens.extend([self.ids["audio"]] * (frames.shape[1] + 1))
-                codes.extend(list(frames.T))
-                codes.append(torch.zeros(ncb, dtype=torch.long))  # <|audio_eos|> = the all-eos(0) frame
-                is_audio.extend([True] * (frames.shape[1] + 1))
-        add_text(self._text_rows(text, speaker))
-        dev = self.device
-        return self.frame.embed_prompt(
-            torch.tensor(tokens, device=dev), torch.stack(codes).to(dev), torch.tensor(is_audio, device=dev)
-        )
+        """Embeddings [T, H] of context segments then the request text (see prompt.py)."""
+        return self.prompt.build(text, speaker, context, self.device)
 
     # ---- batch engine ------------------------------------------------------------------------------------------
     def _params(self, params: GenerationParams | None) -> GenerationParams:
         s = self.settings
         if params is None:
-            params = GenerationParams(max_audio_ms=s.max_audio_ms, temperature=s.temperature, topk=s.topk,
-                                      first_chunk_frames=s.first_chunk_frames, chunk_frames=s.chunk_frames)  # fmt: skip
+            params = GenerationParams(
+                max_audio_ms=s.max_audio_ms,
+                temperature=s.temperature,
+                topk=s.topk,
+                first_chunk_frames=s.first_chunk_frames,
+                chunk_frames=s.chunk_frames,
+            )
         params.validate()
         if params.topk > self.loaded.config.vocab_size:
             raise ValueError(f"topk must be <= {self.loaded.config.vocab_size}, got {params.topk}")
         return params
 
-    def add_stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
-                   params: GenerationParams | None = None) -> int:  # fmt: skip
+    def add_stream(
+        self, text: str, speaker: int = 0, context: Sequence[Segment] = (), params: GenerationParams | None = None
+    ) -> int:
         """Prefill a free slot with the prompt; returns the stream id. Raises BatchFullError or ValueError."""
         t0 = time.perf_counter()
         if not isinstance(text, str) or not text.strip():
@@ -291,8 +260,9 @@ class StreamingGenerator:
         return chunk
 
     # ---- single request ----------------------------------------------------------------------------------------
-    def stream(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
-               params: GenerationParams | None = None) -> Iterator[AudioChunk]:  # fmt: skip
+    def stream(
+        self, text: str, speaker: int = 0, context: Sequence[Segment] = (), params: GenerationParams | None = None
+    ) -> Iterator[AudioChunk]:
         """Yield chunks of one utterance. Uses the batch engine alone: no other stream may be active."""
         if self._streams:
             raise RuntimeError("stream() needs the generator to itself; use add_stream/step while batching")
@@ -306,14 +276,22 @@ class StreamingGenerator:
             self.cancel(sid)
             self._pending = [e for e in self._pending if e.stream_id != sid]
 
-    def generate(self, text: str, speaker: int = 0, context: Sequence[Segment] = (),
-                 params: GenerationParams | None = None) -> np.ndarray:  # fmt: skip
+    def generate(
+        self, text: str, speaker: int = 0, context: Sequence[Segment] = (), params: GenerationParams | None = None
+    ) -> np.ndarray:
         """The whole utterance as float32 PCM at 24 kHz."""
         chunks = [c.pcm for c in self.stream(text, speaker, context, params)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
-    def frame_codes(self, text: str, speaker: int = 0, context: Sequence[Segment] = (), frames: int = 24,
-                    greedy: bool = True, seed: int | None = None) -> np.ndarray:  # fmt: skip
+    def frame_codes(
+        self,
+        text: str,
+        speaker: int = 0,
+        context: Sequence[Segment] = (),
+        frames: int = 24,
+        greedy: bool = True,
+        seed: int | None = None,
+    ) -> np.ndarray:
         """Codes [n, 32] of up to `frames` frames (greedy by default): what the equality tests compare."""
         params = GenerationParams(max_audio_ms=frames * FRAME_MS, greedy=greedy, seed=seed)
         chunks = list(self.stream(text, speaker, context, params))
@@ -338,25 +316,6 @@ class StreamingGenerator:
             "cuda_graphs_reason": self.cuda_graphs_reason,
         }
 
-
-def load_generator(model: str | None = None, *, settings: RuntimeSettings | None = None,
-                   **overrides) -> StreamingGenerator:  # fmt: skip
-    """Build a generator. `model` (or settings.model when only settings are given; `tiny-random` when neither) and
-    keyword overrides of any RuntimeSettings field win over `settings`."""
-    settings = settings or RuntimeSettings(model="tiny-random")
-    if model is not None:
-        overrides["model"] = model
-    settings = settings.replace(**overrides)
-    if settings.max_streams < 1:
-        raise ValueError(f"max_streams must be >= 1, got {settings.max_streams}")
-    if settings.cpu_threads > 0:
-        torch.set_num_threads(settings.cpu_threads)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    loaded = load_model(settings.model, device=device, dtype=dtype, revision=settings.revision,
-                        seed=settings.init_seed)  # fmt: skip
-    weights = resolve_mimi_weights(settings.mimi_weights, settings.model)
-    tiny = settings.model == "tiny-random" and settings.mimi_weights == "auto"
-    mimi = build_mimi(weights, device, seed=settings.init_seed, tiny=tiny)
-    codec = MimiCodec(mimi, settings.max_streams)
-    return StreamingGenerator(loaded, codec, settings, device, dtype)
+    def close(self) -> None:
+        """Leave the codec's streaming mode, so its Mimi can serve the next generator (another batch size)."""
+        self.codec.close()

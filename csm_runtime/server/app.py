@@ -26,7 +26,7 @@ def default_loader(settings: RuntimeSettings) -> Callable[[], Any]:
     """The production loader: the real StreamingGenerator for `settings.model` (runs on the scheduler thread)."""
 
     def load():
-        from csm_runtime.engine.generator import load_generator
+        from csm_runtime.engine.loader import load_generator
 
         return load_generator(settings.model, settings=settings)
 

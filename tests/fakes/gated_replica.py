@@ -21,7 +21,7 @@ def main(port: int, token_file: str, gate: str) -> None:
     def loader():
         while not Path(gate).exists():
             time.sleep(0.05)
-        from csm_runtime.engine.generator import load_generator
+        from csm_runtime.engine.loader import load_generator
 
         return load_generator("tiny-random", settings=settings)
 

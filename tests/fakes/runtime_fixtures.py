@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from csm_runtime.engine.generator import StreamingGenerator, load_generator
+from csm_runtime.engine.generator import StreamingGenerator
+from csm_runtime.engine.loader import load_generator
 
 TEXTS = ("Hello there, how are you?", "The quick brown fox.", "Streaming speech, one frame at a time!")
 
@@ -18,7 +19,7 @@ def tiny_generator(**overrides) -> StreamingGenerator:
 def hf_greedy_codes(gen: StreamingGenerator, text: str, speaker: int, frames: int) -> np.ndarray:
     """transformers' own CsmForConditionalGeneration.generate, greedy, fixed length (eos disabled as in NOTES)."""
     model = gen.loaded.model
-    ids = torch.tensor([gen._text_rows(text, speaker)], device=gen.device)
+    ids = torch.tensor([gen.prompt.text_rows(text, speaker)], device=gen.device)
     saved = model.config.codebook_eos_token_id
     model.config.codebook_eos_token_id = -1
     try:

@@ -176,7 +176,7 @@ def test_chosen_is_the_rules_best_among_the_measured(swept):
 
 
 def test_runtime_loads_and_applies_the_swept_profile(swept):
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
     from csm_runtime.settings import RuntimeSettings
 
     out, summary, _ = swept

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from csm_runtime.engine.generator import BatchFullError, load_generator
+from csm_runtime.engine.generator import BatchFullError
+from csm_runtime.engine.loader import load_generator
 from csm_runtime.engine.model import ModelLoadError
 from csm_runtime.engine.types import GenerationParams, Segment
 from tests.fakes.runtime_fixtures import TEXTS, hf_greedy_codes, tiny_generator
@@ -114,7 +115,7 @@ def test_context_segment_changes_the_prompt_and_output(gen):
     ctx = [Segment("Earlier words.", 1, audio), Segment("Text only context.", 0)]
     plain = gen.build_prompt(TEXTS[0], 0, ())
     with_ctx = gen.build_prompt(TEXTS[0], 0, ctx)
-    n_ctx_text = len(gen._text_rows("Earlier words.", 1)) + len(gen._text_rows("Text only context.", 0))
+    n_ctx_text = len(gen.prompt.text_rows("Earlier words.", 1)) + len(gen.prompt.text_rows("Text only context.", 0))
     assert with_ctx.shape[0] == plain.shape[0] + n_ctx_text + 5 + 1  # 5 audio frames + the audio-eos frame
     a = gen.frame_codes(TEXTS[0], frames=4, context=ctx)
     assert a.shape == (4, 32) and not np.array_equal(a, gen.frame_codes(TEXTS[0], frames=4))

@@ -53,7 +53,7 @@ def test_csm_1b_random_has_the_real_shape():
 
 @pytest.mark.slow
 def test_csm_1b_random_greedy_equals_transformers_float32():
-    from csm_runtime.engine.generator import load_generator
+    from csm_runtime.engine.loader import load_generator
 
     gen = load_generator("csm-1b-random", device="cpu", dtype="float32", max_streams=1, max_seq_len=256)
     ours = gen.frame_codes("Real shape check.", speaker=0, frames=3)

@@ -1,0 +1,72 @@
+"""The prompt CSM was trained on, as backbone input rows: context segments (text, then their audio frames and the
+audio-eos frame), then the request's text, laid out as transformers' CSM chat template (processing_csm.py) does.
+
+A text segment is `<|begin_of_text|>[speaker]text<|end_of_text|>`; a segment with audio adds one `<|AUDIO|>` row per
+Mimi frame, whose embedding is the frame's codes, and the all-zero frame for `<|audio_eos|>`. Context that does not fit
+`max_context_frames` is dropped oldest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from csm_runtime.engine.codec import MimiCodec
+from csm_runtime.engine.frame import FrameModel
+from csm_runtime.engine.model import LoadedModel, special_ids
+from csm_runtime.engine.types import Segment
+
+
+class PromptBuilder:
+    """Text and context segments -> prompt embeddings [T, H] on the model's device."""
+
+    def __init__(self, loaded: LoadedModel, codec: MimiCodec, frame: FrameModel, max_context_frames: int) -> None:
+        self.tokenizer = loaded.tokenizer
+        self.ids = special_ids(loaded)
+        self.ncb = loaded.config.num_codebooks
+        self.codec = codec
+        self.frame = frame
+        self.max_context_frames = max_context_frames
+
+    def text_rows(self, text: str, speaker: int) -> list[int]:
+        """Token ids of one text segment: `<|begin_of_text|>[speaker]text<|end_of_text|>`."""
+        ids = self.tokenizer.encode(f"[{speaker}]{text}", add_special_tokens=False)
+        return [self.ids["bos"], *ids, self.ids["eos"]]
+
+    def build(self, text: str, speaker: int, context: Sequence[Segment], device: torch.device) -> torch.Tensor:
+        """Embeddings [T, H] of the kept context segments then the request text. Raises ValueError on bad context."""
+        tokens, codes, is_audio = [], [], []
+
+        def add_text(ids):
+            tokens.extend(ids)
+            codes.extend([torch.zeros(self.ncb, dtype=torch.long)] * len(ids))
+            is_audio.extend([False] * len(ids))
+
+        encoded = []
+        for seg in context:
+            if not isinstance(seg, Segment):
+                raise ValueError("context must be a sequence of Segment")
+            if not seg.text.strip():
+                raise ValueError("context segment text is empty")
+            frames = self.codec.encode(seg.audio).cpu() if seg.audio is not None else None
+            encoded.append((seg, frames))
+        # Keep the newest segments that fit in max_context_frames (oldest dropped first).
+        budget, kept = self.max_context_frames, []
+        for seg, frames in reversed(encoded):
+            n = 0 if frames is None else frames.shape[1] + 1
+            if n > budget:
+                break
+            budget -= n
+            kept.append((seg, frames))
+        for seg, frames in reversed(kept):
+            add_text(self.text_rows(seg.text, seg.speaker))
+            if frames is not None:
+                tokens.extend([self.ids["audio"]] * (frames.shape[1] + 1))
+                codes.extend(list(frames.T))
+                codes.append(torch.zeros(self.ncb, dtype=torch.long))  # <|audio_eos|> = the all-eos(0) frame
+                is_audio.extend([True] * (frames.shape[1] + 1))
+        add_text(self.text_rows(text, speaker))
+        return self.frame.embed_prompt(
+            torch.tensor(tokens, device=device), torch.stack(codes).to(device), torch.tensor(is_audio, device=device)
+        )
