@@ -19,9 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from csm_runtime.autotune import build_profile, default_plan, measure, release_memory, run_sweep
 from csm_runtime.engine.loader import GeneratorFactory
 from csm_runtime.settings import RuntimeSettings
+from csm_runtime.tuning.build import build_profile
+from csm_runtime.tuning.plan import default_plan
+from csm_runtime.tuning.sweep import measure, release_memory, run_sweep
 
 RESULTS = Path(__file__).resolve().parent / "results" / "autotune.json"
 

@@ -58,7 +58,7 @@ def build_parser(parser=None):
 
 
 def plan_from_args(args, device_kind: str):
-    from .autotune import default_plan
+    from csm_runtime.tuning.plan import default_plan
 
     changes = {}
     if args.batches:
@@ -129,11 +129,12 @@ def describe_row(row) -> str:
 
 def autotune(args) -> dict:
     """Run the sweep the options describe; returns what is printed (paths, chosen settings, why)."""
-    from .autotune import build_profile, run_sweep
-    from .identity import detect_device
-    from .profile import dump_profile, profile_path
-    from .profile_plot import plot_profile
-    from .settings import load_settings
+    from csm_runtime.settings import load_settings
+    from csm_runtime.tuning.build import build_profile
+    from csm_runtime.tuning.identity import detect_device
+    from csm_runtime.tuning.plot import plot_profile
+    from csm_runtime.tuning.profile import dump_profile, profile_path
+    from csm_runtime.tuning.sweep import run_sweep
 
     base = load_settings(args.config, model=args.model, device=args.device, cpu_threads=args.cpu_threads)
     facts = detect_device(base.device)
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None, args=None) -> int:
     if args is None:
         args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .autotune import AutotuneError
+    from csm_runtime.tuning.choice import AutotuneError
 
     try:
         summary = autotune(args)

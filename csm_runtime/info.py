@@ -12,7 +12,7 @@ import platform
 import sys
 from typing import Any
 
-from csm_runtime.identity import cpu_model
+from csm_runtime.tuning.identity import cpu_model
 
 
 def _gpus() -> tuple[list[dict[str, Any]], str | None]:

@@ -49,7 +49,7 @@ def resolve_profile(settings: RuntimeSettings, cli: dict[str, Any]) -> tuple[Run
     if settings.profile == "off":
         return settings, None
     try:
-        from csm_runtime.profile import profile_overrides
+        from csm_runtime.tuning.apply import profile_overrides
     except ImportError:
         if settings.profile == "auto":
             return settings, None

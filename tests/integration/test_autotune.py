@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from csm_runtime.autotune import (
-    AutotuneError,
-    candidate_id,
-    choose,
-    default_plan,
-    setting_skip_reason,
-)
 from csm_runtime.autotune_cmd import main as autotune_main
-from csm_runtime.identity import detect_device
-from csm_runtime.profile import Candidate, Measurement, Rule, apply_profile, load_profile
+from csm_runtime.tuning.apply import apply_profile
+from csm_runtime.tuning.choice import AutotuneError, choose
+from csm_runtime.tuning.identity import detect_device
+from csm_runtime.tuning.plan import candidate_id, default_plan, setting_skip_reason
+from csm_runtime.tuning.profile import Candidate, Measurement, Rule, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = Rule(rtf_max=0.8, ttfa_target_ms=300, text="test")
@@ -157,7 +153,7 @@ def test_sweep_records_gpu_candidates_as_skipped_on_cpu(swept):
 
 
 def test_chosen_is_the_rules_best_among_the_measured(swept):
-    """Re-derive the choice here, independently of autotune.choose, from the rule the profile states."""
+    """Re-derive the choice here, independently of choice.choose, from the rule the profile states."""
     p = load_profile(swept[1]["profile"])
     rule, fc = p.rule, min(p.sweep.first_chunk_frames)
     measured = [c for c in p.candidates if c.status == "measured"]

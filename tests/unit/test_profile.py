@@ -13,19 +13,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csm_runtime.identity import detect_device
-from csm_runtime.profile import (
+from csm_runtime.serve_cmd import resolve_profile
+from csm_runtime.settings import RuntimeSettings
+from csm_runtime.tuning.apply import apply_profile, profile_overrides
+from csm_runtime.tuning.identity import detect_device
+from csm_runtime.tuning.profile import (
     SCHEMA_VERSION,
     ProfileError,
-    apply_profile,
     dump_profile,
     find_profile,
     load_profile,
     parse_profile,
-    profile_overrides,
 )
-from csm_runtime.serve_cmd import resolve_profile
-from csm_runtime.settings import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SLUG = detect_device("cpu").slug

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .profile import Profile
+from csm_runtime.tuning.profile import Profile
 
 
 def setting_label(dtype: str, compile_mode: str, cuda_graphs: bool) -> str:
