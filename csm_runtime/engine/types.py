@@ -1,11 +1,17 @@
-"""Plain records the generator takes and yields; the server and scheduler code against these names."""
+"""Plain records the generator takes and yields; the server and scheduler code against these names.
+
+Importing this module loads neither torch nor numpy (they appear only in annotations), so the server's request
+handling can build `GenerationParams` without pulling in the engine.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @dataclass

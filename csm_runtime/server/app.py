@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from csm_runtime.scheduler import Scheduler
 from csm_runtime.server import errors
 from csm_runtime.server.dependencies import read_token, require_bearer
 from csm_runtime.server.metrics import Metrics, RequestMetrics
 from csm_runtime.server.routers import health, models, speech, status, voices
+from csm_runtime.server.scheduler import Scheduler
 from csm_runtime.server.voices import load_reference_audio, load_voices
 from csm_runtime.settings import RuntimeSettings
 
@@ -26,6 +26,8 @@ def default_loader(settings: RuntimeSettings) -> Callable[[], Any]:
     """The production loader: the real StreamingGenerator for `settings.model` (runs on the scheduler thread)."""
 
     def load():
+        # torch and transformers load here, on the scheduler thread: importing the app (tests with a fake loader,
+        # `csm-runtime serve --help`) stays light, and /health answers while they load.
         from csm_runtime.engine.loader import load_generator
 
         return load_generator(settings.model, settings=settings)

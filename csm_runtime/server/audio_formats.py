@@ -95,7 +95,7 @@ class Encoder:
         self._sink: _Sink | None = None
         self._file = None
         if fmt in _SNDFILE:
-            import soundfile as sf
+            import soundfile as sf  # libsndfile: only the formats that need it pay for loading it
 
             major, subtype, extra = _SNDFILE[fmt]
             self._sink = _Sink()

@@ -46,7 +46,7 @@ class Metrics:
         """Expose torch's CUDA memory counters, read at scrape time; nothing on CPU."""
         if self._gpu_wired or not str(device).startswith("cuda"):
             return
-        import torch
+        import torch  # the generator has loaded it by now; the metrics module itself stays torch-free
 
         self._gpu_memory.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device))
         self._gpu_memory.labels("reserved").set_function(lambda: torch.cuda.memory_reserved(device))

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from csm_runtime.engine.types import Segment
+
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "voices"
 
 
@@ -84,11 +86,10 @@ def load_voices(voices_dir: str | Path | None = None) -> dict[str, Voice]:
 
 def load_reference_audio(voices: dict[str, Voice], sample_rate: int) -> None:
     """Decode each reference clip to a mono float32 tensor at `sample_rate` and store it as a context Segment."""
+    # Loaded here, once the model is: importing the server (and `csm-runtime serve --help`) stays free of torch.
     import soundfile as sf
     import torch
     import torchaudio.functional as F
-
-    from csm_runtime.engine.types import Segment
 
     for voice in voices.values():
         if voice.audio_path is None:

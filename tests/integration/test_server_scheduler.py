@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from csm_runtime.scheduler import NotReadyError, QueueFullError, Scheduler, ShuttingDownError, StreamFailedError
 from csm_runtime.server.metrics import Metrics
+from csm_runtime.server.scheduler import NotReadyError, QueueFullError, Scheduler, ShuttingDownError, StreamFailedError
 
 
 class BatchFullError(RuntimeError):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from csm_runtime.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
-from csm_runtime.server.audio_formats import Encoder
+from csm_runtime.engine.types import GenerationParams
+from csm_runtime.server.audio_formats import Encoder, to_int16, wav_header
 from csm_runtime.server.errors import APIError
 from csm_runtime.server.routers.models import served_model_ids
+from csm_runtime.server.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
 from csm_runtime.server.schemas import SpeechRequest
 
 router = APIRouter(tags=["speech"])
@@ -29,10 +31,8 @@ class _ClientGone(Exception):
     pass
 
 
-def build_params(settings, req: SpeechRequest):
+def build_params(settings, req: SpeechRequest) -> GenerationParams:
     """GenerationParams from the server's settings, narrowed by the request's optional CSM fields."""
-    from csm_runtime.engine.types import GenerationParams
-
     max_ms = settings.max_audio_ms if req.max_audio_ms is None else min(req.max_audio_ms, settings.max_audio_ms)
     params = GenerationParams(
         max_audio_ms=max_ms,
@@ -170,10 +170,6 @@ async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, head
     finally:
         ticket.cancel()
     if encoder.format == "wav":
-        import numpy as np
-
-        from csm_runtime.server.audio_formats import to_int16, wav_header
-
         encoder.close()
         pcm = to_int16(np.concatenate(parts)) if parts else b""
         data = wav_header(encoder.sample_rate, len(pcm)) + pcm
