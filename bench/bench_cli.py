@@ -40,13 +40,13 @@ def bench_help(runs: int) -> dict:
 
 def bench_provision(n: int) -> dict:
     import deploy.providers.vast as pv
-    import deploy.provision as prov_mod
-    import deploy.remote as remote
+    import deploy.remote.host as remote
     from deploy.ledger import Ledger
     from deploy.providers.vast import VastProvider
-    from deploy.provision import ProvisionOptions, provision
+    from deploy.providers.vastai_cli import VastCli
+    from deploy.provision.driver import provision
+    from deploy.provision.options import ProvisionOptions
     from deploy.settings import load_settings
-    from deploy.vast import VastCli
     from tests.fakes.sshd import start_sshd
     from tests.fakes.vast_emulator import VastEmulator
 
@@ -56,10 +56,17 @@ def bench_provision(n: int) -> dict:
     emu.start()
     home = tmp / "home"
     os.environ.update(
-        VAST_URL=emu.url, VAST_API_KEY=emu.api_key, VASTAI_NO_UPDATE_CHECK="1", HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"), DEPLOY_HOME=str(tmp / "deploy"),
-        DEPLOY_POLL_INTERVAL_S="0.2", DEPLOY_SSH_USER=sshd.user, DEPLOY_CHECK_COMMAND="uname -sm",
-    )  # fmt: skip
+        VAST_URL=emu.url,
+        VAST_API_KEY=emu.api_key,
+        VASTAI_NO_UPDATE_CHECK="1",
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        DEPLOY_HOME=str(tmp / "deploy"),
+        DEPLOY_POLL_INTERVAL_S="0.2",
+        DEPLOY_SSH_USER=sshd.user,
+        DEPLOY_CHECK_COMMAND="uname -sm",
+    )
     slept = [0.0]
 
     class CountingTime:
@@ -90,7 +97,7 @@ def bench_provision(n: int) -> dict:
         for _ in range(n):
             slept[0] = ssh_s[0] = 0.0
             cli = VastCli(timeout_s=60)
-            prov_mod.wait_for_ssh = timed_wait
+            remote.wait_for_ssh = timed_wait  # Provider.open_host looks it up at call time
             with Ledger(settings.ledger_path) as ledger:
                 t = time.perf_counter()
                 ctx = provision(
@@ -102,7 +109,7 @@ def bench_provision(n: int) -> dict:
                 check_s = time.perf_counter() - check_t
                 ctx.host.close()
                 VastProvider(VastCli(timeout_s=60)).destroy(ctx.rental.provider_id, deadline=time.monotonic() + 30)
-            prov_mod.wait_for_ssh = real_wait
+            remote.wait_for_ssh = real_wait
             vast_s = sum(d for _, d in cli.calls)
             ssh_only = ssh_s[0]  # the sshd is up before the box runs: one try, no sleeps inside
             ours = total - vast_s - slept[0] - ssh_only - check_s

@@ -8,13 +8,15 @@
     deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
     deploy tunnel      hold an SSH tunnel to a rental's server open   commands/tunnel.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
+    deploy generate    speak a text through a rental's server         commands/generate.py
     deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
     deploy gateway     HAProxy in front of a fleet: start/stop/status commands/gateway.py
     deploy scale       grow (parallel provision) or shrink (drain)    commands/scale.py
     deploy heal        replace replicas that died or stay unready     commands/heal.py
 
-Errors map to one line on stderr (`Error: ...`) and exit 1 via ERRORS below; DEPLOY_DEBUG=1 adds the traceback.
-Nothing heavy is imported here: `deploy --help` stays fast (no fabric, httpx or torch).
+Errors map to one line on stderr (`Error: ...`) and exit 1 via `_errors()` below; DEPLOY_DEBUG=1 adds the
+traceback. Command modules import their heavy parts when they run: `deploy --help` stays fast (no fabric, httpx,
+sqlite3 or torch).
 """
 
 from __future__ import annotations
@@ -22,16 +24,25 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from importlib import import_module
 from typing import Annotated
 
 import typer
 
-# The commands, in the order `deploy --help` lists them. Module deploy/commands/<name>.py defines function <name>.
-COMMANDS: tuple[str, ...] = (
-    "offers", "provision", "status", "teardown", "cost", "ssh", "tunnel", "logs", "generate", "autotune", "gateway", "scale",
-    "heal",
-)  # fmt: skip
+from deploy.commands import (
+    autotune,
+    cost,
+    gateway,
+    generate,
+    heal,
+    logs,
+    offers,
+    provision,
+    scale,
+    ssh,
+    status,
+    teardown,
+    tunnel,
+)
 
 app = typer.Typer(
     name="deploy",
@@ -42,21 +53,27 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-
-def register(name: str) -> None:
-    """Add deploy/commands/<name>.py's function <name> as `deploy <name>` (one line per command)."""
-    app.command(name)(getattr(import_module(f"deploy.commands.{name}"), name))
-
-
-for _name in COMMANDS:
-    register(_name)
+# The command table, in the order `deploy --help` lists them.
+app.command("offers")(offers.offers)
+app.command("provision")(provision.provision)
+app.command("status")(status.status)
+app.command("teardown")(teardown.teardown)
+app.command("cost")(cost.cost)
+app.command("ssh")(ssh.ssh)
+app.command("tunnel")(tunnel.tunnel)
+app.command("logs")(logs.logs)
+app.command("generate")(generate.generate)
+app.command("autotune")(autotune.autotune)
+app.add_typer(gateway.app, name="gateway")
+app.command("scale")(scale.scale)
+app.command("heal")(heal.heal)
 
 
 def _show_config(value: bool) -> None:
     if not value:
         return
-    from deploy.commands._common import settings
-    from deploy.vast import VastError, api_key_source, find_vastai
+    from deploy.commands.options import settings
+    from deploy.providers.vastai_cli import VastError, api_key_source, find_vastai
 
     s = settings()
     for key, val in s.as_dict().items():
@@ -95,8 +112,8 @@ def _errors() -> list[tuple[type[BaseException], Callable[[BaseException], str]]
     """Most specific first; the first isinstance match wins."""
     import sqlite3
 
-    from deploy.errors import DeployError
     from csm_common.gpus import UnknownGpuError
+    from deploy.errors import DeployError
     from deploy.settings import SettingsError
 
     return [
@@ -111,16 +128,15 @@ def _errors() -> list[tuple[type[BaseException], Callable[[BaseException], str]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
     debug = os.environ.get("DEPLOY_DEBUG") == "1"
-    try:
-        result = app(args=argv, prog_name="deploy", standalone_mode=False)
-        return result if isinstance(result, int) else 0
-    except NoArgsIsHelpError as exc:
-        typer.echo(exc.format_message())
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # the overview, and the exit code of a command line that asked for nothing
+        app(args=["--help"], prog_name="deploy", standalone_mode=False)
         return 2
-    except ClickException as exc:  # bad flags: one line, like our own errors
+    try:
+        result = app(args=args, prog_name="deploy", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except typer.TyperException as exc:  # bad flags: one line, like our own errors
         print(f"Error: {exc.format_message()}", file=sys.stderr)
         return exc.exit_code or 2
     except typer.Abort:

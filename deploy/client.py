@@ -54,18 +54,6 @@ class Result:
         return {**asdict(self), "rtf": self.rtf}
 
 
-def read_token_file(path: str | Path | None) -> str | None:
-    if not path:
-        return None
-    try:
-        token = Path(path).expanduser().read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read token file {path}: {exc.strerror}") from None
-    if not token:
-        raise UsageError(f"token file {path} is empty")
-    return token
-
-
 def _server_message(response: httpx.Response) -> str:
     try:
         body = json.loads(response.read() or b"{}")

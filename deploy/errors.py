@@ -32,6 +32,10 @@ class StepFailedError(DeployError):
         self.retry_next_offer = retry_next_offer
 
 
+class ProvisionCancelled(DeployError):
+    """Another thread asked a provision to stop (Ctrl-C during a fleet provision); it rolled back what it rented."""
+
+
 class CleanupFailedError(DeployError):
     """Destroying what this attempt rented failed; the message names the `deploy teardown` command to run."""
 

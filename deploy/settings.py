@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from csm_common.envconfig import ConfigError, from_env
 
 ENV_PREFIX = "DEPLOY_"
 
 
 class SettingsError(ValueError):
-    """A `DEPLOY_*` value that cannot be parsed; the message names the variable."""
+    """A `DEPLOY_*` value that cannot be parsed, or a `DEPLOY_*` name that is no setting; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class DeploySettings:
     check_command: str = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || uname -a"
     check_timeout_s: float = 60.0
     local_rate: float = 0.0  # USD per hour the `local` provider charges itself (for cost demos)
-    remote_dir: str = "~/csm-deploy"  # where later steps put files on the box
+    remote_dir: str = "~/csm-deploy"  # where the runtime's files live on the box
+    haproxy: str | None = None  # the fleet gateway's haproxy binary [default: `haproxy` on PATH, /usr/sbin/haproxy]
 
     @property
     def home_path(self) -> Path:
@@ -61,29 +65,14 @@ class DeploySettings:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in fields(DeploySettings)}
+ALSO_KNOWN = ("DEPLOY_DEBUG",)  # read by cli.main before settings exist: a traceback with each error
 
 
-def _coerce(name: str, raw: str) -> Any:
-    kind = str(_FIELDS[name].type)
-    if raw.strip().lower() in ("", "none", "null") and "None" in kind:
-        return None
-    try:
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-        return raw
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
-
-
-def load_settings(environ: dict[str, str] | None = None) -> DeploySettings:
-    """Defaults, then `DEPLOY_<FIELD>` for every field (DEPLOY_HOME, DEPLOY_POLL_INTERVAL_S, ...)."""
+def load_settings(environ: Mapping[str, str] | None = None) -> DeploySettings:
+    """Defaults, then `DEPLOY_<FIELD>` for every field (DEPLOY_HOME, DEPLOY_POLL_INTERVAL_S, ...). An unknown
+    `DEPLOY_*` variable is a one-line error: a typo must not leave a setting at its default."""
     env = os.environ if environ is None else environ
-    changes = {}
-    for name in _FIELDS:
-        key = ENV_PREFIX + name.upper()
-        if key in env:
-            changes[name] = _coerce(name, env[key])
-    return DeploySettings(**changes)
+    try:
+        return DeploySettings(**from_env(DeploySettings, ENV_PREFIX, env, also_known=ALSO_KNOWN))
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None

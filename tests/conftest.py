@@ -89,7 +89,7 @@ def deploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "deploy-home"
     monkeypatch.setenv("DEPLOY_HOME", str(home))
     try:
-        from deploy.commands import _common
+        from deploy.commands import options as _common
 
         _common.settings.cache_clear()
     except ImportError:
@@ -145,7 +145,7 @@ def vast_env(vast: object, sshd: object, tmp_path: Path, deploy_home: Path, monk
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    from deploy.commands import _common
+    from deploy.commands import options as _common
 
     _common.settings.cache_clear()
     return {**os.environ, **env}

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 from deploy.errors import NotFoundError
 
 
@@ -38,17 +39,17 @@ def autotune(
       deploy autotune 3 --quick
       deploy autotune 3 --model sesame/csm-1b --sweep-args "--ttfa-target-ms 300"
     """
-    from deploy.autotune_remote import DEFAULT_RUNTIME, run_autotune
-    from deploy.providers import host_for
+    from deploy.providers import provider_for
+    from deploy.provision.autotune import run_autotune
 
     s = c.settings()
     with c.open_ledger() as ledger:
         rental = ledger.require(rental_id)
         if not rental.is_open:
             raise NotFoundError(f"rental {rental_id} is {rental.status}: nothing to autotune on")
-        runtime = runtime or runtime_on_box(rental.meta.get("runtime_mode"), s.remote_dir) or DEFAULT_RUNTIME
+        runtime = runtime or runtime_on_box(rental.meta.get("runtime_mode"), s.remote_dir)
         ledger.event(rental_id, "autotune", f"start: model {model}, {'quick' if quick else 'full'} sweep")
-        host = host_for(rental, s, ledger)
+        host = provider_for(rental, s).host(rental, s, ledger)
         try:
             result = run_autotune(
                 host,
@@ -57,7 +58,7 @@ def autotune(
                 out_dir=out,
                 workdir=s.remote_dir,
                 runtime=runtime,
-                extra=sweep_args,
+                extra=shlex.split(sweep_args),
                 timeout=timeout,
                 log=output.progress,
             )
@@ -96,13 +97,9 @@ def autotune(
         )
 
 
-def runtime_on_box(mode: str | None, remote_dir: str) -> str | None:
-    """The csm-runtime the provision flow installed on this rental (its `runtime_mode` in the ledger), if known."""
-    if not mode:
-        return None
-    try:
-        from deploy.bootstrap import BoxLayout
+def runtime_on_box(mode: str | None, remote_dir: str) -> str:
+    """The csm-runtime the provision flow installed on this rental (its `runtime_mode` in the ledger), else the one
+    on the box's PATH."""
+    from deploy.provision.layout import BoxLayout
 
-        return BoxLayout.for_remote_dir(remote_dir, mode).runtime_bin
-    except (ImportError, AttributeError, KeyError):  # that flow is not here, or it names modes differently
-        return None
+    return BoxLayout.for_remote_dir(remote_dir, mode).runtime_bin if mode else "csm-runtime"

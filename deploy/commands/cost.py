@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 from deploy.errors import UsageError
 
 
@@ -24,7 +24,8 @@ def cost(
       deploy cost
       deploy cost --since 2026-11-01 --by day --json
     """
-    from deploy.costs import charges_by_instance, cost_report, parse_since
+    from deploy.costs.billing import cost_report, parse_since
+    from deploy.fleet.report import emit_tables, fleet_reports
 
     if by not in ("instance", "day"):
         raise UsageError(f"--by must be instance or day, not {by!r}")
@@ -36,21 +37,10 @@ def cost(
     with c.open_ledger() as ledger:
         rentals = ledger.rentals(since=start)
     theirs, note = None, None
-    vast_rows = [r for r in rentals if r.provider == "vast" and r.started_at]
-    if provider_charges and by == "instance" and vast_rows:
-        from deploy.vast import VastCli, VastError
-
-        earliest = min(r.started_at for r in vast_rows)
-        try:
-            cli = VastCli(timeout_s=c.settings().vast_timeout_s)
-            theirs = charges_by_instance(cli.charges(start or earliest - 86400, now + 60))
-        except VastError as exc:
-            note = f"vast charges unavailable: {exc}"
-            output.progress(note)
+    if provider_charges and by == "instance":
+        theirs, note = _provider_charges(rentals, start, now)
     report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs)
     report.provider_note = note
-    from deploy.fleet_report import emit_tables, fleet_reports
-
     with c.open_ledger() as ledger:
         fleets = fleet_reports(c.settings(), ledger, now=now)  # $ per hour of audio, per fleet
     if json_:
@@ -87,3 +77,23 @@ def cost(
     if report.theirs_total_usd is not None:
         caption += f"; vast says {output.fmt_usd(report.theirs_total_usd)}"
     output.emit_table("cost by rental", cols, rows, caption=caption)
+
+
+def _provider_charges(rentals, start: float | None, now: float) -> tuple[dict[str, dict[str, float]], str | None]:
+    """What each provider that reports charges says it billed, per instance id."""
+    from deploy.errors import DeployError
+
+    theirs: dict[str, dict[str, float]] = {}
+    notes = []
+    for name in sorted({r.provider for r in rentals if r.started_at}):
+        earliest = min(r.started_at for r in rentals if r.provider == name and r.started_at)
+        try:
+            got = c.provider(name).charges(start or earliest - 86400, now + 60)
+        except NotImplementedError:
+            continue
+        except DeployError as exc:
+            notes.append(f"{name} charges unavailable: {exc}")
+            output.progress(notes[-1])
+            continue
+        theirs[name] = got
+    return theirs, "; ".join(notes) or None

@@ -15,8 +15,8 @@ from typing import Annotated
 
 import typer
 
-from deploy.client import FORMATS, play, read_token_file, synthesize
-from deploy.commands._common import Json, settings
+from deploy.client import FORMATS, play, synthesize
+from deploy.commands.options import Json, settings
 from deploy.errors import UsageError
 
 
@@ -47,7 +47,7 @@ def generate(
     if len(args) == 2:
         if endpoint:
             raise UsageError("give either an instance ID or --endpoint, not both")
-        from deploy.endpoint import open_rental_endpoint
+        from deploy.remote.endpoint import open_rental_endpoint
 
         # the ledger's endpoint, with an SSH tunnel held open while we stream when the server is on the box's loopback
         with open_rental_endpoint(args[0], settings()) as (url, recorded_token):
@@ -61,6 +61,8 @@ def generate(
 
 
 def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json) -> None:
+    from deploy.remote.tokens import read_token_file
+
     extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
     result = synthesize(
         endpoint,

@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
-from deploy.commands.gateway import Fleet_
+from deploy.commands import options as c
+from deploy.errors import UsageError
 
 
 def heal(
-    fleet: Fleet_ = "default",
+    fleet: c.Fleet_ = "default",
     after: Annotated[float, typer.Option(help="Seconds /ready must keep failing before a replica is replaced.")] = 60.0,
     replica: Annotated[
         str | None, typer.Option(help="Only this replica (r12 or rental ID 12).", show_default=False)
@@ -27,18 +27,16 @@ def heal(
       deploy heal
       deploy heal --after 30 --replica r12
     """
-    from deploy import fleet_ops
+    from deploy.fleet.heal import heal as run
 
     if after < 0:
-        from deploy.errors import UsageError
-
         raise UsageError(f"--after must be 0 or more seconds, not {after}")
-    result = fleet_ops.heal(c.settings(), fleet, after_s=after, log=output.progress, only=replica, replace=replace)
+    result = run(c.settings(), fleet, after_s=after, log=output.progress, only=replica, replace=replace)
     if json_:
-        output.emit_json(result)
+        output.emit_json(result.as_dict())
         return
-    checked = ", ".join(f"{k}: {v}" for k, v in sorted(result["checked"].items())) or "no replicas"
+    checked = ", ".join(f"{k}: {v}" for k, v in sorted(result.checked.items())) or "no replicas"
     output.emit_text(
-        f"fleet {fleet}: {checked}; replaced {', '.join(result['replaced']) or 'none'}"
-        f"{' with ' + ', '.join(result['added']) if result['added'] else ''}"
+        f"fleet {fleet}: {checked}; replaced {', '.join(result.replaced) or 'none'}"
+        f"{' with ' + ', '.join(result.added) if result.added else ''}"
     )

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 from deploy.errors import NotFoundError, RemoteError
 
 
@@ -24,7 +24,7 @@ def logs(
       deploy logs 3
       deploy logs 3 --events --json
     """
-    from deploy.providers import host_for
+    from deploy.providers import provider_for
 
     with c.open_ledger() as ledger:
         rental = ledger.require(rental_id)
@@ -39,7 +39,7 @@ def logs(
                     [(output.fmt_time(e["at"]), e["kind"], e["detail"]) for e in rows],
                 )
             return
-        host = host_for(rental, c.settings(), ledger)
+        host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
         try:
             text = host.read_text(f".csm-deploy-run/{name}.log", tail_lines=tail or None)
         except (OSError, RemoteError) as exc:

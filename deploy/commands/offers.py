@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 
 
 def offers(
@@ -24,7 +24,8 @@ def offers(
       deploy offers --gpu 4090
       deploy offers --gpu A100 --max-price 1.5 --min-reliability 0.99 --json
     """
-    from deploy.provision import ProvisionOptions, search_offers
+    from deploy.provision.driver import search_offers
+    from deploy.provision.options import ProvisionOptions
 
     s = c.settings()
     options = ProvisionOptions.from_settings(

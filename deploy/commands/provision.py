@@ -6,7 +6,8 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
+from deploy.errors import UsageError
 
 
 def _interrupt_on_sigterm() -> None:
@@ -105,92 +106,82 @@ def provision(
       deploy provision --provider local --model tiny-random --autotune-args "--compile off"
       deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
     """
-    from deploy.provision import ProvisionOptions
-    from deploy.provision import provision as run
+    from deploy.fleet.model import FleetSpec
+    from deploy.provision.options import ProvisionOptions, RuntimeOptions
 
     s = c.settings()
     gpus = [g.strip() for g in (gpu or "").split(",") if g.strip()]  # `4090,3090`: the next type when one runs out
-    gpu = gpus[0] if gpus else None
     for alias in gpus:
         c.gpu(alias)
-    if provider == "vast" and gpu is None:
-        from deploy.errors import UsageError
-
-        raise UsageError("--gpu is required for the vast provider (e.g. --gpu 4090)")
+    price, disk_gb = c.price(max_price), c.positive("--disk", disk)
+    offers_to_try = int(c.positive("--max-offers", max_offers) or s.max_offers)
+    ready_s, ssh_s = c.positive("--ready-timeout", ready_timeout), c.positive("--ssh-timeout", ssh_timeout)
+    runtime_s = c.positive("--runtime-timeout", runtime_timeout)
+    ssh = {"host": host, "port": port, "user": user}
+    prov = c.provider(provider, **ssh)
+    if prov.needs_gpu and not gpus:
+        raise UsageError(f"--gpu is required for the {provider} provider (e.g. --gpu 4090)")
+    image = image or s.image
+    runtime_options = None
+    if runtime:
+        runtime_options = RuntimeOptions.resolve(
+            prov,
+            image=image,
+            model=model,
+            mode=runtime_mode,
+            port=server_port,
+            autotune=autotune,
+            autotune_quick=autotune_quick,
+            autotune_args=autotune_args,
+            box_python=box_python,
+            box_site_packages=box_site_packages,
+            runtime_timeout_s=runtime_s,
+            tunnel=tunnel,
+        )
     options = ProvisionOptions.from_settings(
         s,
         provider=provider,
-        gpu=c.gpu(gpu),
-        max_price=c.price(max_price),
+        gpu=c.gpu(gpus[0]) if gpus else None,
+        max_price=price,
         image=image,
-        disk_gb=c.positive("--disk", disk),
-        max_offers=int(c.positive("--max-offers", max_offers) or s.max_offers),
-        ready_timeout_s=c.positive("--ready-timeout", ready_timeout),
-        ssh_timeout_s=c.positive("--ssh-timeout", ssh_timeout),
+        disk_gb=disk_gb,
+        max_offers=offers_to_try,
+        ready_timeout_s=ready_s,
+        ssh_timeout_s=ssh_s,
         keep_on_failure=keep_on_failure,
+        runtime=runtime_options,
+        ssh=ssh,
     )
-    options.extra.update(
-        model=model,
-        runtime_mode=runtime_mode,
-        autotune=autotune,
-        autotune_quick=autotune_quick,
-        autotune_args=autotune_args,
-        port=server_port,
-        box_python=box_python,
-        box_site_packages=box_site_packages,
-        runtime_timeout_s=c.positive("--runtime-timeout", runtime_timeout),
-        tunnel=tunnel,
-        # vast maps the server's port to a public one; the ready step then binds 0.0.0.0 (the token is always set)
-        expose_ports=(server_port or 8000,) if provider == "vast" and runtime and not tunnel else (),
-    )
-    steps = None
-    if runtime:
-        from deploy.provision import STEPS
-        from deploy.runtime_steps import register
-
-        steps = register(list(STEPS))
-    if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback: deploy/fleet_ops.py
-        from deploy import fleet_ops
-
-        spec = fleet_ops.make_spec(
-            provider, gpus, options, runtime=runtime, ssh={"host": host, "port": port, "user": user}
-        )
-        _interrupt_on_sigterm()
-        if replicas is None:
-            rid = fleet_ops.provision_one(s, spec, log=output.progress)
-            return output.emit_text(f"ready: rental {rid}; `deploy status`, `deploy teardown {rid}`")
-        result = fleet_ops.create_fleet(s, fleet, spec, replicas, log=output.progress)
-        if json_:
-            return output.emit_json(result)
-        names = ", ".join(f"{r['replica']} ({r['gpu_name']}, {r['rate_usd_h']:.3f} USD/h)" for r in result["replicas"])
-        return output.emit_text(f"fleet {fleet}: {names}; next: `deploy gateway start --fleet {fleet}`")
-    prov = c.provider(provider, host=host, port=port, user=user)
     _interrupt_on_sigterm()
+    if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback
+        return _provision_fleet(s, FleetSpec(provider, tuple(gpus), options), fleet, replicas, json_)
+    _provision_one(s, options, prov, json_)
+
+
+def _provision_one(s, options, prov, json_: bool) -> None:
+    from deploy.provision.driver import provision as run
+    from deploy.provision.summary import box_text, summary, text
+
     with c.open_ledger() as ledger:
-        ctx = run(s, options, prov, ledger, log=output.progress, steps=steps)
+        ctx = run(s, options, prov, ledger, log=output.progress)
         rental = ctx.refresh()
         if ctx.host is not None:
             ctx.host.close()
-    summary = {
-        "id": rental.id,
-        "provider": rental.provider,
-        "provider_id": rental.provider_id,
-        "label": rental.label,
-        "gpu_name": rental.gpu_name,
-        "rate_usd_h": rental.rate_usd_h,
-        "ssh": f"{rental.ssh_user}@{rental.ssh_host}:{rental.ssh_port}" if rental.ssh_host else None,
-        "status": rental.status,
-        "check": (ctx.state.get("check") or "").strip().splitlines()[:1],
-    }
-    from deploy import runtime_report
-
-    info = runtime_report.summary(rental, ctx.state) if runtime else {}
+    info = summary(rental, ctx)
     if json_:
-        output.emit_json({**summary, **info})
-    elif runtime:
-        output.emit_text(runtime_report.text(rental, info))
+        output.emit_json(info)
     else:
-        output.emit_text(
-            f"ready: rental {rental.id} = {rental.provider} {rental.provider_id} ({rental.gpu_name}, "
-            f"{rental.rate_usd_h:.3f} USD/h); `deploy ssh {rental.id}`, `deploy teardown {rental.id}`"
-        )
+        output.emit_text(text(rental, info) if options.runtime else box_text(rental))
+
+
+def _provision_fleet(s, spec, fleet: str, replicas: int | None, json_: bool) -> None:
+    from deploy.fleet.replicas import create_fleet, provision_one
+
+    if replicas is None:
+        rid = provision_one(s, spec, log=output.progress)
+        return output.emit_text(f"ready: rental {rid}; `deploy status`, `deploy teardown {rid}`")
+    result = create_fleet(s, fleet, spec, replicas, log=output.progress)
+    if json_:
+        return output.emit_json(result)
+    names = ", ".join(f"{r['replica']} ({r['gpu_name']}, {r['rate_usd_h']:.3f} USD/h)" for r in result["replicas"])
+    output.emit_text(f"fleet {fleet}: {names}; next: `deploy gateway start --fleet {fleet}`")

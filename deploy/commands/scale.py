@@ -7,13 +7,12 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
-from deploy.commands.gateway import Fleet_
+from deploy.commands import options as c
 
 
 def scale(
     replicas: Annotated[int, typer.Argument(help="How many replicas the fleet should have.")],
-    fleet: Fleet_ = "default",
+    fleet: c.Fleet_ = "default",
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for a removed replica's streams to finish.")
     ] = 600.0,
@@ -28,14 +27,14 @@ def scale(
       deploy scale 3
       deploy scale 1 --drain-timeout 120
     """
-    from deploy import fleet_ops
+    from deploy.fleet.scale import scale as run
 
     c.positive("--drain-timeout", drain_timeout)
-    result = fleet_ops.scale(c.settings(), fleet, replicas, log=output.progress, drain_s=drain_timeout)
+    result = run(c.settings(), fleet, replicas, log=output.progress, drain_s=drain_timeout)
     if json_:
-        output.emit_json(result)
+        output.emit_json(result.as_dict())
         return
     output.emit_text(
-        f"fleet {fleet}: {len(result['active'])} active ({', '.join(result['active'])}); "
-        f"added {', '.join(result['added']) or 'none'}; removed {', '.join(result['removed']) or 'none'}"
+        f"fleet {fleet}: {len(result.active)} active ({', '.join(result.active)}); "
+        f"added {', '.join(result.added) or 'none'}; removed {', '.join(result.removed) or 'none'}"
     )

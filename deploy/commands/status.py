@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 
 
 def status(
@@ -19,14 +19,13 @@ def status(
       deploy status
       deploy status --json | jq '.[] | select(.kind == "orphan")'
     """
-    from deploy.reconcile import reconcile
+    from deploy.fleet.report import emit_tables, fleet_reports
+    from deploy.ledger.reconcile import reconcile
 
     with c.open_ledger() as ledger:
         rec = reconcile(ledger, c.settings(), lambda name: c.provider(name), providers=provider)
         for rid in rec.adopted:
             output.progress(f"adopted rental {rid}: found at the provider by its label (a crashed provision)")
-        from deploy.fleet_report import fleet_reports
-
         fleets = fleet_reports(c.settings(), ledger)  # fleet lines: per replica requests, readiness, gateway state
     if json_:
         replicas = {x["rental_id"]: {**x, "fleet": f["fleet"]} for f in fleets for x in f["replicas"]}
@@ -62,8 +61,6 @@ def status(
         hints.append("ghosts: `deploy teardown ID` closes their ledger rows")
     output.emit_table(f"{len(rows)} open rentals", cols, rows, caption="; ".join(hints) or None)
     if fleets:
-        from deploy.fleet_report import emit_tables
-
         emit_tables(fleets)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 from deploy.errors import DeployError, UsageError
 
 
@@ -24,8 +24,9 @@ def teardown(
       deploy teardown 3
       deploy teardown --all --yes
     """
-    from deploy.provision import destroy_rental
-    from deploy.reconcile import reconcile
+    from deploy.ledger.reconcile import Entry, reconcile
+    from deploy.providers import provider_for
+    from deploy.provision.release import end_rental
 
     if (rental_id is None) == (not all_):
         raise UsageError("give one rental ID or --all")
@@ -33,15 +34,8 @@ def teardown(
     done: list[dict[str, object]] = []
     failed: list[str] = []
     with c.open_ledger() as ledger:
-        providers: dict[str, object] = {}
-
-        def prov(name: str):
-            if name not in providers:
-                providers[name] = c.provider(name, **_ssh_options(ledger, name))
-            return providers[name]
-
         if all_:
-            rec = reconcile(ledger, s, prov)
+            rec = reconcile(ledger, s, lambda name: c.provider(name))
             targets = [e for e in rec.entries if e.kind in ("tracked", "ghost", "unconfirmed", "orphan")]
             if not targets:
                 output.progress("nothing open: the ledger and the providers agree")
@@ -51,31 +45,19 @@ def teardown(
             rental = ledger.require(rental_id)
             if not rental.is_open:
                 raise UsageError(f"rental {rental_id} is already closed ({rental.status})")
-            from deploy.reconcile import Entry
-
             targets = [Entry("tracked", rental.provider, rental, None)]
         for e in targets:
             rental = e.rental
             if rental is None or (e.kind == "orphan" and not rental.is_open):
                 rental = _record_orphan(ledger, s.label_prefix, e)
             output.progress(f"tearing down rental {rental.id} ({rental.provider} {rental.provider_id or '-'})")
-            server = None
             try:
-                if rental.provider == "ssh":  # nothing to destroy there: stop what we started, then close the row
-                    server = _stop_ssh_server(ledger, s, rental)
-                final = destroy_rental(prov(rental.provider), ledger, rental, reason="teardown")
+                ended = end_rental(provider_for(rental, s), ledger, rental, s, reason="teardown", log=output.progress)
             except (DeployError, OSError) as exc:
                 failed.append(f"rental {rental.id}: {exc}")
                 continue
-            done.append(
-                {
-                    "id": rental.id,
-                    "provider": rental.provider,
-                    "provider_id": rental.provider_id,
-                    "status": final,
-                    **({"server": server} if server else {}),
-                }
-            )
+            row = {"id": rental.id, "provider": rental.provider, "provider_id": rental.provider_id, "status": ended.status}
+            done.append({**row, "server": ended.server} if ended.server else row)
     if json_:
         output.emit_json({"closed": done, "failed": failed})
     else:
@@ -84,32 +66,6 @@ def teardown(
             output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}{server}")
     if failed:
         raise DeployError("teardown failed for " + "; ".join(failed) + " (run it again)")
-
-
-def _stop_ssh_server(ledger, settings, rental) -> str | None:
-    """The server `provision` started on a box we only borrowed: stopped over SSH before its row closes. A box that
-    cannot be reached fails the teardown (the row stays open), since the server may still be running there."""
-    from deploy.providers import host_for
-    from deploy.server_stop import stop_server
-
-    if not rental.meta.get("server_pid"):
-        return None
-    pid = rental.meta["server_pid"]
-    try:
-        host = host_for(rental, settings, ledger)
-        try:
-            outcome = stop_server(host, rental.meta)
-        finally:
-            host.close()
-    except (DeployError, OSError, EOFError) as exc:
-        raise DeployError(
-            f"could not stop the server (pid {pid}) on {rental.provider_id}: {exc}; on the box: kill -- -{pid}"
-        ) from exc
-    except Exception as exc:  # paramiko / socket errors from an unreachable box
-        raise DeployError(f"could not reach {rental.provider_id} to stop the server (pid {pid}): {exc}") from exc
-    ledger.event(rental.id, "server_stopped", f"pid {pid}: {outcome}")
-    output.progress(f"server pid {pid} on {rental.provider_id}: {outcome}")
-    return f"pid {pid} {outcome}"
 
 
 def _name(e) -> str:
@@ -140,14 +96,3 @@ def _record_orphan(ledger, prefix: str, entry):
     ledger.record_rented(rental.id, box.id, started_at=box.started_at)
     ledger.set_status(rental.id, L.RENTED, f"orphan adopted for teardown (label {box.label})")
     return ledger.get(rental.id)
-
-
-def _ssh_options(ledger, name: str) -> dict[str, object]:
-    """The ssh provider is built from the box a rental names (user@host:port)."""
-    if name != "ssh":
-        return {}
-    for r in ledger.open_rentals("ssh"):
-        user, _, rest = (r.provider_id or "").partition("@")
-        host, _, port = rest.rpartition(":")
-        return {"host": host, "port": int(port or 22), "user": user}
-    return {"host": "unknown"}

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from deploy import output
-from deploy.commands import _common as c
+from deploy.commands import options as c
 from deploy.errors import RemoteError, UsageError
 
 
@@ -31,9 +31,9 @@ def tunnel(
       deploy tunnel 3 --local-port 8000 &
       curl -H "Authorization: Bearer $(cat ~/.csm-deploy/tokens/rental-3.token)" http://127.0.0.1:8000/ready
     """
-    from deploy.endpoint import TUNNEL
-    from deploy.endpoint import tunnel as open_tunnel
-    from deploy.providers import host_for
+    from deploy.ledger import TUNNEL
+    from deploy.providers import provider_for
+    from deploy.remote.tunnels import forward
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
@@ -49,10 +49,10 @@ def tunnel(
             return
         if local_port is not None:
             _check_free(local_port)
-        host = host_for(rental, c.settings(), ledger)
+        host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
     try:
-        with open_tunnel(host, int(meta["port"]), local_port) as port:
+        with forward(host, int(meta["port"]), local_port) as port:
             _emit(json_, url=f"http://127.0.0.1:{port}", token_file=meta.get("token_file"), access=TUNNEL)
             output.progress(
                 f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it"

@@ -1,71 +1,65 @@
 """Where boxes come from: `vast` (real rentals), `ssh` (a box you already have), `local` (this machine).
 
-`make_provider` builds one by name; `host_for` opens the right kind of connection to a rental the ledger knows.
-Each provider module is imported only when used, so `deploy --help` never pays for it.
+    base.py        the interface every provider implements (and the defaults most share)
+    records.py     Offer, Box, State: what providers return
+    vast.py        vast.ai, through vastai_cli.py (the only code that runs the `vastai` executable)
+    ssh.py, local.py
+
+`make_provider` builds one by name; `provider_for` the one a ledger row was rented from. Each provider module is
+imported only when used, so `deploy --help` never pays for it.
 """
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from deploy.providers.base import OfferQuery, Provider, RentRequest
+from deploy.errors import UsageError
+from deploy.providers.base import DirectAddress, OfferQuery, Provider, RentRequest
 
 if TYPE_CHECKING:
-    from deploy.ledger import Ledger, Rental
-    from deploy.remote import Host
+    from deploy.ledger import Rental
     from deploy.settings import DeploySettings
 
 PROVIDERS = ("vast", "ssh", "local")
 
-__all__ = ["PROVIDERS", "OfferQuery", "Provider", "RentRequest", "host_for", "make_provider"]
+__all__ = [
+    "PROVIDERS",
+    "DirectAddress",
+    "OfferQuery",
+    "Provider",
+    "RentRequest",
+    "make_provider",
+    "provider_class",
+    "provider_for",
+]
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The class behind a provider name, without building one (what it can do is on the class)."""
+    if name == "vast":
+        from deploy.providers.vast import VastProvider
+
+        return VastProvider
+    if name == "local":
+        from deploy.providers.local import LocalProvider
+
+        return LocalProvider
+    if name == "ssh":
+        from deploy.providers.ssh import SshProvider
+
+        return SshProvider
+    raise UsageError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
 
 
 def make_provider(name: str, settings: DeploySettings, **options: Any) -> Provider:
     """`options` are the ssh provider's host/port/user (and rate); the others take none."""
-    if name == "vast":
-        from deploy.providers.vast import VastProvider
-
-        return VastProvider(timeout_s=settings.vast_timeout_s)
-    if name == "local":
-        from deploy.providers.local import LocalProvider
-
-        return LocalProvider(settings.home_path, rate_usd_h=settings.local_rate)
-    if name == "ssh":
-        from deploy.providers.ssh import SshProvider
-
-        if not options.get("host"):
-            from deploy.errors import UsageError
-
-            raise UsageError("the ssh provider needs --host (and --port/--user if not 22/root)")
-        return SshProvider(
-            options["host"],
-            int(options.get("port") or 22),
-            options.get("user") or settings.ssh_user,
-            float(options.get("rate") or 0.0),
-        )
-    from deploy.errors import UsageError
-
-    raise UsageError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
+    return provider_class(name).from_settings(settings, **options)
 
 
-def host_for(
-    rental: Rental, settings: DeploySettings, ledger: Ledger, *, out: IO[str] | None = None, connect_timeout: float = 10
-) -> Host:
-    """A connection to a rental: LocalHost for `local`, else SSH with the host key pinned in the ledger (TOFU)."""
-    from deploy.errors import UsageError
-    from deploy.remote import LocalHost, RemoteHost
+def provider_for(rental: Rental, settings: DeploySettings) -> Provider:
+    """The provider a ledger row was rented from (an ssh rental's box is named by its provider id)."""
+    if rental.provider == "ssh":
+        from deploy.providers.ssh import parse_box_id
 
-    if rental.provider == "local":
-        return LocalHost(settings.home_path / "local" / str(rental.provider_id), out=out)
-    if not rental.ssh_host or not rental.ssh_port:
-        raise UsageError(f"rental {rental.id} has no SSH endpoint recorded yet (status {rental.status})")
-    return RemoteHost(
-        rental.ssh_host,
-        rental.ssh_port,
-        rental.ssh_user or settings.ssh_user,
-        settings.ssh_key_path,
-        pinned_key=rental.host_key,
-        on_new_key=lambda key: ledger.pin_host_key(rental.id, key),
-        connect_timeout=connect_timeout,
-        out=out,
-    )
+        return make_provider("ssh", settings, **parse_box_id(rental.provider_id or "unknown@unknown:22"))
+    return make_provider(rental.provider, settings)

@@ -1,19 +1,29 @@
-"""The provider interface: the same five names for every place a box can come from.
+"""The provider interface: the same names for every place a box can come from.
 
 `search` offers, `rent` one (returns the provider's id), `wait_ready` until it runs, `destroy` it and confirm it is
-gone, `list_owned` what carries our label. `get` looks one up. Where an operation makes no sense for a provider it
+gone, `list_owned` what carries our label, `get` one. Everything else that differs between providers is asked of the
+provider too, never decided by comparing provider names elsewhere: how a box is reached (`host`, `open_host`), where
+its server can be reached without a tunnel (`direct_address`), whether destroy ends the box (`owns_boxes`), which
+runtime mode and port suit it, its billing records (`charges`). Where an operation makes no sense for a provider it
 raises NotImplementedError with a sentence saying why, and callers treat that as "nothing to do here".
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from csm_common.gpus import Gpu
-from deploy.records import Box, Offer
+from deploy.errors import UsageError
+from deploy.providers.records import Box, Offer
+
+if TYPE_CHECKING:
+    from deploy.ledger import Ledger, Rental
+    from deploy.remote.host import Host
+    from deploy.settings import DeploySettings
 
 Log = Callable[[str], None]
 
@@ -38,9 +48,33 @@ class RentRequest:
     ports: tuple[int, ...] = ()  # box ports to expose on a public address, where the provider can (vast: `-p`)
 
 
+@dataclass(frozen=True)
+class DirectAddress:
+    """Where this machine reaches the server's port without a tunnel, and what the server must bind for that."""
+
+    host: str
+    port: int
+    bind: str  # 127.0.0.1 (this machine) or 0.0.0.0 (a mapped public port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class Provider(ABC):
     name: ClassVar[str]
+    needs_gpu: ClassVar[bool] = False  # `--gpu` is required to search its offers
+    uses_ssh: ClassVar[bool] = True  # boxes are reached over SSH with our key (needs the key before `rent`)
+    maps_ports: ClassVar[bool] = False  # can publish a box port on a public address (asked for at `rent`)
+    owns_boxes: ClassVar[bool] = True  # destroy ends the box; False: teardown stops our server and releases the row
+    listable: ClassVar[bool] = True  # `list_owned` works: status and teardown --all reconcile against it
 
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: DeploySettings, **options: Any) -> Provider:
+        """Build one from the settings (and, for the ssh provider, host/port/user)."""
+
+    # --- the five names, plus `get` ---------------------------------------------------------------------------------
     @abstractmethod
     def search(self, query: OfferQuery) -> list[Offer]:
         """Offers that match, cheapest first."""
@@ -65,3 +99,70 @@ class Provider(ABC):
     @abstractmethod
     def get(self, provider_id: str) -> Box | None:
         """One box, or None when the provider no longer knows it."""
+
+    # --- what differs between providers -----------------------------------------------------------------------------
+    def default_runtime_mode(self, image: str) -> str:
+        """How the runtime gets onto this provider's boxes when the operator says `auto`."""
+        from deploy.provision.layout import is_runtime_image
+
+        return "image" if is_runtime_image(image) else "bootstrap"
+
+    def default_server_port(self) -> int:
+        return 8000
+
+    def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
+        """Where the server's `port` on the box answers from here without a tunnel; None: only through SSH."""
+        return None
+
+    def charges(self, start: float, end: float) -> dict[str, float]:
+        """What the provider billed per instance id between two unix times."""
+        raise NotImplementedError(f"{self.name} reports no charges of its own")
+
+    def host(
+        self,
+        rental: Rental,
+        settings: DeploySettings,
+        ledger: Ledger,
+        *,
+        out: IO[str] | None = None,
+        connect_timeout: float = 10,
+    ) -> Host:
+        """A connection to a rental over SSH, with the host key pinned in the ledger (trust on first use)."""
+        from deploy.remote.host import RemoteHost
+
+        if not rental.ssh_host or not rental.ssh_port:
+            raise UsageError(f"rental {rental.id} has no SSH endpoint recorded yet (status {rental.status})")
+        return RemoteHost(
+            rental.ssh_host,
+            rental.ssh_port,
+            rental.ssh_user or settings.ssh_user,
+            settings.ssh_key_path,
+            pinned_key=rental.host_key,
+            on_new_key=lambda key: ledger.pin_host_key(rental.id, key),
+            connect_timeout=connect_timeout,
+            out=out,
+        )
+
+    def open_host(
+        self, rental: Rental, settings: DeploySettings, ledger: Ledger, *, timeout_s: float, poll_s: float, log: Log
+    ) -> Host:
+        """`host`, once it answers: SSH is retried until `timeout_s` passes (a fresh box's sshd starts late)."""
+        from deploy.remote.host import wait_for_ssh
+
+        def make() -> Host:
+            return self.host(ledger.require(rental.id), settings, ledger, connect_timeout=min(10.0, timeout_s))
+
+        deadline = time.monotonic() + timeout_s
+        return wait_for_ssh(make, deadline=deadline, what=f"rental {rental.id}", poll_s=poll_s, log=log)
+
+    def shell_command(self, rental: Rental, settings: DeploySettings, command: list[str] | None) -> list[str]:
+        """The argv that opens a shell on the rental (or runs `command` there), with the pinned host key only."""
+        known = settings.home_path / "known_hosts"
+        entry = rental.ssh_host if rental.ssh_port == 22 else f"[{rental.ssh_host}]:{rental.ssh_port}"
+        known.write_text(f"{entry} {rental.host_key}\n")
+        known.chmod(0o600)
+        options = [f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes", "IdentitiesOnly=yes"]
+        argv = ["ssh", "-i", str(settings.ssh_key_path), "-p", str(rental.ssh_port)]
+        argv += [arg for option in options for arg in ("-o", option)]
+        argv.append(f"{rental.ssh_user or settings.ssh_user}@{rental.ssh_host}")
+        return [*argv, "--", *command] if command else argv

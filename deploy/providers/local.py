@@ -6,16 +6,23 @@ the steps started there (LocalHost.start_detached pid files) and marks the work 
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from deploy.errors import ProviderError
-from deploy.providers.base import Log, OfferQuery, Provider, RentRequest
-from deploy.records import Box, Offer, State
-from deploy.remote import LocalHost
+from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
+from deploy.providers.records import Box, Offer, State
+from deploy.remote.local_host import LocalHost, free_port
+
+if TYPE_CHECKING:
+    from deploy.ledger import Ledger, Rental
+    from deploy.settings import DeploySettings
 
 _DESTROYED = ".destroyed"
 
@@ -42,6 +49,7 @@ def describe_machine() -> str:
 
 class LocalProvider(Provider):
     name = "local"
+    uses_ssh = False
 
     def __init__(self, home: Path, rate_usd_h: float = 0.0):
         self.root = Path(home) / "local"
@@ -49,6 +57,10 @@ class LocalProvider(Provider):
 
     def workdir(self, provider_id: str) -> Path:
         return self.root / provider_id
+
+    @classmethod
+    def from_settings(cls, settings: DeploySettings, **options: Any) -> LocalProvider:
+        return cls(settings.home_path, rate_usd_h=settings.local_rate)
 
     def search(self, query: OfferQuery) -> list[Offer]:
         return [Offer(provider=self.name, id="this-machine", gpu_name=describe_machine(), price_usd_h=self.rate)]
@@ -87,3 +99,32 @@ class LocalProvider(Provider):
 
     def get(self, provider_id: str) -> Box | None:
         return self._box(provider_id)
+
+    def default_runtime_mode(self, image: str) -> str:
+        return "current"  # this interpreter's own environment serves: no venv, no wheel (keeps `make demo` fast)
+
+    def default_server_port(self) -> int:
+        return free_port()  # several local "boxes" share this machine's ports
+
+    def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
+        return DirectAddress("127.0.0.1", port, "127.0.0.1")
+
+    def host(
+        self,
+        rental: Rental,
+        settings: DeploySettings,
+        ledger: Ledger,
+        *,
+        out: IO[str] | None = None,
+        connect_timeout: float = 10,
+    ) -> LocalHost:
+        return LocalHost(self.workdir(str(rental.provider_id)), out=out)
+
+    def open_host(
+        self, rental: Rental, settings: DeploySettings, ledger: Ledger, *, timeout_s: float, poll_s: float, log: Log
+    ) -> LocalHost:
+        return self.host(rental, settings, ledger)
+
+    def shell_command(self, rental: Rental, settings: DeploySettings, command: list[str] | None) -> list[str]:
+        os.chdir(self.workdir(str(rental.provider_id)))
+        return ["bash", "-c", shlex.join(command)] if command else [os.environ.get("SHELL", "bash")]

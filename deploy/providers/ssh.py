@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from deploy.errors import UsageError
 from deploy.providers.base import Log, OfferQuery, Provider, RentRequest
-from deploy.records import Box, Offer, State
+from deploy.providers.records import Box, Offer, State
+
+if TYPE_CHECKING:
+    from deploy.settings import DeploySettings
 
 
 class SshProvider(Provider):
     name = "ssh"
+    listable = False  # a plain SSH host has no provider-side listing
+    owns_boxes = False  # teardown stops the server provision started there, then releases the ledger row
 
     def __init__(self, host: str, port: int = 22, user: str = "root", rate_usd_h: float = 0.0):
         self.host, self.port, self.user, self.rate = host, int(port), user, rate_usd_h
@@ -15,6 +23,13 @@ class SshProvider(Provider):
     @property
     def box_id(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
+
+    @classmethod
+    def from_settings(cls, settings: DeploySettings, **options: Any) -> SshProvider:
+        if not options.get("host"):
+            raise UsageError("the ssh provider needs --host (and --port/--user if not 22/root)")
+        user = options.get("user") or settings.ssh_user
+        return cls(options["host"], int(options.get("port") or 22), user, float(options.get("rate") or 0.0))
 
     def search(self, query: OfferQuery) -> list[Offer]:
         name = query.gpu.vast_name if query.gpu else "unknown"
@@ -37,3 +52,10 @@ class SshProvider(Provider):
 
     def get(self, provider_id: str) -> Box | None:
         return self._box() if provider_id == self.box_id else None
+
+
+def parse_box_id(box_id: str) -> dict[str, object]:
+    """`user@host:port` (an ssh rental's provider id) -> the SshProvider's options."""
+    user, _, rest = box_id.partition("@")
+    host, _, port = rest.rpartition(":")
+    return {"host": host, "port": int(port or 22), "user": user}

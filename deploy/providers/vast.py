@@ -1,13 +1,17 @@
-"""vast.ai, through the vastai CLI wrapper in deploy/vast.py (the only code that runs it)."""
+"""vast.ai, through the vastai CLI wrapper in deploy/providers/vastai_cli.py (the only code that runs it)."""
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 from deploy.errors import OfferUnavailableError, ProviderError
-from deploy.providers.base import Log, OfferQuery, Provider, RentRequest
-from deploy.records import TERMINAL, Box, Offer, State
-from deploy.vast import VastCli, VastError
+from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
+from deploy.providers.records import TERMINAL, Box, Offer, State
+from deploy.providers.vastai_cli import VastCli, VastError
+
+if TYPE_CHECKING:
+    from deploy.settings import DeploySettings
 
 # HTTP statuses on create that mean "this offer, not you": try the next one.
 _OFFER_GONE = {400, 404, 409, 410}
@@ -15,9 +19,22 @@ _OFFER_GONE = {400, 404, 409, 410}
 
 class VastProvider(Provider):
     name = "vast"
+    needs_gpu = True
+    maps_ports = True
 
     def __init__(self, cli: VastCli | None = None, *, timeout_s: float = 120.0):
-        self.cli = cli or VastCli(timeout_s=timeout_s)
+        self._cli, self.timeout_s = cli, timeout_s
+
+    @property
+    def cli(self) -> VastCli:
+        """The CLI wrapper, found on first use (so a bad option is reported before a missing CLI)."""
+        if self._cli is None:
+            self._cli = VastCli(timeout_s=self.timeout_s)
+        return self._cli
+
+    @classmethod
+    def from_settings(cls, settings: DeploySettings, **options: Any) -> VastProvider:
+        return cls(timeout_s=settings.vast_timeout_s)
 
     def search(self, query: OfferQuery) -> list[Offer]:
         if query.gpu is None:
@@ -91,3 +108,15 @@ class VastProvider(Provider):
 
     def get(self, provider_id: str) -> Box | None:
         return self.cli.show_instance(provider_id)
+
+    def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
+        """The public address vast mapped the server's port to (`ports`, `public_ipaddr`); the server binds 0.0.0.0
+        for it, behind its token."""
+        if box is None or not box.public_ip or port not in box.ports:
+            return None
+        return DirectAddress(box.public_ip, box.ports[port], "0.0.0.0")
+
+    def charges(self, start: float, end: float) -> dict[str, float]:
+        from deploy.costs.billing import charges_by_instance
+
+        return charges_by_instance(self.cli.charges(start, end))

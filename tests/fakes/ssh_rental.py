@@ -17,12 +17,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.bootstrap import BoxLayout, RuntimeOptions
-from deploy.endpoint import TUNNEL, new_token
-from deploy.ledger import Ledger
-from deploy.provision import ensure_ssh_key
-from deploy.remote import RemoteHost, free_port
-from deploy.runtime_steps import server_command
+from deploy.ledger import TUNNEL, Ledger
+from deploy.provision.box_steps import ensure_ssh_key
+from deploy.provision.layout import BoxLayout
+from deploy.provision.options import RuntimeOptions
+from deploy.provision.server import server_command
+from deploy.remote.host import RemoteHost, free_port
+from deploy.remote.tokens import new_rental_token
 from deploy.settings import load_settings
 
 
@@ -77,7 +78,7 @@ def start_ssh_rental(sshd, tmp_path: Path, *, ready: bool = True, timeout: float
         rental = ledger.record_intent(attempt_id="test", provider="ssh", label_prefix=settings.label_prefix)
         ledger.record_rented(rental.id, box_id)
         ledger.record_connection(rental.id, ssh_host=sshd.host, ssh_port=sshd.port, ssh_user=sshd.user)
-        token_file, token_sha = new_token(settings.home_path, rental.id)
+        token_file, token_sha = new_rental_token(settings.home_path, rental.id)
         host = RemoteHost(
             sshd.host,
             sshd.port,

@@ -232,8 +232,7 @@ def test_deploy_autotune_unknown_rental_is_one_line(deploy_home):
 
 
 def test_fetch_file_over_ssh_is_binary_safe_and_checksummed(sshd, tmp_path):
-    from deploy.autotune_remote import fetch_file
-    from deploy.remote import RemoteHost
+    from deploy.remote.host import RemoteHost
     from tests.fakes.sshd import keygen
 
     key = tmp_path / "id"
@@ -244,7 +243,7 @@ def test_fetch_file_over_ssh_is_binary_safe_and_checksummed(sshd, tmp_path):
     remote.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 500)
     host = RemoteHost(sshd.host, sshd.port, sshd.user, key)
     try:
-        digest = fetch_file(host, str(remote), tmp_path / "here" / "plot.png")
+        digest = host.get(str(remote), tmp_path / "here" / "plot.png")
     finally:
         host.close()
     assert (tmp_path / "here" / "plot.png").read_bytes() == remote.read_bytes()

@@ -83,8 +83,8 @@ def test_play_without_any_player_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_instance_id_resolves_through_the_ledger(tmp_path, monkeypatch):
-    from deploy.endpoint import open_rental_endpoint
     from deploy.ledger import Ledger
+    from deploy.remote.endpoint import open_rental_endpoint
     from deploy.settings import load_settings
 
     monkeypatch.setenv("DEPLOY_HOME", str(tmp_path))

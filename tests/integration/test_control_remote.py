@@ -8,7 +8,8 @@ import urllib.request
 import pytest
 
 from deploy.errors import HostKeyMismatchError, RemoteError
-from deploy.remote import LocalHost, RemoteHost, wait_for_ssh
+from deploy.remote.host import RemoteHost, wait_for_ssh
+from deploy.remote.local_host import LocalHost
 from tests.fakes.http_once import serve_once
 from tests.fakes.sshd import keygen
 

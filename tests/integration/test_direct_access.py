@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.bootstrap import BoxLayout, RuntimeOptions
-from deploy.endpoint import DIRECT, TUNNEL
-from deploy.ledger import Ledger
+from deploy.ledger import DIRECT, TUNNEL, Ledger
+from deploy.providers import DirectAddress
+from deploy.providers.local import LocalProvider
+from deploy.providers.records import Box, Offer, State
 from deploy.providers.ssh import SshProvider
-from deploy.provision import Context, ProvisionOptions
-from deploy.records import Box, Offer, State
-from deploy.remote import RemoteHost
+from deploy.providers.vast import VastProvider
+from deploy.providers.vastai_cli import VastCli, _ports
+from deploy.provision.driver import Context
+from deploy.provision.layout import BoxLayout
+from deploy.provision.options import ProvisionOptions, RuntimeOptions
+from deploy.remote.host import RemoteHost
 from deploy.settings import load_settings
-from deploy.vast import VastCli, _ports
 from tests.fakes.ssh_rental import start_ssh_rental, stop_group
 from tests.fakes.vast_emulator import closed_port
 
@@ -49,20 +52,23 @@ def test_port_table_parsing_keeps_tcp_and_skips_junk():
 
 
 @pytest.mark.parametrize(
-    ("box", "tunnel", "expected"),
+    ("box", "expected"),
     [
-        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={8000: 41234}), False, ("203.0.113.7", 41234)),
-        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={8000: 41234}), True, None),  # --tunnel
-        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={}), False, None),  # nothing mapped
-        (Box("vast", "1", State.RUNNING, public_ip=None, ports={8000: 41234}), False, None),
-        (Box("ssh", "u@h:22", State.RUNNING), False, None),  # the ssh provider never maps a port
-        (None, False, None),
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={8000: 41234}), ("203.0.113.7", 41234)),
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={}), None),  # nothing mapped
+        (Box("vast", "1", State.RUNNING, public_ip="203.0.113.7", ports={9000: 41234}), None),  # another port
+        (Box("vast", "1", State.RUNNING, public_ip=None, ports={8000: 41234}), None),
+        (None, None),
     ],
 )
-def test_direct_address_needs_a_mapping_for_the_server_port_and_no_tunnel_flag(box, tunnel, expected):
-    from deploy.runtime_steps import direct_address
+def test_vast_answers_directly_only_on_a_mapping_for_the_server_port(box, expected):
+    direct = VastProvider(cli=object()).direct_address(box, 8000)
+    assert (direct.host, direct.port, direct.bind) == (*expected, "0.0.0.0") if expected else direct is None
 
-    assert direct_address(box, RuntimeOptions(port=8000, tunnel=tunnel)) == expected
+
+def test_the_ssh_provider_never_maps_a_port_and_local_answers_on_loopback(tmp_path):
+    assert SshProvider("h").direct_address(Box("ssh", "u@h:22", State.RUNNING), 8000) is None
+    assert LocalProvider(tmp_path).direct_address(None, 8123) == DirectAddress("127.0.0.1", 8123, "127.0.0.1")
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ def ssh_server(sshd, tmp_path):
 
 def _ready(sshd, server, direct) -> tuple[dict, list[str]]:
     """Run the real `ready` step against the rental, as the provision driver would after `start`."""
-    from deploy.runtime_steps import step_ready
+    from deploy.provision.ready import step_ready
 
     settings = load_settings()
     logs: list[str] = []
@@ -92,12 +98,10 @@ def _ready(sshd, server, direct) -> tuple[dict, list[str]]:
             log=logs.append,
             rental=rental,
             host=host,
-            state={
-                "runtime": opts,
-                "layout": BoxLayout("x", "current"),
-                "server_pid": server.pid,
-                "direct": direct,
-            },
+            runtime=opts,
+            layout=BoxLayout("x", "current"),
+            server_pid=server.pid,
+            direct=direct,
         )
         try:
             step_ready(ctx)
@@ -107,19 +111,19 @@ def _ready(sshd, server, direct) -> tuple[dict, list[str]]:
 
 
 def test_ready_uses_the_mapped_port_when_it_answers(sshd, ssh_server):
-    meta, _ = _ready(sshd, ssh_server, ("127.0.0.1", ssh_server.port))
+    meta, _ = _ready(sshd, ssh_server, DirectAddress("127.0.0.1", ssh_server.port, "0.0.0.0"))
     assert meta["access"] == DIRECT and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
 
 
 def test_ready_falls_back_to_the_tunnel_without_a_mapping_or_when_it_stays_silent(sshd, ssh_server, monkeypatch):
-    from deploy import runtime_steps
+    from deploy.provision import ready
 
     meta, logs = _ready(sshd, ssh_server, None)
     assert meta["access"] == TUNNEL and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
     assert not any("does not answer" in line for line in logs)
 
-    monkeypatch.setattr(runtime_steps, "DIRECT_PROBE_S", 1.0)
+    monkeypatch.setattr(ready, "DIRECT_PROBE_S", 1.0)
     silent = closed_port()
-    meta, logs = _ready(sshd, ssh_server, ("127.0.0.1", silent))
+    meta, logs = _ready(sshd, ssh_server, DirectAddress("127.0.0.1", silent, "0.0.0.0"))
     assert meta["access"] == TUNNEL and meta["endpoint"] == f"http://127.0.0.1:{ssh_server.port}"
-    assert any(f"mapped port http://127.0.0.1:{silent} does not answer" in line for line in logs)
+    assert any(f"port http://127.0.0.1:{silent} does not answer" in line for line in logs)

@@ -21,9 +21,11 @@ import httpx
 import openai
 import pytest
 
-from deploy import gateway as gw
-from deploy.fleet import FleetStore, probe
+from deploy.fleet.model import replica_token
+from deploy.fleet.probe import probe
+from deploy.gateway import haproxy as gw
 from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
 from tests.fakes.server_fixtures import free_port
 
@@ -47,7 +49,7 @@ class Fleet:
 
     def served(self) -> dict[str, int]:
         """Speech requests each active replica answered, from its own /metrics."""
-        return {r.name: probe(r.endpoint, r.token()).requests for r in self.replicas()}
+        return {r.name: probe(r.endpoint, replica_token(r)).requests for r in self.replicas()}
 
     def stats(self) -> dict[str, gw.ServerStat]:
         return gw.server_stats(gw.Paths.for_fleet(self.home, "default"))
@@ -101,14 +103,14 @@ def test_twelve_concurrent_requests_spread_over_three_replicas(fleet):
         bad.audio.speech.create(model="tts-1", voice="echo", input="Hi.")
     assert httpx.get(fleet.url + "/v1/audio/speech").status_code == 401
     assert httpx.get(fleet.url + "/health").status_code == 200
-    replica_token = fleet.replicas()[0].token()
-    r = httpx.get(fleet.url + "/ready", headers={"Authorization": f"Bearer {replica_token}"})
+    replica_token_ = replica_token(fleet.replicas()[0])
+    r = httpx.get(fleet.url + "/ready", headers={"Authorization": f"Bearer {replica_token_}"})
     assert r.status_code == 401  # a replica's own token does not open the gateway
     cfg = fleet.home / "gateway" / "default" / "haproxy.cfg"
     assert cfg.stat().st_mode & 0o777 == 0o600
     status = fleet.deploy("gateway", "status")
     assert status.returncode == 0 and fleet.token not in status.stdout + status.stderr
-    assert replica_token not in status.stdout + status.stderr
+    assert replica_token_ not in status.stdout + status.stderr
 
 
 def test_status_and_cost_show_the_fleet(fleet):
@@ -139,7 +141,7 @@ def test_streamed_bytes_arrive_while_the_replica_is_still_generating(fleet):
         chunks = r.iter_bytes()
         first = next(chunks)
         assert 0 < len(first) < 6000 * PCM_BYTES_PER_MS
-        running = {x.name: probe(x.endpoint, x.token()).metrics["active_streams"] for x in fleet.replicas()}
+        running = {x.name: probe(x.endpoint, replica_token(x)).metrics["active_streams"] for x in fleet.replicas()}
         assert sum(running.values()) >= 1, running
         total = len(first) + sum(len(c) for c in chunks)
     assert total == 6000 * PCM_BYTES_PER_MS

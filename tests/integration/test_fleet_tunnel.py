@@ -13,11 +13,12 @@ import time
 import httpx
 import pytest
 
-from deploy import tunnels
 from deploy.errors import RemoteError
-from deploy.fleet import FleetStore, probe
+from deploy.fleet.probe import probe
 from deploy.ledger import Ledger
-from deploy.provision import ensure_ssh_key
+from deploy.ledger.fleets import FleetStore
+from deploy.provision.box_steps import ensure_ssh_key
+from deploy.remote import tunnels
 from deploy.settings import load_settings
 from tests.conftest import run_deploy
 from tests.fakes.server_fixtures import free_port

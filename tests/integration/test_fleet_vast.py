@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from deploy.fleet import FleetStore
 from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
 from tests.conftest import unknown_running
 
 

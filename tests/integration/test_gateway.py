@@ -10,10 +10,13 @@ import subprocess
 
 import pytest
 
-from deploy import gateway as gw
 from deploy.errors import NotFoundError, UsageError
-from deploy.fleet import FleetStore, choose_for_removal, due_for_replacement, parse_metrics
+from deploy.fleet.model import choose_for_removal, due_for_replacement
+from deploy.fleet.probe import parse_metrics
+from deploy.gateway import config as gw_config
+from deploy.gateway import haproxy as gw
 from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -21,18 +24,18 @@ needs_haproxy = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy 
 CLIENT = "client-token-abcdefgh"
 
 
-def _cfg(tmp_path, **kw) -> gw.GatewayConfig:
-    return gw.GatewayConfig(
+def _cfg(tmp_path, **kw) -> gw_config.GatewayConfig:
+    return gw_config.GatewayConfig(
         client_token=CLIENT, sockets_dir=str(tmp_path), state_file=str(tmp_path / "s.state"), port=18123, **kw
     )
 
 
-BACKENDS = [gw.Backend("r1", "127.0.0.1:9001", "tok-one-123456"), gw.Backend("r2", "127.0.0.1:9002", "tok-two-123456")]
+BACKENDS = [gw_config.Backend("r1", "127.0.0.1:9001", "tok-one-123456"), gw_config.Backend("r2", "127.0.0.1:9002", "tok-two-123456")]
 
 
 def test_render_is_pure_and_has_what_streams_need(tmp_path):
-    text = gw.render(_cfg(tmp_path), BACKENDS)
-    assert text == gw.render(_cfg(tmp_path), BACKENDS)
+    text = gw_config.render(_cfg(tmp_path), BACKENDS)
+    assert text == gw_config.render(_cfg(tmp_path), BACKENDS)
     assert "balance leastconn" in text
     assert "http-check send meth GET uri /ready" in text and "http-check expect status 200" in text
     assert "option http-buffer-request" in text and "no option httpclose" in text  # requests whole, responses streamed
@@ -50,7 +53,7 @@ def test_render_is_pure_and_has_what_streams_need(tmp_path):
 def test_haproxy_accepts_the_rendered_config(tmp_path):
     cfg = tmp_path / "h.cfg"
     (tmp_path / "s.state").write_text("1\n")
-    cfg.write_text(gw.render(_cfg(tmp_path), BACKENDS))
+    cfg.write_text(gw_config.render(_cfg(tmp_path), BACKENDS))
     res = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "WARNING" not in res.stderr, res.stderr
@@ -59,24 +62,24 @@ def test_haproxy_accepts_the_rendered_config(tmp_path):
 @pytest.mark.parametrize(
     "backends,message",
     [
-        ([gw.Backend("r1", "127.0.0.1:9001", 'bad"token x')], "replica r1: the token"),
-        ([gw.Backend("r1", "127.0.0.1:9001", "short")], "replica r1: the token"),
-        ([gw.Backend("r1", "nohost", "tok-one-123456")], "is not host:port"),
-        ([gw.Backend("r1", "127.0.0.1:99999", "tok-one-123456")], "is not host:port"),
+        ([gw_config.Backend("r1", "127.0.0.1:9001", 'bad"token x')], "replica r1: the token"),
+        ([gw_config.Backend("r1", "127.0.0.1:9001", "short")], "replica r1: the token"),
+        ([gw_config.Backend("r1", "nohost", "tok-one-123456")], "is not host:port"),
+        ([gw_config.Backend("r1", "127.0.0.1:99999", "tok-one-123456")], "is not host:port"),
         ([BACKENDS[0], BACKENDS[0]], "unique"),
-        ([gw.Backend("r 1", "127.0.0.1:9001", "tok-one-123456")], "not a valid HAProxy server name"),
+        ([gw_config.Backend("r 1", "127.0.0.1:9001", "tok-one-123456")], "not a valid HAProxy server name"),
     ],
 )
 def test_bad_input_is_refused_before_haproxy_sees_it(tmp_path, backends, message):
     with pytest.raises(UsageError, match=message):
-        gw.render(_cfg(tmp_path), backends)
+        gw_config.render(_cfg(tmp_path), backends)
 
 
 def test_address_of_endpoints():
-    assert gw.address_of("http://127.0.0.1:8001") == "127.0.0.1:8001"
-    assert gw.address_of("http://[::1]:8001/") == "[::1]:8001"
+    assert gw_config.address_of("http://127.0.0.1:8001") == "127.0.0.1:8001"
+    assert gw_config.address_of("http://[::1]:8001/") == "[::1]:8001"
     with pytest.raises(UsageError):
-        gw.address_of("https://example.org")
+        gw_config.address_of("https://example.org")
 
 
 def test_files_hold_tokens_so_they_are_private(tmp_path):
@@ -109,9 +112,8 @@ def test_haproxy_missing_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(gw.os, "access", lambda *a: False)
     with pytest.raises(gw.GatewayError, match="apt-get install haproxy"):
         gw.find_haproxy()
-    monkeypatch.setenv("DEPLOY_HAPROXY", str(tmp_path / "nope"))
     with pytest.raises(gw.GatewayError, match="DEPLOY_HAPROXY=.* is not an executable"):
-        gw.find_haproxy()
+        gw.find_haproxy(str(tmp_path / "nope"))
 
 
 def test_metrics_parsing_counts_only_served_speech():
@@ -163,6 +165,8 @@ def test_fleet_rows_decisions_and_unknown_replica(deploy_home):
     assert due_for_replacement(store.replica(fleet, "r1"), box_alive=True, ready=False, now=111, after_s=60)[0]
     # a rental torn down outside the fleet leaves it
     ledger.close_rental(reps[1].rental.id, "destroyed", "teardown")
+    assert [r.name for r in store.replicas(fleet)] == ["r1", "r2", "r3"]  # reading changes nothing
+    assert store.retire_closed(fleet) == ["r2"]
     assert [r.name for r in store.replicas(fleet)] == ["r1", "r3"]
     ledger.close()
 
@@ -173,7 +177,7 @@ def test_cli_errors_are_one_line(deploy_home):
     assert res.returncode == 1 and res.stderr.strip().startswith("Error: no fleet 'default'"), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     res = run_deploy(["gateway", "restart"], env)
-    assert res.returncode == 1 and "unknown action 'restart'" in res.stderr
+    assert res.returncode == 2 and res.stderr.startswith("Error: No such command 'restart'.")
     res = run_deploy(["scale", "0"], env)
     assert res.returncode == 1 and "at least 1 replica" in res.stderr
     ledger, _store, _fleet = _ledger_with_fleet(deploy_home, 1)

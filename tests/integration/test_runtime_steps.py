@@ -16,14 +16,24 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from deploy.bootstrap import BoxLayout, RuntimeOptions, install_script, is_runtime_image, resolve_mode
-from deploy.endpoint import new_token
+from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour
 from deploy.errors import UsageError
 from deploy.ledger import Ledger
-from deploy.provision import STEPS, Step
-from deploy.runtime_report import summary, text, usd_per_audio_hour
-from deploy.runtime_steps import local_profile, register, server_command
+from deploy.providers import provider_class
+from deploy.provision.autotune import find_local_profile
+from deploy.provision.driver import steps_for
+from deploy.provision.layout import BoxLayout, install_script, is_runtime_image
+from deploy.provision.options import ProvisionOptions, RuntimeOptions, resolve_mode
+from deploy.provision.runtime_steps import profile_dirs
+from deploy.provision.server import server_command
+from deploy.provision.summary import summary, text
+from deploy.remote.tokens import new_rental_token
+from deploy.settings import load_settings
 from tests.conftest import DEPLOY_BIN
+
+
+def _provider(name: str):
+    return provider_class(name).from_settings(load_settings(), host="203.0.113.7")
 
 
 @pytest.mark.parametrize(
@@ -37,28 +47,37 @@ from tests.conftest import DEPLOY_BIN
     ],
 )
 def test_auto_mode(provider, image, mode):
-    assert resolve_mode("auto", provider=provider, image=image) == mode
+    assert resolve_mode("auto", provider=_provider(provider), image=image) == mode
 
 
 def test_explicit_modes_and_bad_ones():
-    assert resolve_mode("bootstrap", provider="local", image="x") == "bootstrap"
+    assert resolve_mode("bootstrap", provider=_provider("local"), image="x") == "bootstrap"
     with pytest.raises(UsageError, match="only makes sense with --provider local"):
-        resolve_mode("current", provider="vast", image="x")
+        resolve_mode("current", provider=_provider("vast"), image="x")
     with pytest.raises(UsageError, match="unknown runtime mode"):
-        resolve_mode("docker", provider="vast", image="x")
+        resolve_mode("docker", provider=_provider("vast"), image="x")
     assert is_runtime_image("csm-runtime:dev") and not is_runtime_image("pytorch/pytorch:2.6.0")
 
 
-def test_options_from_the_command_line_extra():
-    stock = RuntimeOptions.from_extra({"model": "tiny-random"}, provider="vast", image="pytorch/pytorch:2.6.0-x")
-    assert stock.system_site_packages and stock.autotune_quick and stock.port == 8000 and stock.autotune is None
-    real = RuntimeOptions.from_extra(
-        {"autotune": False, "autotune_args": "--compile off --batches '1,2'"}, provider="ssh", image="ubuntu:22.04"
+def test_options_from_the_command_line():
+    vast = _provider("vast")
+    stock = RuntimeOptions.resolve(vast, image="pytorch/pytorch:2.6.0-x", model="tiny-random")
+    assert stock.system_site_packages and stock.autotune_quick and stock.autotune is None
+    assert stock.port is None and stock.for_provider(vast).port == 8000
+    local = RuntimeOptions.resolve(_provider("local"), image="x", model="tiny-random")
+    assert local.for_provider(_provider("local")).port != 8000  # a free port each time: local replicas share a host
+    real = RuntimeOptions.resolve(
+        _provider("ssh"), image="ubuntu:22.04", autotune=False, autotune_args="--compile off --batches '1,2'"
     )
     assert real.model == "sesame/csm-1b" and not real.autotune_quick and not real.system_site_packages
     assert real.autotune is False and real.autotune_args == ("--compile", "off", "--batches", "1,2")
-    with pytest.raises(UsageError, match="--port"):
-        RuntimeOptions.from_extra({"port": 70000}, provider="vast", image="x")
+    with pytest.raises(UsageError, match="--server-port"):
+        RuntimeOptions.resolve(vast, image="x", port=70000)
+
+
+def test_options_round_trip_through_a_fleet_spec():
+    options = ProvisionOptions(provider="vast", runtime=RuntimeOptions(model="tiny-random", autotune_args=("-q",)))
+    assert ProvisionOptions.from_dict(options.as_dict()) == options
 
 
 def test_install_script_reuses_the_venv_adds_the_prepared_dir_and_installs_pins_then_the_wheel():
@@ -93,6 +112,10 @@ def _profile(path: Path, slug: str, model: str, rtf: float = 0.25, streams: int 
     return path
 
 
+def local_profile(opts: RuntimeOptions, home: Path, slug: str) -> Path | None:
+    return find_local_profile(profile_dirs(opts, home), slug, opts.model)
+
+
 def test_a_profile_is_used_only_for_its_device_and_model_shape(tmp_path):
     repo, home = tmp_path / "profiles", tmp_path / "home"
     opts = RuntimeOptions(model="sesame/csm-1b", profiles_dir=str(repo))
@@ -108,12 +131,12 @@ def test_a_profile_is_used_only_for_its_device_and_model_shape(tmp_path):
 
 
 def test_token_is_fresh_private_and_only_hashed(tmp_path):
-    path, digest = new_token(tmp_path, 7)
+    path, digest = new_rental_token(tmp_path, 7)
     token = path.read_text().strip()
     assert path.name == "rental-7.token" and len(token) >= 40
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
     assert digest == hashlib.sha256(token.encode()).hexdigest()
-    assert new_token(tmp_path, 7)[0].read_text().strip() != token
+    assert new_rental_token(tmp_path, 7)[0].read_text().strip() != token
 
 
 def test_server_command_scrubs_the_api_key_and_names_the_token_file_not_the_token():
@@ -125,30 +148,42 @@ def test_server_command_scrubs_the_api_key_and_names_the_token_file_not_the_toke
 
 
 def test_cost_of_an_hour_of_audio():
-    assert usd_per_audio_hour(0.40, 0.25, 4) == pytest.approx(0.025)  # 16 audio hours per box hour
-    assert usd_per_audio_hour(0.40, 2.0, 1) == pytest.approx(0.80)
-    assert usd_per_audio_hour(0.40, None, 4) is None
+    assert usd_per_audio_hour(0.40, audio_hours_per_hour(0.25, 4)) == pytest.approx(0.025)  # 16 audio h per box h
+    assert usd_per_audio_hour(0.40, audio_hours_per_hour(2.0, 1)) == pytest.approx(0.80)
+    assert usd_per_audio_hour(0.40, audio_hours_per_hour(None, 4)) is None
+    profile = {
+        "slug": "rtx-4090",
+        "source": "pushed",
+        "candidate": "bfloat16/default/graphs/b4",
+        "rtf": 0.25,
+        "max_streams": 4,
+        "realtime": True,
+    }
+    meta = {
+        "endpoint": "http://127.0.0.1:8000",
+        "access": "ssh-tunnel",
+        "token_file": "/h/tokens/rental-3.token",
+        "model": "sesame/csm-1b",
+        "runtime_mode": "bootstrap",
+        "profile": profile,
+    }
     rental = SimpleNamespace(
-        id=3, provider="vast", provider_id="7000001", gpu_name="RTX 4090", rate_usd_h=0.40,
-        meta={"endpoint": "http://127.0.0.1:8000", "access": "ssh-tunnel", "token_file": "/h/tokens/rental-3.token",
-              "model": "sesame/csm-1b", "runtime_mode": "bootstrap",
-              "profile": {"slug": "rtx-4090", "source": "pushed", "candidate": "bfloat16/default/graphs/b4",
-                          "rtf": 0.25, "max_streams": 4, "realtime": True}},
-    )  # fmt: skip
-    info = summary(rental, {"timings": {"rent": 1.0}})
+        id=3, provider="vast", provider_id="7000001", gpu_name="RTX 4090", rate_usd_h=0.40, meta=meta, label="x",
+        ssh_host=None, ssh_user=None, ssh_port=None, status="ready",
+    )
+    ctx = SimpleNamespace(check_output="", timings={"rent": 1.0}, runtime=RuntimeOptions(), profile=None)
+    info = summary(rental, ctx)
     assert info["usd_per_audio_hour"] == pytest.approx(0.025) and info["timings_s"] == {"rent": 1.0}
     out = text(rental, info)
     assert "0.400 USD/h" in out and "/h/tokens/rental-3.token" in out and "$0.0250 per hour of audio" in out
     assert 'deploy generate 3 "Hello there."' in out and "SSH tunnel" in out
 
 
-def test_runtime_steps_follow_check_once():
-    steps = register(list(STEPS))
-    names = [s.name for s in steps]
-    assert names[names.index("check") :] == ["check", "push", "install", "autotune", "start", "ready"]
-    assert register(steps) == steps and len(steps) == len(names)
-    assert [s.name for s in STEPS][-1] == "check"  # the module's default list is left alone
-    assert all(isinstance(s, Step) for s in steps)
+def test_runtime_steps_follow_check_only_when_a_runtime_is_asked_for():
+    box_only = [s.name for s in steps_for(ProvisionOptions())]
+    assert box_only == ["rent", "wait_running", "connect", "check"]
+    names = [s.name for s in steps_for(ProvisionOptions(runtime=RuntimeOptions()))]
+    assert names == [*box_only, "push", "install", "autotune", "start", "ready"]
 
 
 @pytest.mark.slow

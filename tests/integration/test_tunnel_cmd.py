@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from deploy.ledger import Ledger
-from deploy.remote import free_port
+from deploy.remote.host import free_port
 from deploy.settings import load_settings
 from tests.conftest import DEPLOY_BIN
 from tests.fakes.ssh_rental import start_ssh_rental, stop_group

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.records import State
-from deploy.vast import VastCli, VastError, find_vastai, map_status
+from deploy.providers.records import State
+from deploy.providers.vastai_cli import VastCli, VastError, find_vastai, map_status
 
 
 @pytest.fixture

@@ -60,7 +60,10 @@ def test_bad_flag_and_bad_env_are_one_line():
     assert line.startswith("Error: No such option: --bogus")
     res = run_deploy(["status"], env_with(DEPLOY_POLL_INTERVAL_S="fast"))
     assert res.returncode == 1
-    assert res.stderr.strip() == "Error: DEPLOY_POLL_INTERVAL_S='fast' is not a valid float"
+    assert res.stderr.strip() == "Error: DEPLOY_POLL_INTERVAL_S='fast' is not a number"
+    res = run_deploy(["status"], env_with(DEPLOY_POLL_INTERVALS="1"))
+    assert res.returncode == 1
+    assert res.stderr.strip() == "Error: unknown setting DEPLOY_POLL_INTERVALS (did you mean DEPLOY_POLL_INTERVAL_S?)"
 
 
 def test_show_config_reports_key_source_never_the_key(deploy_home):

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from deploy.costs import charges_by_instance, cost_report, interval, parse_since, split_days
+from deploy.costs.billing import charges_by_instance, cost_report, interval, parse_since, split_days
 from deploy.ledger import Rental
 
 DAY = 86400.0
@@ -51,7 +51,7 @@ def test_split_days_on_utc_midnight():
 
 def test_by_instance_with_provider_charges_and_difference():
     rows = [rental(1, T0, T0 + 3600, 0.5), rental(2, T0, None, 2.0), rental(3, None, T0, 9.0)]
-    report = cost_report(rows, now=T0 + 1800, by="instance", provider_charges={"1": 0.25})
+    report = cost_report(rows, now=T0 + 1800, by="instance", provider_charges={"vast": {"1": 0.25}})
     assert [x.key for x in report.lines] == ["1", "2"]
     one, two = report.lines
     assert one.usd == pytest.approx(0.25)  # clipped at now: half an hour

@@ -9,7 +9,8 @@ import stat
 import pytest
 
 from deploy import ledger as L
-from deploy.ledger import MIGRATIONS, Ledger
+from deploy.ledger import Ledger
+from deploy.ledger.migrations import MIGRATIONS
 
 
 def columns(db: sqlite3.Connection, table: str) -> list[str]:

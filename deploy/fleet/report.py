@@ -12,22 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from deploy import gateway as gw
+from deploy import output
+from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour, usd_per_audio_hour_served
+from deploy.costs.billing import rental_hours
 from deploy.errors import DeployError
-from deploy.fleet import FleetStore, fleet_usd_per_audio_hour, probe
+from deploy.fleet.model import replica_token
+from deploy.fleet.probe import probe
+from deploy.gateway import haproxy as gw
+from deploy.gateway.fleet_gateway import paths, replica_url
 from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
 from deploy.settings import DeploySettings
-
-
-def _hours(rental: Any, now: float) -> float:
-    start = rental.started_at or rental.created_at
-    return max(0.0, ((rental.ended_at or now) - start) / 3600.0)
 
 
 def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None = None) -> list[dict[str, Any]]:
     """One dict per fleet: its replicas (each probed once, 3 s at most) and the totals."""
-    from deploy.fleet_ops import paths, replica_url
-
     now = time.time() if now is None else now
     store = FleetStore(ledger)
     out = []
@@ -39,19 +38,19 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
                 stats = gw.server_stats(p)
             except gw.GatewayError:
                 stats = {}
+        store.retire_closed(fleet)  # `deploy teardown ID` of a replica: it left the fleet
         rows, capacity_audio_h_per_h = [], 0.0
         for r in store.replicas(fleet):
             url = replica_url(settings, fleet, r)
             pr, detail = None, "no endpoint" if not r.endpoint else "tunnel closed"
             if url:
                 try:
-                    pr = probe(url, r.token(), timeout=3.0)
+                    pr = probe(url, replica_token(r), timeout=3.0)
                     detail = pr.detail
                 except DeployError as exc:  # a missing token file: a status line, never a crash
                     detail = str(exc)
             profile = r.rental.meta.get("profile") or {}
-            if profile.get("rtf") and profile.get("max_streams"):
-                capacity_audio_h_per_h += float(profile["max_streams"]) / float(profile["rtf"])
+            capacity_audio_h_per_h += audio_hours_per_hour(profile.get("rtf"), profile.get("max_streams")) or 0.0
             stat = stats.get(r.name)
             rows.append(
                 {
@@ -62,13 +61,12 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
                     "audio_seconds": round(pr.metrics.get("audio_seconds", 0.0), 2) if pr and pr.metrics else None,
                     "active_streams": int(pr.metrics.get("active_streams", 0)) if pr and pr.metrics else None,
                     "gateway": stat.status if stat else None,
-                    "usd": round(r.rental.rate_usd_h * _hours(r.rental, now), 6),
+                    "usd": round(r.rental.rate_usd_h * rental_hours(r.rental, now=now), 6),
                 }
             )
         rate = sum(x["rate_usd_h"] for x in rows)
         usd = sum(x["usd"] for x in rows)
         audio = sum(x["audio_seconds"] or 0.0 for x in rows)
-        full = rate / capacity_audio_h_per_h if capacity_audio_h_per_h > 0 else None
         out.append(
             {
                 "fleet": fleet.name,
@@ -81,8 +79,8 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
                     "requests": sum(x["requests"] or 0 for x in rows),
                     "audio_seconds": round(audio, 2),
                     "usd": round(usd, 6),
-                    "usd_per_audio_h": fleet_usd_per_audio_hour(usd, audio),
-                    "usd_per_audio_h_full_load": full,
+                    "usd_per_audio_h": usd_per_audio_hour_served(usd, audio),
+                    "usd_per_audio_h_full_load": usd_per_audio_hour(rate, capacity_audio_h_per_h),
                 },
             }
         )
@@ -93,17 +91,18 @@ def _usd(x: float | None) -> str:
     return "n/a" if x is None else f"${x:.4f}"
 
 
+def _row(x: dict[str, Any]) -> tuple[Any, ...]:
+    ready = "yes" if x["ready"] else x["probe"]
+    requests = "" if x["requests"] is None else x["requests"]
+    audio = "" if x["audio_seconds"] is None else x["audio_seconds"]
+    return (x["replica"], x["rental_id"], x["state"], x["gateway"] or "", ready, requests, audio,
+            f"{x['rate_usd_h']:.3f}", _usd(x["usd"]))
+
+
 def emit_tables(reports: list[dict[str, Any]]) -> None:
     """The human form: one table per fleet, the totals in its caption."""
-    from deploy import output
-
     for f in reports:
-        rows = [
-            (x["replica"], x["rental_id"], x["state"], x["gateway"] or "", "yes" if x["ready"] else x["probe"],
-             "" if x["requests"] is None else x["requests"], "" if x["audio_seconds"] is None else x["audio_seconds"],
-             f"{x['rate_usd_h']:.3f}", _usd(x["usd"]))
-            for x in f["replicas"]
-        ]  # fmt: skip
+        rows = [_row(x) for x in f["replicas"]]
         t = f["total"]
         g = f["gateway"]
         where = f"gateway on port {g['port']}" if g["running"] else "gateway not running"

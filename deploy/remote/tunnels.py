@@ -1,9 +1,11 @@
-"""SSH tunnels the gateway keeps open to replicas whose server listens on the box's loopback (access `ssh-tunnel`).
+"""SSH tunnels: `forward` holds one open for a block (Fabric, in this process); `ensure`/`close` keep one open for
+the gateway in a process of its own.
 
-One `ssh -N -L 127.0.0.1:<local>:127.0.0.1:<remote>` process per replica, detached (its own session) so it outlives
-the `deploy` command that opened it, with the host key pinned in the ledger as the only one accepted (a known_hosts
-file written from it; strict checking). Its pid and local port live in DEPLOY_HOME/gateway/<fleet>/tunnel-<name>.*;
-`ensure` reuses a live one, `close` ends it. Why OpenSSH and not Fabric: Fabric's forward lives in our process.
+The gateway's tunnels go to replicas whose server listens on the box's loopback (access `ssh-tunnel`): one
+`ssh -N -L 127.0.0.1:<local>:127.0.0.1:<remote>` process per replica, detached (its own session) so it outlives the
+`deploy` command that opened it, with the host key pinned in the ledger as the only one accepted (a known_hosts file
+written from it; strict checking). Its pid and local port live in DEPLOY_HOME/gateway/<fleet>/tunnel-<name>.*;
+`ensure` reuses a live one, `close` ends it. Why OpenSSH there and not Fabric: Fabric's forward lives in our process.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from deploy.errors import RemoteError, UsageError
 from deploy.ledger import Rental
-from deploy.remote import free_port
+from deploy.remote.host import free_port
 
 
 def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
@@ -99,3 +102,21 @@ def close_all(directory: Path) -> None:
     if directory.is_dir():
         for pid_f in directory.glob("tunnel-*.pid"):
             close(directory, pid_f.name[len("tunnel-") : -len(".pid")])
+
+
+@contextlib.contextmanager
+def forward(host, remote_port: int, local_port: int | None = None) -> Iterator[int]:
+    """`host.forward_port` for the length of a block, minus one Fabric habit: a forwarded connection the box refused re-raises on exit as a
+    ThreadException, which would replace the block's own outcome. What the block saw (an HTTP error) is what counts."""
+    from invoke.exceptions import ThreadException
+
+    manager = host.forward_port(remote_port, local_port)
+    local_port = manager.__enter__()
+    try:
+        yield local_port
+    except BaseException:
+        with contextlib.suppress(ThreadException):
+            manager.__exit__(None, None, None)
+        raise
+    with contextlib.suppress(ThreadException):
+        manager.__exit__(None, None, None)

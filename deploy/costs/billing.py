@@ -75,6 +75,12 @@ def interval(rental: Rental, *, now: float, since: float | None = None) -> tuple
     return (start, end) if end > start else None
 
 
+def rental_hours(rental: Rental, *, now: float, since: float | None = None) -> float:
+    """Billed hours of one rental up to `now` (0 when it never billed): what every cost figure multiplies."""
+    span = interval(rental, now=now, since=since)
+    return 0.0 if span is None else (span[1] - span[0]) / 3600.0
+
+
 def split_days(start: float, end: float) -> list[tuple[str, float]]:
     """(UTC day, seconds) pieces of an interval."""
     out = []
@@ -94,21 +100,21 @@ def cost_report(
     now: float,
     since: float | None = None,
     by: str = "instance",
-    provider_charges: dict[str, float] | None = None,
+    provider_charges: dict[str, dict[str, float]] | None = None,
 ) -> CostReport:
-    """`provider_charges` maps a provider id to what the provider billed for it (vast's charges)."""
+    """`provider_charges`: per provider that reports charges (vast), what it billed per instance id."""
     if by not in ("instance", "day"):
         raise ValueError(f"--by must be instance or day, not {by!r}")
     report = CostReport(by=by, since=since, now=now)
     if by == "instance":
         for r in rentals:
-            span = interval(r, now=now, since=since)
-            if span is None:
+            if interval(r, now=now, since=since) is None:
                 continue
-            hours = (span[1] - span[0]) / 3600
+            hours = rental_hours(r, now=now, since=since)
             theirs = None
-            if provider_charges is not None and r.provider == "vast" and r.provider_id:
-                theirs = provider_charges.get(r.provider_id, 0.0)
+            charges = (provider_charges or {}).get(r.provider)
+            if charges is not None and r.provider_id:
+                theirs = charges.get(r.provider_id, 0.0)
             report.lines.append(
                 CostLine(
                     str(r.id),

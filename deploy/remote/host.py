@@ -1,9 +1,10 @@
-"""Talking to a box: over SSH with Fabric (`RemoteHost`), or to this machine with subprocess (`LocalHost`).
+"""Talking to a box over SSH with Fabric (`RemoteHost`); `Host` is what every box connection offers.
 
-Both have the same methods, so provision steps never care which one they hold: `run` (streamed output, timeout),
-`put` (sha256-checked), `start_detached` (survives our exit, pid + log file), `forward_port` (a local port that
-reaches a port on the box), `read_text`. Host keys: trust on first use, then the pinned key is the only one accepted.
-Fabric/paramiko are imported only when a RemoteHost is made, so `deploy --help` stays fast.
+`LocalHost` (local_host.py) has the same methods for this machine, so provision steps never care which one they
+hold: `run` (streamed output, timeout), `put` and `get` (sha256-checked both ways), `start_detached` (survives our
+exit, pid + log file), `forward_port` (a local port that reaches a port on the box), `read_text`. Host keys: trust
+on first use, then the pinned key is the only one accepted. Fabric/paramiko are imported only when a RemoteHost is
+made, so `deploy --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ import contextlib
 import hashlib
 import os
 import shlex
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +54,8 @@ class Host(Protocol):
 
     def put(self, local: str | Path, remote: str) -> str: ...
 
+    def get(self, remote: str, local: Path) -> str: ...
+
     def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int: ...
 
     def forward_port(
@@ -76,6 +75,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_copy(host: Host, remote: str, tmp: Path, local: Path) -> str:
+    """Move a fetched `tmp` to `local` only when its sha256 equals what the box computes for `remote`."""
+    theirs = host.run(f"sha256sum {shlex.quote(remote)}", stream=False).stdout.split()[:1]
+    mine = sha256_file(tmp)
+    if theirs != [mine]:
+        tmp.unlink(missing_ok=True)
+        raise RemoteError(f"{host.name}: checksum mismatch copying {remote} back")
+    tmp.replace(local)
+    return mine
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +96,7 @@ def _env_prefix(env: dict[str, str] | None) -> str:
     return "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
 
 
-class _Tee:
+class Tee:
     """Writes remote output to the progress stream while keeping a copy."""
 
     def __init__(self, sink: IO[str] | None):
@@ -193,7 +203,7 @@ class RemoteHost:
         from invoke.exceptions import CommandTimedOut
 
         started = time.monotonic()
-        out, err = _Tee(self._sink() if stream else None), _Tee(self._sink() if stream else None)
+        out, err = Tee(self._sink() if stream else None), Tee(self._sink() if stream else None)
         full = _env_prefix(env) + command
         try:
             res = self.conn.run(full, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err)
@@ -224,6 +234,14 @@ class RemoteHost:
         if theirs != [digest]:
             raise RemoteError(f"{self.name}: checksum mismatch after copying {local} to {remote}")
         return digest
+
+    def get(self, remote: str, local: Path) -> str:
+        """Copy one file from the box (SFTP); returns its sha256 after checking the box computes the same."""
+        rel = remote[2:] if remote.startswith("~/") else remote
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(local.name + ".part")
+        self.conn.get(rel, str(tmp))
+        return check_copy(self, rel, tmp, local)
 
     def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int:
         """Start `command` so it outlives this SSH session: output in ~/.csm-deploy-run/<name>.log, pid file beside."""
@@ -286,117 +304,3 @@ def wait_for_ssh(
             raise RemoteError(f"{what}: SSH did not answer before the deadline ({tries} tries; last: {last})")
         log(f"{what}: waiting for SSH (0/1 ready): {last}")
         time.sleep(min(poll_s, max(0.0, remaining)))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# This machine
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class LocalHost:
-    """This machine, for the `local` provider: same methods, subprocess instead of SSH. Commands run in `root`;
-    a path starting with `~/` in `put`/`read_text` means `root/`, so nothing lands in the operator's real home."""
-
-    def __init__(self, root: str | Path, *, out: IO[str] | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.name = f"local:{self.root}"
-        self.out = out
-
-    def path(self, p: str) -> Path:
-        if p.startswith("~/"):
-            return self.root / p[2:]
-        return self.root / p if not os.path.isabs(p) else Path(p)
-
-    def run(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        stream: bool = True,
-        check: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> CommandResult:
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            ["bash", "-c", command],
-            cwd=self.root,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        sink = (self.out or sys.stderr) if stream else None
-        out, err = _Tee(sink), _Tee(sink)
-        threads = [
-            threading.Thread(target=lambda s=s, t=t: [t.write(line) for line in s], daemon=True)
-            for s, t in ((proc.stdout, out), (proc.stderr, err))
-        ]
-        for t in threads:
-            t.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise RemoteError(f"{self.name}: `{command}` did not finish within {timeout:.0f} s") from None
-        for t in threads:
-            t.join()
-        result = CommandResult(
-            command, proc.returncode, "".join(out.parts), "".join(err.parts), time.monotonic() - started
-        )
-        if check and not result.ok:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-            raise RemoteError(f"{self.name}: `{command}` exited {result.exit_code}: {tail[0]}")
-        return result
-
-    def put(self, local: str | Path, remote: str) -> str:
-        digest = sha256_file(local)
-        dest = self.path(remote)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, dest)
-        if sha256_file(dest) != digest:
-            raise RemoteError(f"{self.name}: checksum mismatch after copying {local} to {dest}")
-        return digest
-
-    def start_detached(self, command: str, *, name: str, env: dict[str, str] | None = None) -> int:
-        run_dir = self.root / ".csm-deploy-run"
-        run_dir.mkdir(exist_ok=True)
-        with open(run_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                ["bash", "-c", command],
-                cwd=self.root,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
-        return proc.pid
-
-    @contextlib.contextmanager
-    def forward_port(self, remote_port: int, local_port: int | None = None) -> Iterator[int]:
-        yield remote_port  # same machine: nothing to forward
-
-    def read_text(self, path: str, *, tail_lines: int | None = None) -> str:
-        text = self.path(path).read_text(errors="replace")
-        return "".join(text.splitlines(keepends=True)[-tail_lines:]) if tail_lines else text
-
-    def stop_all(self) -> list[int]:
-        """Terminate every process `start_detached` started here (the local provider's `destroy`)."""
-        stopped = []
-        for pidfile in sorted((self.root / ".csm-deploy-run").glob("*.pid")):
-            try:
-                pid = int(pidfile.read_text().strip())
-                os.killpg(pid, signal.SIGTERM)
-                stopped.append(pid)
-            except (ValueError, ProcessLookupError, PermissionError):
-                pass
-            pidfile.unlink(missing_ok=True)
-        return stopped
-
-    def close(self) -> None:
-        pass

@@ -1,14 +1,19 @@
 """What every command shares: options declared once (so a flag is spelled the same everywhere) and small helpers
-to get settings, the ledger and a provider."""
+to get settings, the ledger and a provider. Light imports only: every command module imports this one, and
+`deploy --help` imports every command module."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from deploy.ledger import Ledger
+    from deploy.providers import Provider
 from csm_common.gpus import Gpu, resolve
 from deploy.settings import DeploySettings, load_settings
 
@@ -19,6 +24,7 @@ Provider_ = Annotated[str, typer.Option("--provider", "-p", help="vast (rent), s
 MaxPrice = Annotated[str | None, typer.Option("--max-price", help="Highest price in USD per hour.", show_default=False)]
 Disk = Annotated[float | None, typer.Option("--disk", help="Disk in GB [default: DEPLOY_DISK_GB].", show_default=False)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+Fleet_ = Annotated[str, typer.Option("--fleet", help="Which fleet (see `deploy status`).")]
 RentalId = Annotated[int, typer.Argument(help="Ledger ID of the rental (the ID column of `deploy status`).")]
 
 
@@ -50,13 +56,16 @@ def positive(name: str, value: float | None) -> float | None:
     return value
 
 
-def open_ledger():  # -> Ledger (imported lazily)
-    from deploy.ledger import open_ledger as _open
-
-    return _open(settings())
+# The ledger (sqlite3) and the providers are imported when a command runs, not when `deploy --help` lists them.
 
 
-def provider(name: str, **options: object):  # -> Provider (imported lazily)
+def open_ledger() -> Ledger:
+    from deploy.ledger import Ledger
+
+    return Ledger(settings().ledger_path)
+
+
+def provider(name: str, **options: object) -> Provider:
     from deploy.providers import make_provider
 
     return make_provider(name, settings(), **options)

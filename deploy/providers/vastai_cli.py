@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.records import Box, Offer, State
+from deploy.providers.records import Box, Offer, State
 
 # vast's `actual_status` -> our three states; anything unseen counts as still pending.
 STATUS_TABLE: dict[str, State] = {
@@ -53,7 +53,7 @@ def find_vastai() -> str:
     env = os.environ.get("VASTAI_BIN")
     if env:
         return env
-    bundled = Path(__file__).resolve().parents[1] / ".venv-vastai" / "bin" / "vastai"
+    bundled = Path(__file__).resolve().parents[2] / ".venv-vastai" / "bin" / "vastai"
     if bundled.exists():
         return str(bundled)
     found = shutil.which("vastai")

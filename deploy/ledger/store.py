@@ -1,4 +1,4 @@
-"""The ledger: every rental and every lifecycle event, in SQLite, written BEFORE the action that depends on it.
+"""The ledger's rentals and events, in SQLite, each written BEFORE the action that depends on it.
 
 A crash at any point leaves a row that `deploy status` and `deploy teardown --all` can act on: the intent row (with the
 label the rental will carry) exists before the create call, the provider's id is written right after it. The file
@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.errors import NotFoundError, UsageError
+from deploy.ledger.migrations import MIGRATIONS
+
 # Rental statuses. Open = still (possibly) billing; the rest are final and carry `ended_at`.
 INTENT = "intent"  # row written, create call not (yet) confirmed
 RENTED = "rented"  # the provider gave an id
@@ -28,90 +31,9 @@ NOT_CREATED = "not_created"  # create refused: nothing was rented
 GONE = "gone"  # the provider no longer knows it (a ghost, now closed)
 OPEN_STATUSES = (INTENT, RENTED, READY, FAILED)
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
-
-
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    """Register a numbered migration; the order in this file is the order applied, never edit an applied one."""
-    MIGRATIONS.append(fn)
-    return fn
-
-
-def _script(db: sqlite3.Connection, sql: str) -> None:
-    """Run statements one by one: `executescript` would commit the migration's transaction half-way."""
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            db.execute(stmt)
-
-
-@migration
-def m001_initial(db: sqlite3.Connection) -> None:
-    _script(
-        db,
-        """
-        CREATE TABLE rentals (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            attempt_id TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            provider_id TEXT,
-            label TEXT UNIQUE,
-            offer_id TEXT,
-            host_id TEXT,
-            gpu TEXT,
-            gpu_name TEXT,
-            rate_usd_h REAL NOT NULL DEFAULT 0,
-            status TEXT NOT NULL,
-            reason TEXT,
-            ssh_host TEXT,
-            ssh_port INTEGER,
-            ssh_user TEXT,
-            host_key TEXT,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            ended_at REAL,
-            meta TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE INDEX rentals_provider_id ON rentals(provider, provider_id);
-        CREATE TABLE events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            rental_id INTEGER REFERENCES rentals(id),
-            attempt_id TEXT,
-            at REAL NOT NULL,
-            kind TEXT NOT NULL,
-            detail TEXT
-        );
-        CREATE INDEX events_rental ON events(rental_id);
-        """,
-    )
-
-
-@migration
-def m002_fleets(db: sqlite3.Connection) -> None:
-    """Fleets (several rentals behind one gateway) and their replicas; deploy/fleet.py reads and writes them."""
-    _script(
-        db,
-        """
-        CREATE TABLE fleets (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL UNIQUE,
-            created_at REAL NOT NULL,
-            spec TEXT NOT NULL DEFAULT '{}',
-            gateway TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE TABLE replicas (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            fleet_id INTEGER NOT NULL REFERENCES fleets(id),
-            rental_id INTEGER NOT NULL UNIQUE REFERENCES rentals(id),
-            state TEXT NOT NULL,
-            added_at REAL NOT NULL,
-            removed_at REAL,
-            failing_since REAL,
-            reason TEXT
-        );
-        CREATE INDEX replicas_fleet ON replicas(fleet_id, state);
-        """,
-    )
-
+# How a rental's server is reached (meta["access"], written by the ready step).
+DIRECT = "direct"  # as recorded in meta["endpoint"]: a mapped public port, or this machine
+TUNNEL = "ssh-tunnel"  # bound to the box's loopback: through an SSH tunnel to meta["port"]
 
 @dataclass(frozen=True)
 class Rental:
@@ -297,8 +219,6 @@ class Ledger:
 
     def require(self, rid: int | str) -> Rental:
         """The rental a command was given, or the one-line error every command shows for a bad ID."""
-        from deploy.errors import NotFoundError, UsageError
-
         try:
             rid = int(rid)
         except ValueError:

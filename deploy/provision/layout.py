@@ -1,4 +1,5 @@
-"""Getting the runtime onto a box, and where it lives there. No I/O on import; the steps are in runtime_steps.py.
+"""Where the runtime lives on a box, and how it gets there: paths, the wheel, the install script, the device probe.
+No I/O on import; the steps that use it are in runtime_steps.py.
 
 Three modes (`RuntimeOptions.mode`):
   bootstrap  the default for vast/ssh: the project wheel (built here) and the lock file (requirements/runtime.txt)
@@ -22,14 +23,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from deploy.errors import DeployError, UsageError
+from deploy.errors import DeployError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from deploy.provision.options import RuntimeOptions
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = PROJECT_ROOT / "requirements" / "runtime.txt"
-STOCK_IMAGE_PREFIX = "pytorch/pytorch"  # ships torch in the system site-packages: the venv reuses it
-MODES = ("auto", "bootstrap", "image", "current")
+PROFILES_DIR = PROJECT_ROOT / "profiles"  # profiles measured before: pushed instead of autotuning again
+PACKAGES = ("deploy", "csm_runtime", "csm_common")  # what the wheel pushed to a box holds
 IMAGE_VENV = "/opt/venv"  # docker/Dockerfile's VIRTUAL_ENV: absolute, since an SSH session may not get the image's PATH
 SERVER_NAME = "csm-runtime"  # start_detached name: the log is .csm-deploy-run/csm-runtime.log in the box's home
 SERVER_LOG = f".csm-deploy-run/{SERVER_NAME}.log"
@@ -39,77 +43,10 @@ SERVER_PID = f".csm-deploy-run/{SERVER_NAME}.pid"
 PYTHON_CANDIDATES = ("/opt/conda/bin/python3", "python3")
 
 
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """What the runtime steps need, read once from ProvisionOptions.extra (the CLI fills it)."""
-
-    model: str = "sesame/csm-1b"
-    mode: str = "bootstrap"  # resolved: bootstrap | image | current
-    port: int = 8000  # the server's port on the box
-    bind: str = "127.0.0.1"  # loopback unless the provider mapped the port to a public one (then 0.0.0.0)
-    tunnel: bool = False  # --tunnel: stay on loopback and reach the server through SSH even if a port is mapped
-    box_python: str = "auto"
-    box_site_packages: str | None = None
-    system_site_packages: bool = False
-    autotune: bool | None = None  # None: only when no profile exists for the box's device; True: always; False: never
-    autotune_quick: bool = True
-    autotune_args: tuple[str, ...] = ()
-    profiles_dir: str = str(PROJECT_ROOT / "profiles")
-    install_timeout_s: float = 1800.0
-    autotune_timeout_s: float = 3600.0
-    runtime_timeout_s: float = 900.0  # start -> /ready (the first start on a real box downloads the checkpoint)
-
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any], *, provider: str, image: str) -> RuntimeOptions:
-        model = str(extra.get("model") or cls.model)
-        mode = resolve_mode(str(extra.get("runtime_mode") or "auto"), provider=provider, image=image)
-        quick = extra.get("autotune_quick")
-        port = extra.get("port")
-        if port is None:
-            port = free_local_port() if provider == "local" else cls.port
-        if not 0 < int(port) < 65536:
-            raise UsageError(f"--port must be between 1 and 65535, not {port}")
-        values = {
-            "model": model,
-            "mode": mode,
-            "port": int(port),
-            "box_python": str(extra.get("box_python") or "auto"),
-            "box_site_packages": extra.get("box_site_packages") or None,
-            "system_site_packages": image.startswith(STOCK_IMAGE_PREFIX),
-            "autotune": extra.get("autotune"),
-            "autotune_quick": model.endswith("-random") if quick is None else bool(quick),
-            "autotune_args": tuple(shlex.split(extra.get("autotune_args") or "")),
-            "tunnel": bool(extra.get("tunnel")),
-        }
-        for name in ("profiles_dir", "install_timeout_s", "autotune_timeout_s", "runtime_timeout_s"):
-            if extra.get(name) is not None:
-                values[name] = extra[name]
-        return cls(**values)
-
-
-def resolve_mode(mode: str, *, provider: str, image: str) -> str:
-    """auto: `current` on this machine, `image` when the image is a csm-runtime image, else `bootstrap`."""
-    if mode not in MODES:
-        raise UsageError(f"unknown runtime mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode != "auto":
-        if mode == "current" and provider != "local":
-            raise UsageError("--runtime-mode current only makes sense with --provider local")
-        return mode
-    if provider == "local":
-        return "current"
-    return "image" if is_runtime_image(image) else "bootstrap"
-
-
 def is_runtime_image(image: str) -> bool:
     """`ghcr.io/me/csm-runtime:1.2` -> True: the repository name (last path part, before the tag) is csm-runtime."""
     name = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
     return name == "csm-runtime"
-
-
-def free_local_port() -> int:
-    from deploy.remote import free_port
-
-    return free_port()
 
 
 @dataclass(frozen=True)
@@ -174,7 +111,7 @@ def build_wheel(out_dir: Path, *, root: Path = PROJECT_ROOT, python: str = sys.e
             if (root / name).exists():
                 shutil.copy2(root / name, src / name)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for package in ("deploy", "csm_runtime", "csm_common"):
+        for package in PACKAGES:
             shutil.copytree(root / package, src / package, ignore=ignore)
         cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check"]
         res = subprocess.run([*cmd, "-q", "-w", str(out_dir), str(src)], capture_output=True, text=True)

@@ -1,4 +1,5 @@
-"""Stop the server the `start` step left on a box we do not destroy (the `ssh` provider: a box you brought).
+"""The runtime's server on a box: the command the `start` step runs, and how it is stopped on a box we do not destroy
+(a provider whose `owns_boxes` is False: an SSH host you brought).
 
 The server runs detached as its own process group (setsid); its pid is in the ledger meta (`server_pid`) and in a pid
 file on the box (`server_pid_file`, default ~/.csm-deploy-run/csm-runtime.pid). The group is signalled only while
@@ -10,8 +11,20 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from deploy.bootstrap import SERVER_PID
 from deploy.errors import RemoteError
+from deploy.provision.layout import SERVER_PID, BoxLayout
+from deploy.provision.options import RuntimeOptions
+
+
+def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str) -> str:
+    """The detached server's command line. The environment is scrubbed of the one operator secret a LocalHost child
+    would otherwise inherit (a remote box never has it: SSH forwards no environment)."""
+    q = shlex.quote
+    args = [layout.runtime_bin, "serve", "--model", opts.model, "--host", opts.bind, "--port", str(opts.server_port)]
+    args += ["--token-file", f"{box_dir}/token", "--profile", "auto"]
+    env = f"env -u VAST_API_KEY CSM_PROFILES_DIR={q(box_dir + '/profiles')}"
+    return f"cd {q(box_dir)} && exec {env} " + " ".join(q(a) for a in args)
+
 
 # stdout's last line: stopped | killed | not-running
 _SCRIPT = r"""

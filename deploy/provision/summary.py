@@ -1,38 +1,51 @@
-"""What `deploy provision` prints once the runtime answers: endpoint, token file, hourly rate, and the price of an
-hour of audio from the profile's measured RTF. Pure functions over the ledger row, so they are tested directly.
-
-Cost of audio: the profile's chosen setting decodes `max_streams` streams together, each at `rtf` (wall seconds per
-second of audio, the same for every stream of the batch). One box-hour therefore yields max_streams / rtf hours of
-audio, and an hour of audio costs rate x rtf / max_streams, when the box is kept full.
+"""What `deploy provision` prints once it is done: the rental, and once the runtime answers its endpoint, token
+file, hourly rate, and the price of an hour of audio from the profile's measured speed (deploy/costs/audio.py).
+Pure functions over the ledger row and the provision's context, so they are tested directly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def usd_per_audio_hour(rate_usd_h: float, rtf: float | None, streams: int | None) -> float | None:
-    if rtf is None or rtf <= 0:
-        return None
-    return rate_usd_h * rtf / max(1, int(streams or 1))
+from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour
 
 
-def summary(rental: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """The JSON `deploy provision --json` prints (a superset of the box-only summary)."""
+def summary(rental: Any, ctx: Any) -> dict[str, Any]:
+    """The JSON `deploy provision --json` prints: the rental, and with a runtime its endpoint and audio cost."""
     meta = rental.meta
-    profile = meta.get("profile") or state.get("profile")
+    box = {
+        "id": rental.id,
+        "provider": rental.provider,
+        "provider_id": rental.provider_id,
+        "label": rental.label,
+        "gpu_name": rental.gpu_name,
+        "rate_usd_h": rental.rate_usd_h,
+        "ssh": f"{rental.ssh_user}@{rental.ssh_host}:{rental.ssh_port}" if rental.ssh_host else None,
+        "status": rental.status,
+        "check": (ctx.check_output or "").strip().splitlines()[:1],
+        "timings_s": ctx.timings,
+    }
+    if ctx.runtime is None:
+        return box
+    profile = meta.get("profile") or ctx.profile
     rtf = (profile or {}).get("rtf")
     streams = (profile or {}).get("max_streams")
-    return {
+    return box | {
         "endpoint": meta.get("endpoint"),
         "access": meta.get("access"),
         "token_file": meta.get("token_file"),
         "model": meta.get("model"),
         "runtime_mode": meta.get("runtime_mode"),
         "profile": profile,
-        "usd_per_audio_hour": usd_per_audio_hour(rental.rate_usd_h, rtf, streams),
-        "timings_s": state.get("timings", {}),
+        "usd_per_audio_hour": usd_per_audio_hour(rental.rate_usd_h, audio_hours_per_hour(rtf, streams)),
     }
+
+
+def box_text(rental: Any) -> str:
+    return (
+        f"ready: rental {rental.id} = {rental.provider} {rental.provider_id} ({rental.gpu_name}, "
+        f"{rental.rate_usd_h:.3f} USD/h); `deploy ssh {rental.id}`, `deploy teardown {rental.id}`"
+    )
 
 
 def text(rental: Any, info: dict[str, Any]) -> str:

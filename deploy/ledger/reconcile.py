@@ -12,11 +12,9 @@ from typing import Any
 from deploy import ledger as L
 from deploy.errors import ProviderError
 from deploy.ledger import Ledger, Rental
-from deploy.providers import Provider
-from deploy.records import Box
+from deploy.providers import PROVIDERS, Provider, provider_class
+from deploy.providers.records import Box
 from deploy.settings import DeploySettings
-
-LISTABLE = ("vast", "local")  # providers with a listing to reconcile against
 
 
 @dataclass
@@ -45,10 +43,10 @@ class Reconciliation:
 
 
 def providers_to_check(ledger: Ledger, explicit: list[str] | None = None) -> list[str]:
-    if explicit:
-        return [p for p in explicit if p in LISTABLE]
-    seen = {r.provider for r in ledger.rentals()}
-    return [p for p in LISTABLE if p in seen]
+    """The providers whose listing is asked: the ones named, else every one the ledger has rented from; only those
+    that have a listing (a plain SSH host has none)."""
+    names = explicit or sorted({r.provider for r in ledger.rentals()}, key=PROVIDERS.index)
+    return [n for n in names if provider_class(n).listable]
 
 
 def reconcile(

@@ -1,0 +1,116 @@
+"""The fleet's types and decisions: the spec that makes one more replica like the others, the typed results of
+scale and heal, and the pure rules for which replica goes (scale) and when one is replaced (heal).
+
+The rows themselves (fleets, replicas) are in deploy/ledger/fleets.py; orchestration is in replicas.py (provision),
+scale.py and heal.py; the gateway in deploy/gateway/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.errors import UsageError
+from deploy.ledger.fleets import Replica
+from deploy.provision.options import ProvisionOptions
+from deploy.remote.tokens import read_token_file
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """How to make one more replica exactly like the fleet's others: the provider, the GPU types to try in order
+    (`4090,3090`: the next type when the first has no offer left), and the provision options (GPU left out)."""
+
+    provider: str
+    gpus: tuple[str, ...]
+    options: ProvisionOptions
+
+    def options_for(self, gpu: str | None) -> ProvisionOptions:
+        from csm_common.gpus import resolve
+
+        return self.options.replace(gpu=resolve(gpu) if gpu else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "gpus": list(self.gpus), "options": self.options.as_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FleetSpec:
+        return cls(data["provider"], tuple(data.get("gpus") or ()), ProvisionOptions.from_dict(data["options"]))
+
+
+@dataclass
+class Added:
+    """Replicas a parallel provision added (their rental ids) and why the others failed."""
+
+    rental_ids: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"r{i}" for i in self.rental_ids]
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    fleet: str
+    target: int
+    active: list[str]
+    removed: list[str]
+    added: list[str]
+    failures: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class HealResult:
+    fleet: str
+    checked: dict[str, str]  # replica -> verdict ("ready", or why it was replaced / is being watched)
+    replaced: list[str]
+    added: list[str]
+    failures: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def replica_token(replica: Replica) -> str:
+    """The replica's own bearer token, read from its 0600 file under DEPLOY_HOME."""
+    path = replica.rental.meta.get("token_file")
+    if not path:
+        raise UsageError(f"replica {replica.name} (rental {replica.rental.id}) has no token file recorded")
+    try:
+        token = read_token_file(path)
+    except UsageError as exc:
+        raise UsageError(f"replica {replica.name}: {exc}") from None
+    assert token is not None
+    return token
+
+
+# --- decisions (pure) ----------------------------------------------------------------------------------------------
+
+
+def choose_for_removal(replicas: Sequence[Replica], count: int, unhealthy: Iterable[str] = ()) -> list[Replica]:
+    """Which replicas `scale` removes: unhealthy ones first, then the newest (the oldest have proven themselves)."""
+    if count <= 0:
+        return []
+    bad = set(unhealthy)
+    ranked = sorted(replicas, key=lambda r: (r.name not in bad, -r.added_at, -r.id))
+    return ranked[:count]
+
+
+def due_for_replacement(
+    replica: Replica, *, box_alive: bool, ready: bool, now: float, after_s: float
+) -> tuple[bool, str]:
+    """Heal's rule: the instance died -> now; /ready has failed for `after_s` seconds (since `failing_since`) -> now;
+    otherwise not (yet)."""
+    if not box_alive:
+        return True, "instance is gone or stopped"
+    if ready:
+        return False, "ready"
+    since = replica.failing_since if replica.failing_since is not None else now
+    if now - since >= after_s:
+        return True, f"/ready failing for {now - since:.0f} s (limit {after_s:g} s)"
+    return False, f"/ready failing for {now - since:.0f} s of {after_s:g} s"

@@ -1,0 +1,67 @@
+"""Asking one replica how it is: /ready, and the counters of its Prometheus /metrics (requests served, audio
+seconds, active streams, queue depth). Never raises for a replica that is down: the answer says why."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one replica said just now: /ready, and the counters of /metrics."""
+
+    ready: bool
+    detail: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return int(self.metrics.get("speech_requests", 0))
+
+    @property
+    def busy(self) -> bool:
+        return self.metrics.get("active_streams", 0) > 0 or self.metrics.get("queue_depth", 0) > 0
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The numbers the fleet needs from a replica's Prometheus text: speech requests served (2xx), audio seconds,
+    active streams, queue depth."""
+    out = {"speech_requests": 0.0, "audio_seconds": 0.0, "active_streams": 0.0, "queue_depth": 0.0}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line.strip())
+        if not m:
+            continue
+        name, labels, raw = m.groups()
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if name == "csm_requests_total" and 'route="/v1/audio/speech"' in (labels or ""):
+            if re.search(r'status="2\d\d"', labels or ""):
+                out["speech_requests"] += value
+        elif name == "csm_audio_seconds_total":
+            out["audio_seconds"] = value
+        elif name == "csm_active_streams":
+            out["active_streams"] = value
+        elif name == "csm_queue_depth":
+            out["queue_depth"] = value
+    return out
+
+
+def probe(url: str, token: str, *, timeout: float = 5.0, with_metrics: bool = True) -> Probe:
+    """GET /ready (and /metrics) with the replica's token. Never raises for a replica that is down: says why."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+            r = client.get("/ready")
+            ready, detail = r.status_code == 200, f"/ready {r.status_code}"
+            metrics = parse_metrics(client.get("/metrics").text) if with_metrics else {}
+    except httpx.HTTPError as exc:
+        return Probe(False, f"no answer ({type(exc).__name__})")
+    return Probe(ready, detail, metrics)

@@ -1,0 +1,113 @@
+"""Making replicas: N provisions in parallel, each exactly as a single `deploy provision` (same steps, same rollback of
+what that attempt rented), each in its own thread with its own ledger connection; one failing does not stop the
+others. The fleet's GPU list is tried in order per replica.
+
+Ctrl-C (or SIGTERM, which the command maps to it) reaches only the main thread: it sets the shared cancel event, and
+each provision stops at its next step boundary, rolling back what its attempt rented. Replicas that finished first
+still join the fleet; then the interrupt goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from deploy.errors import DeployError, NoOffersError, ProvisionCancelled, UsageError
+from deploy.fleet.model import Added, FleetSpec
+from deploy.gateway.fleet_gateway import gateway_reload
+from deploy.ledger import Ledger
+from deploy.ledger.fleets import ACTIVE, FleetStore
+from deploy.providers import make_provider
+from deploy.provision.box_steps import ensure_ssh_key
+from deploy.provision.driver import provision
+from deploy.settings import DeploySettings
+
+Log = Callable[[str], None]
+
+
+def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel: threading.Event | None = None) -> int:
+    """One replica, exactly as `deploy provision` makes one; GPU types tried in order. -> its ledger rental ID."""
+    gpus = spec.gpus or (None,)
+    failures = []
+    with Ledger(settings.ledger_path) as ledger:
+        for i, gpu in enumerate(gpus):
+            provider = make_provider(spec.provider, settings, **spec.options.ssh)
+            try:
+                ctx = provision(settings, spec.options_for(gpu), provider, ledger, log=log, cancel=cancel)
+            except NoOffersError as exc:
+                failures.append(f"{gpu or 'any gpu'}: {exc}")
+                if i + 1 < len(gpus):
+                    log(f"no {gpu} could be provisioned; falling back to {gpus[i + 1]}")
+                continue
+            if ctx.host is not None:
+                ctx.host.close()
+            return ctx.rental_id
+    raise NoOffersError("; ".join(failures))
+
+
+def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: Log) -> Added:
+    """Provision `count` replicas in parallel and add each one that passed to the fleet."""
+    with Ledger(settings.ledger_path) as ledger:
+        spec = FleetSpec.from_dict(FleetStore(ledger).get(fleet_name).spec)
+    if make_provider(spec.provider, settings, **spec.options.ssh).uses_ssh:
+        ensure_ssh_key(settings)  # made once here: parallel first uses would race on ssh-keygen
+    result = Added()
+    cancel = threading.Event()
+
+    def one(i: int) -> int:
+        return provision_one(settings, spec, log=lambda message: log(f"replica {i}/{count}: {message}"), cancel=cancel)
+
+    outcomes: list[tuple[int, int | None, BaseException | None]] = []
+    interrupted: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=max(1, count), thread_name_prefix="replica") as pool:
+        futures = [pool.submit(one, i) for i in range(1, count + 1)]
+        for i, f in enumerate(futures, 1):
+            while True:
+                try:
+                    outcomes.append((i, f.result(), None))
+                except KeyboardInterrupt as exc:  # Ctrl-C hit this thread while it waited: stop the others, then wait
+                    interrupted = interrupted or exc
+                    cancel.set()
+                    log("interrupted: each replica stops at its next step and destroys what it rented")
+                    continue
+                except BaseException as exc:  # noqa: BLE001 - one replica's failure is reported, not fatal
+                    outcomes.append((i, None, exc))
+                break
+    with Ledger(settings.ledger_path) as ledger:
+        store = FleetStore(ledger)
+        fleet = store.get(fleet_name)
+        for i, rid, exc in outcomes:
+            if rid is not None:
+                store.add(fleet, rid)
+                result.rental_ids.append(rid)
+            else:
+                why = "interrupted" if isinstance(exc, (KeyboardInterrupt, ProvisionCancelled)) else exc
+                result.failures.append(f"replica {i}: {why}")
+                log(f"replica {i}/{count}: failed: {why}")
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
+def create_fleet(settings: DeploySettings, name: str, spec: FleetSpec, count: int, *, log: Log) -> dict:
+    """`deploy provision --replicas N`: the fleet row first (so a crash leaves it on record), then N in parallel."""
+    if count < 1:
+        raise UsageError(f"--replicas must be at least 1, not {count}")
+    with Ledger(settings.ledger_path) as ledger:
+        FleetStore(ledger).create(name, spec.as_dict())
+    added = add_replicas(settings, name, count, log=log)
+    with Ledger(settings.ledger_path) as ledger:
+        store = FleetStore(ledger)
+        fleet = store.get(name)
+        gateway_reload(settings, store, fleet)
+        replicas = [r.as_dict() for r in store.replicas(fleet, (ACTIVE,))]
+    result = {"fleet": name, "requested": count, "replicas": replicas, "failures": added.failures}
+    if added.failures:
+        got = ", ".join(added.names) or "none"
+        raise DeployError(
+            f"fleet {name}: {len(added.rental_ids)} of {count} replicas ready ({got}); "
+            + "; ".join(added.failures)
+            + f" (each failed one was rolled back; `deploy scale {count} --fleet {name}` tries again)"
+        )
+    return result

@@ -1,0 +1,222 @@
+"""The provision driver: named steps over one typed `Context`, on the cheapest offers in turn.
+
+    rent -> wait_running -> connect -> check                 box_steps.py      (every provision)
+         -> push -> install -> autotune -> start -> ready    runtime_steps.py  (unless box only)
+
+Offers are tried in order (cheapest first), at most `max_offers`. A step that fails after `rent` destroys exactly what
+this attempt rented (unless `keep_on_failure`), puts the host on the skip list and moves to the next offer when the
+step says another box may help. If that destroy fails we stop and name the `deploy teardown <id>` to run. Every step
+is recorded in the ledger before it runs. A `cancel` event (set by another thread: Ctrl-C during a fleet provision)
+is checked between steps; a cancelled attempt rolls back like an interrupted one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy import ledger as L
+from deploy.errors import (
+    CleanupFailedError,
+    DeployError,
+    NoOffersError,
+    OfferUnavailableError,
+    ProvisionCancelled,
+    StepFailedError,
+)
+from deploy.ledger import Ledger, Rental
+from deploy.providers import DirectAddress, OfferQuery, Provider
+from deploy.providers.records import Box, Offer
+from deploy.provision.layout import BoxLayout
+from deploy.provision.options import ProvisionOptions, RuntimeOptions
+from deploy.provision.release import end_rental
+from deploy.remote.host import Host
+from deploy.settings import DeploySettings
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Context:
+    """Everything a step may use. Steps read what earlier steps left and write what later ones need."""
+
+    settings: DeploySettings
+    options: ProvisionOptions
+    provider: Provider
+    ledger: Ledger
+    attempt_id: str
+    offer: Offer
+    log: Log
+    rental: Rental | None = None  # the ledger row (re-read after each write via `refresh`)
+    box: Box | None = None  # what the provider says about the box (wait_running)
+    host: Host | None = None  # RemoteHost or LocalHost (connect)
+    check_output: str = ""  # the check command's output (check)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step
+    runtime: RuntimeOptions | None = None  # options.runtime, with what start decided (bind)
+    layout: BoxLayout | None = None  # where the runtime lives on the box (push: absolute from then on)
+    wheel: str | None = None  # the pushed wheel's file name (push, bootstrap mode)
+    device: dict[str, Any] | None = None  # the box's device facts (autotune)
+    profile: dict[str, Any] | None = None  # the profile pushed or measured (autotune)
+    direct: DirectAddress | None = None  # where the server answers without a tunnel (start)
+    server_pid: int | None = None  # the detached server (start)
+
+    @property
+    def rental_id(self) -> int:
+        assert self.rental is not None, "no ledger row before the rent step"
+        return self.rental.id
+
+    def refresh(self) -> Rental:
+        self.rental = self.ledger.require(self.rental_id)
+        return self.rental
+
+    def event(self, kind: str, detail: str | None = None) -> None:
+        self.ledger.event(self.rental.id if self.rental else None, kind, detail, attempt_id=self.attempt_id)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Context], None]
+    retry_next_offer: bool = True  # True: a failure here says "bad box", so another offer may succeed
+
+
+def steps_for(options: ProvisionOptions) -> list[Step]:
+    """The box steps, then the runtime steps unless the options say box only."""
+    from deploy.provision.box_steps import BOX_STEPS
+    from deploy.provision.runtime_steps import RUNTIME_STEPS
+
+    return [*BOX_STEPS, *(RUNTIME_STEPS if options.runtime is not None else ())]
+
+
+def search_offers(provider: Provider, options: ProvisionOptions, *, limit: int = 20) -> list[Offer]:
+    query = OfferQuery(
+        gpu=options.gpu,
+        max_price=options.max_price,
+        min_reliability=options.min_reliability,
+        min_cuda=options.min_cuda,
+        disk_gb=options.disk_gb,
+        limit=limit,
+    )
+    return provider.search(query)
+
+
+def provision(
+    settings: DeploySettings,
+    options: ProvisionOptions,
+    provider: Provider,
+    ledger: Ledger,
+    *,
+    log: Log = lambda _m: None,
+    steps: Sequence[Step] | None = None,
+    cancel: threading.Event | None = None,
+) -> Context:
+    """Run the steps on the cheapest offers in turn; return the context of the attempt that passed them all."""
+    steps = list(steps_for(options) if steps is None else steps)
+    cancel = cancel or threading.Event()
+    attempt_id = ledger.new_attempt_id()
+    offers = search_offers(provider, options, limit=max(options.max_offers * 4, 10))
+    if not offers:
+        raise NoOffersError(f"no {provider.name} offer matches ({_describe(options)}); try `deploy offers`")
+    ledger.event(None, "attempt", f"{provider.name}: {len(offers)} offers", attempt_id=attempt_id)
+    skip: set[str] = set()
+    failures: list[str] = []
+    tried = 0
+    for offer in offers:
+        if tried >= options.max_offers:
+            break
+        if offer.host_id and offer.host_id in skip:
+            continue
+        if cancel.is_set():
+            raise ProvisionCancelled("provision cancelled before the next offer")
+        tried += 1
+        runtime = options.runtime.for_provider(provider) if options.runtime else None
+        ctx = Context(settings, options, provider, ledger, attempt_id, offer, log, runtime=runtime)
+        log(f"offer {tried}/{options.max_offers}: {offer.id} {offer.gpu_name} at {offer.price_usd_h:.3f} USD/h")
+        step: Step | None = None
+        try:
+            for i, step in enumerate(steps, 1):
+                if cancel.is_set():
+                    raise ProvisionCancelled(f"cancelled before {step.name}")
+                _run_step(ctx, step, f"[{i}/{len(steps)}]")
+            ledger.set_status(ctx.rental_id, L.READY)
+            ctx.refresh()
+            return ctx
+        except OfferUnavailableError as exc:
+            failures.append(f"offer {offer.id}: taken")
+            log(f"offer {offer.id} was taken: {exc}; trying the next one")
+            continue
+        except (DeployError, OSError, KeyboardInterrupt) as exc:
+            name = step.name if step else "?"
+            stopped = isinstance(exc, (KeyboardInterrupt, ProvisionCancelled))
+            reason = f"{name}: interrupted" if stopped else f"{name}: {exc}"
+            failures.append(f"offer {offer.id}: {reason}")
+            if offer.host_id:
+                skip.add(offer.host_id)
+            _after_failure(ctx, reason, log)
+            if stopped:
+                raise
+            if not (step and step.retry_next_offer):
+                raise StepFailedError(name, str(exc), retry_next_offer=False) from exc
+            log(f"offer {offer.id} failed at {name}; trying the next one")
+        finally:
+            if ctx.host is not None and ctx.rental is not None and ctx.rental.status != L.READY:
+                ctx.host.close()
+    raise NoOffersError(f"no offer could be provisioned after {tried} tries: " + "; ".join(failures))
+
+
+def _run_step(ctx: Context, step: Step, counter: str) -> None:
+    ctx.log(f"{counter} {step.name}")
+    ctx.event(f"step:{step.name}")
+    started = time.monotonic()
+    step.run(ctx)
+    elapsed = time.monotonic() - started
+    ctx.timings[step.name] = round(elapsed, 2)
+    ctx.event(f"done:{step.name}", f"{elapsed:.2f} s")
+    ctx.log(f"{counter} {step.name} done in {elapsed:.1f} s")
+
+
+def _after_failure(ctx: Context, reason: str, log: Log) -> None:
+    """Destroy what this attempt rented, unless asked to keep it. A failed destroy stops everything."""
+    if ctx.rental is None:
+        return
+    rental = ctx.refresh()
+    if not rental.is_open:
+        return
+    if rental.provider_id is None:
+        ctx.ledger.set_status(rental.id, L.INTENT, f"failed before the provider gave an id: {reason}")
+        log(
+            f"rental {rental.id} may exist without an id; `deploy status` will show it, `deploy teardown --all` ends it"
+        )
+        return
+    ctx.ledger.set_status(rental.id, L.FAILED, reason)
+    if ctx.host is not None:
+        ctx.host.close()
+        ctx.host = None
+    if ctx.options.keep_on_failure:
+        log(
+            f"kept rental {rental.id} ({rental.provider} {rental.provider_id}) for inspection: `deploy teardown {rental.id}`"
+        )
+        return
+    log(f"destroying rental {rental.id} ({rental.provider} {rental.provider_id})")
+    try:
+        end_rental(ctx.provider, ctx.ledger, rental, ctx.settings, reason=f"provision failed at {reason}", log=log)
+    except Exception as exc:
+        raise CleanupFailedError(
+            f"could not destroy {rental.provider} instance {rental.provider_id} after a failed provision ({exc}); "
+            f"it may still bill: run `deploy teardown {rental.id}`"
+        ) from exc
+
+
+def _describe(options: ProvisionOptions) -> str:
+    parts = [f"gpu={options.gpu.alias}" if options.gpu else "any gpu"]
+    if options.max_price is not None:
+        parts.append(f"max price {options.max_price} USD/h")
+    if options.min_reliability is not None:
+        parts.append(f"reliability >= {options.min_reliability}")
+    if options.min_cuda is not None:
+        parts.append(f"CUDA >= {options.min_cuda}")
+    parts.append(f"disk {options.disk_gb:g} GB")
+    return ", ".join(parts)

@@ -1,0 +1,157 @@
+"""What a provision is asked to do, typed: `ProvisionOptions` (which box) holding `RuntimeOptions` (what runs on it).
+
+The CLI builds both once (`deploy provision`), a fleet stores them as JSON in its spec to make more replicas alike;
+steps only read them. `RuntimeOptions.resolve` is the one place that turns the operator's `auto`s into concrete
+choices for a provider (runtime mode, server port).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from csm_common.gpus import Gpu, resolve
+from deploy.errors import UsageError
+
+if TYPE_CHECKING:
+    from deploy.providers import Provider
+    from deploy.settings import DeploySettings
+
+MODES = ("auto", "bootstrap", "image", "current")
+STOCK_IMAGE_PREFIX = "pytorch/pytorch"  # ships torch in the system site-packages: the venv reuses it
+DEFAULT_MODEL = "sesame/csm-1b"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """What the runtime steps (push, install, autotune, start, ready) need."""
+
+    model: str = DEFAULT_MODEL
+    mode: str = "bootstrap"  # resolved: bootstrap | image | current
+    port: int | None = None  # the server's port on the box; None: the provider's (8000, a free one on this machine)
+    bind: str = "127.0.0.1"  # loopback unless the provider mapped the port to a public one (then 0.0.0.0)
+    tunnel: bool = False  # --tunnel: stay on loopback and reach the server through SSH even if a port is mapped
+    box_python: str = "auto"
+    box_site_packages: str | None = None
+    system_site_packages: bool = False
+    autotune: bool | None = None  # None: only when no profile exists for the box's device; True: always; False: never
+    autotune_quick: bool = True
+    autotune_args: tuple[str, ...] = ()
+    profiles_dir: str | None = None  # None: the project's profiles/ (deploy/provision/layout.py)
+    install_timeout_s: float = 1800.0
+    autotune_timeout_s: float = 3600.0
+    runtime_timeout_s: float = 900.0  # start -> /ready (the first start on a real box downloads the checkpoint)
+
+    @classmethod
+    def resolve(
+        cls,
+        provider: Provider,
+        *,
+        image: str,
+        model: str = DEFAULT_MODEL,
+        mode: str = "auto",
+        port: int | None = None,
+        autotune_quick: bool | None = None,
+        autotune_args: str | None = None,
+        **given: Any,
+    ) -> RuntimeOptions:
+        """The operator's choices for this provider: an `auto` mode becomes the provider's own. The port stays None
+        when not given: each provision takes the provider's (`for_provider`), so local replicas get one each."""
+        if port is not None and not 0 < int(port) < 65536:
+            raise UsageError(f"--server-port must be between 1 and 65535, not {port}")
+        values = {k: v for k, v in given.items() if v is not None}
+        return cls(
+            model=model or DEFAULT_MODEL,
+            mode=resolve_mode(mode, provider=provider, image=image),
+            port=None if port is None else int(port),
+            system_site_packages=image.startswith(STOCK_IMAGE_PREFIX),
+            autotune_quick=model.endswith("-random") if autotune_quick is None else bool(autotune_quick),
+            autotune_args=tuple(shlex.split(autotune_args or "")),
+            **values,
+        )
+
+    def for_provider(self, provider: Provider) -> RuntimeOptions:
+        """With the port filled in: the one given, else the provider's default for a new box."""
+        return self if self.port is not None else dataclasses.replace(self, port=provider.default_server_port())
+
+    @property
+    def server_port(self) -> int:
+        assert self.port is not None, "RuntimeOptions.for_provider fills the port before any step uses it"
+        return self.port
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuntimeOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "autotune_args" in values:
+            values["autotune_args"] = tuple(values["autotune_args"])
+        return cls(**values)
+
+
+def resolve_mode(mode: str, *, provider: Provider, image: str) -> str:
+    """auto: what the provider's boxes want (this machine's own environment, an image that carries the runtime, or
+    the wheel pushed and installed); an explicit mode is checked against the provider."""
+    if mode not in MODES:
+        raise UsageError(f"unknown runtime mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        return provider.default_runtime_mode(image)
+    if mode == "current" and provider.default_runtime_mode(image) != "current":
+        raise UsageError("--runtime-mode current only makes sense with --provider local")
+    return mode
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    """Which box to rent, how long to wait for it, and (unless box only) the runtime to put on it."""
+
+    provider: str = "vast"
+    gpu: Gpu | None = None
+    max_price: float | None = None
+    min_reliability: float | None = None
+    min_cuda: float | None = None
+    disk_gb: float = 40.0
+    image: str = ""
+    max_offers: int = 3
+    ready_timeout_s: float = 600.0
+    ssh_timeout_s: float = 180.0
+    keep_on_failure: bool = False
+    runtime: RuntimeOptions | None = None  # None: box only (rent, wait_running, connect, check)
+    ssh: dict[str, Any] = field(default_factory=dict)  # the ssh provider's host/port/user
+
+    @classmethod
+    def from_settings(cls, settings: DeploySettings, **given: Any) -> ProvisionOptions:
+        """The settings' defaults, then every option given that is not None."""
+        base = cls(
+            max_price=settings.max_price,
+            min_reliability=settings.min_reliability,
+            min_cuda=settings.min_cuda,
+            disk_gb=settings.disk_gb,
+            image=settings.image,
+            max_offers=settings.max_offers,
+            ready_timeout_s=settings.ready_timeout_s,
+            ssh_timeout_s=settings.ssh_timeout_s,
+        )
+        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+    def replace(self, **changes: Any) -> ProvisionOptions:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe (a fleet's spec stores it): the GPU by alias, the runtime as a dict."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["gpu"] = self.gpu.alias if self.gpu else None
+        data["runtime"] = self.runtime.as_dict() if self.runtime else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProvisionOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["gpu"] = resolve(values["gpu"]) if values.get("gpu") else None
+        values["runtime"] = RuntimeOptions.from_dict(values["runtime"]) if values.get("runtime") else None
+        return cls(**values)

@@ -1,0 +1,163 @@
+"""The `ready` step: the server listens on the box, then /ready answers 200 with the token, from here.
+
+Directly where the provider says the port answers (a mapped public port, or this machine), else through an SSH
+tunnel; a direct address that stays silent for DIRECT_PROBE_S falls back to the tunnel. A server that exits, fails to
+load its model or never answers ends the step with the last lines of its log.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import TYPE_CHECKING, Any
+
+from deploy.errors import DeployError, RemoteError
+from deploy.ledger import DIRECT, TUNNEL
+from deploy.provision.layout import SERVER_LOG
+from deploy.provision.options import RuntimeOptions
+from deploy.remote.tokens import read_token_file
+from deploy.remote.tunnels import forward
+
+if TYPE_CHECKING:
+    from deploy.provision.driver import Context
+
+LOG_TAIL_LINES = 30
+DIRECT_PROBE_S = 20.0  # how long a direct address may stay silent before the ready step falls back to the tunnel
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def log_tail(ctx: Context, lines: int = LOG_TAIL_LINES) -> str:
+    """The log's last lines, minus our own /ready polls (they would push the traceback out of the window)."""
+    if ctx.host is None:
+        return ""
+    command = f"grep -v '\"GET /ready HTTP' {SERVER_LOG} | tail -n {int(lines)}"
+    try:
+        res = ctx.host.run(command, stream=False, check=False, timeout=30)
+    except (DeployError, OSError) as exc:
+        return f"(could not read {SERVER_LOG}: {exc})"
+    return res.stdout if res.stdout.strip() else f"(nothing in {SERVER_LOG}: {res.stderr.strip()[:200]})"
+
+
+def show_log_tail(ctx: Context) -> str:
+    """Print the server log's last lines to the progress stream; returns the last non-empty one."""
+    tail = log_tail(ctx)
+    ctx.log(f"--- last {LOG_TAIL_LINES} lines of ~/{SERVER_LOG} on the box ---")
+    for line in tail.rstrip().splitlines():
+        ctx.log(f"  | {line}")
+    ctx.log("--- end of log ---")
+    last = [line for line in tail.strip().splitlines() if line.strip()]
+    return last[-1].strip() if last else "empty log"
+
+
+def _pause(ctx: Context, deadline: float) -> None:
+    time.sleep(min(ctx.settings.poll_interval_s, 1.0, max(0.0, deadline - time.monotonic())))
+
+
+def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
+    """On the box: until the server's port accepts connections (uvicorn binds once the model is loaded), failing at
+    once when the process is gone. A tunnel opened before that would only carry refusals."""
+    pid = int(ctx.server_pid or ctx.refresh().meta["server_pid"])
+    on_box = "127.0.0.1" if opts.bind == "0.0.0.0" else opts.bind
+    probe = f"kill -0 {pid} 2>/dev/null || exit 7; (exec 3<>/dev/tcp/{on_box}/{opts.server_port}) 2>/dev/null || exit 8"
+    polls = 0
+    while True:
+        polls += 1
+        res = ctx.host.run(f"bash -c {_q(probe)}", stream=False, check=False, timeout=30)
+        if res.exit_code == 0:
+            ctx.log(f"the server listens on {opts.bind}:{opts.server_port} on the box after {polls} polls")
+            return
+        if res.exit_code == 7:
+            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {show_log_tail(ctx)}")
+        if time.monotonic() >= deadline:
+            raise RemoteError(
+                f"the server did not listen on port {opts.server_port} within the deadline: {show_log_tail(ctx)}"
+            )
+        if polls % 15 == 0:
+            ctx.log(f"waiting for the server to listen (0/1 ready, {deadline - time.monotonic():.0f} s left)")
+        _pause(ctx, deadline)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str, Any]:
+    """GET /ready with the token until 200 (503 while loading or warming up). Returns /ready's JSON body."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"}
+    polls, last = 0, "no answer yet"
+    while True:
+        polls += 1
+        try:
+            r = httpx.get(url.rstrip("/") + "/ready", headers=headers, timeout=10.0)
+            if r.status_code == 200:
+                ctx.log(f"/ready answered 200 after {polls} polls (1/1 ready)")
+                return _json(r)
+            last = f"HTTP {r.status_code}"
+            body = _json(r)
+            if body.get("status") in ("failed", "stopped"):  # the model did not load: waiting longer changes nothing
+                why = body.get("error") or body["status"]
+                show_log_tail(ctx)
+                raise RemoteError(f"the server could not load {ctx.runtime.model if ctx.runtime else 'the model'}: {why}")
+            if r.status_code in (401, 403):
+                raise RemoteError(f"/ready refused our token ({last}): is another server on port {url}?")
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise RemoteError(
+                f"/ready did not answer 200 within the deadline ({polls} polls, last: {last}): {show_log_tail(ctx)}"
+            )
+        if polls % 10 == 0:
+            ctx.log(f"waiting for /ready (0/1 ready, {last}, {deadline - time.monotonic():.0f} s left)")
+        _pause(ctx, deadline)
+
+
+
+def answers(url: str, deadline: float, *, within_s: float | None = None) -> str | None:
+    """None once GET /health answers at all (any status) from here, else why not, tried for `within_s` at most:
+    a mapped port that a firewall drops should fall back to the tunnel, not eat the whole ready deadline."""
+    import httpx
+
+    until, why = min(deadline, time.monotonic() + (DIRECT_PROBE_S if within_s is None else within_s)), "not tried"
+    while True:
+        try:
+            httpx.get(url + "/health", timeout=5.0)
+            return None
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= until:
+            return why
+        time.sleep(0.5)
+
+
+def step_ready(ctx: Context) -> None:
+    opts = ctx.runtime
+    assert ctx.host is not None and opts is not None
+    token = read_token_file(ctx.refresh().meta["token_file"])
+    deadline = time.monotonic() + opts.runtime_timeout_s
+    on_box = f"http://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.server_port}"
+    wait_listening(ctx, opts, deadline)
+    public = ctx.direct.url if ctx.direct else None
+    if public and (why := answers(public, deadline)) is not None:
+        ctx.log(f"the server's port {public} does not answer from here ({why}): using the SSH tunnel instead")
+        ctx.event("direct-unreachable", f"{public}: {why}")
+        public = None
+    if public:
+        body, endpoint, access = poll_ready(ctx, public, token, deadline), public, DIRECT
+    else:
+        with forward(ctx.host, opts.server_port) as local_port:
+            body = poll_ready(ctx, f"http://127.0.0.1:{local_port}", token, deadline)
+        endpoint, access = on_box, TUNNEL
+    ctx.ledger.update_meta(ctx.rental_id, endpoint=endpoint, access=access, profile=ctx.profile)
+    ctx.refresh()
+    note = (body or {}).get("profile")
+    ctx.event("ready", f"{endpoint} ({access}); profile: {json.dumps(note)[:300]}")

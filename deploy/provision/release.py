@@ -1,0 +1,78 @@
+"""Ending a rental, one way for provision's rollback, `deploy teardown` and the fleet: stop what we started on a box
+we do not own, destroy (or release) the box, confirm, and close the ledger row with the reason.
+
+On a provider that owns its boxes (vast, local) destroy ends the server with the box. On one that does not (an SSH
+host you brought) the server provision started there is stopped first; if the box cannot be reached the row stays
+open (the server may still run) and the error says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deploy import ledger as L
+from deploy.errors import DeployError
+from deploy.ledger import Ledger, Rental
+from deploy.providers import Provider
+from deploy.provision.server import stop_server
+from deploy.settings import DeploySettings
+
+
+@dataclass(frozen=True)
+class Ended:
+    status: str  # destroyed | released | not_created
+    server: str | None = None  # what happened to the server on a box we do not own ("pid 123 stopped")
+
+
+def destroy_rental(
+    provider: Provider, ledger: Ledger, rental: Rental, *, reason: str, timeout_s: float = 120.0, poll_s: float = 2.0
+) -> str:
+    """Destroy one rental and close its ledger row; returns the final status."""
+    if rental.provider_id is None:
+        ledger.close_rental(rental.id, L.NOT_CREATED, reason)
+        return L.NOT_CREATED
+    ledger.event(rental.id, "destroying", reason)
+    try:
+        provider.destroy(rental.provider_id, deadline=time.monotonic() + timeout_s, poll_s=poll_s)
+    except NotImplementedError as exc:
+        ledger.close_rental(rental.id, L.RELEASED, f"{reason} ({exc})")
+        return L.RELEASED
+    ledger.close_rental(rental.id, L.DESTROYED, reason)
+    return L.DESTROYED
+
+
+def end_rental(
+    provider: Provider,
+    ledger: Ledger,
+    rental: Rental,
+    settings: DeploySettings,
+    *,
+    reason: str,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Ended:
+    """Stop our server where destroying the box would not, then `destroy_rental`."""
+    server = None
+    if not provider.owns_boxes and rental.meta.get("server_pid"):
+        server = _stop_server(provider, ledger, rental, settings)
+        log(f"server on {rental.provider_id}: {server}")
+    return Ended(destroy_rental(provider, ledger, rental, reason=reason), server)
+
+
+def _stop_server(provider: Provider, ledger: Ledger, rental: Rental, settings: DeploySettings) -> str:
+    pid = rental.meta["server_pid"]
+    try:
+        host = provider.host(rental, settings, ledger)
+        try:
+            outcome = stop_server(host, rental.meta)
+        finally:
+            host.close()
+    except (DeployError, OSError, EOFError) as exc:
+        raise DeployError(
+            f"could not stop the server (pid {pid}) on {rental.provider_id}: {exc}; on the box: kill -- -{pid}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - paramiko and socket errors from an unreachable box
+        raise DeployError(f"could not reach {rental.provider_id} to stop the server (pid {pid}): {exc}") from exc
+    ledger.event(rental.id, "server_stopped", f"pid {pid}: {outcome}")
+    return f"pid {pid} {outcome}"

@@ -1,0 +1,41 @@
+"""Where a rental's runtime answers: written to the ledger by the `ready` step, read by `deploy generate ID`.
+
+The ledger row's meta holds `endpoint` (the URL as seen on the box), `access` (`direct`: reachable as is;
+`ssh-tunnel`: bound to the box's loopback, reached through SSH), `port` (the server's port on the box) and
+`token_file` (a path under DEPLOY_HOME, mode 0600) with `token_sha256`. The token itself is never in the ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from deploy.errors import UsageError
+from deploy.ledger import open_ledger
+from deploy.ledger.store import DIRECT, TUNNEL
+from deploy.providers import provider_for
+from deploy.remote.tunnels import forward
+
+__all__ = ["DIRECT", "TUNNEL", "open_rental_endpoint"]
+
+
+@contextlib.contextmanager
+def open_rental_endpoint(rental_id: str, settings) -> Iterator[tuple[str, str | None]]:
+    """Rental ID -> (URL usable from here, token file), with an SSH tunnel held open for the block when needed."""
+    with open_ledger(settings) as ledger:
+        rental = ledger.require(rental_id)
+        rid, meta = rental.id, rental.meta
+        if not meta.get("endpoint"):
+            raise UsageError(f"rental {rid} has no recorded endpoint (status {rental.status}); pass --endpoint URL")
+        if not rental.is_open:
+            raise UsageError(f"rental {rid} is {rental.status}: its server is gone (see `deploy status`)")
+        token_file = meta.get("token_file")
+        if meta.get("access") != TUNNEL:
+            yield str(meta["endpoint"]), token_file
+            return
+        host = provider_for(rental, settings).host(rental, settings, ledger)
+        try:
+            with forward(host, int(meta["port"])) as local_port:
+                yield f"http://127.0.0.1:{local_port}", token_file
+        finally:
+            host.close()
