@@ -1,22 +1,28 @@
-"""Runtime settings: one dataclass with defaults, overridden by a profile/YAML file, then by `CSM_*` env vars.
+"""Runtime settings: one dataclass with defaults, overridden by a YAML file, then by `CSM_*` environment variables,
+then by explicit command-line options (and, for `serve`, the autotune profile between the last two).
 
 Every knob of the data plane lives here so that `csm-runtime serve --show-config` prints the whole truth, and the
-autotune profile can set exactly these names.
+autotune profile can set exactly these names. Parsing is csm_common/envconfig.py, shared with the control plane:
+`CSM_MAX_STREAMS=8` sets `max_streams`, booleans read 1/0, true/false, yes/no, on/off, and a `CSM_*` variable that names
+no setting is an error (a typo must not leave a setting at its default).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from csm_common.envconfig import ConfigError, from_mapping
+from csm_common.envconfig import from_env as env_values
 
-class SettingsError(ValueError):
-    """A setting that cannot be parsed or is out of range; the message names it."""
+ENV_PREFIX = "CSM_"
+SettingsError = ConfigError  # a setting that cannot be parsed or names nothing: the commands print it on one line
 
 
 @dataclass
@@ -60,49 +66,23 @@ class RuntimeSettings:
         return dataclasses.asdict(self)
 
 
-_FIELDS = {f.name: f for f in fields(RuntimeSettings)}
+def apply_overrides(settings: RuntimeSettings, values: Mapping[str, Any], source: str) -> RuntimeSettings:
+    """`values` (field name -> value) over `settings`, each parsed to its field's type; unknown names raise."""
+    return settings.replace(**from_mapping(RuntimeSettings, values, source))
 
 
-def _coerce(name: str, raw: Any) -> Any:
-    """Parse one value to the type the dataclass declares (env vars arrive as strings)."""
-    kind = str(_FIELDS[name].type)
-    if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "") and "None" in kind):
-        return None
-    try:
-        if kind.startswith("bool"):
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(raw).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind.startswith("int"):
-            return int(raw)
-        if kind.startswith("float"):
-            return float(raw)
-        return str(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(f"setting {name}: cannot parse {raw!r} as {kind}") from None
-
-
-def apply_overrides(settings: RuntimeSettings, values: dict[str, Any], source: str) -> RuntimeSettings:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise SettingsError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-    return settings.replace(**{k: _coerce(k, v) for k, v in values.items()})
-
-
-def from_env(settings: RuntimeSettings, environ: dict[str, str] | None = None) -> RuntimeSettings:
+def from_env(settings: RuntimeSettings, environ: Mapping[str, str] | None = None) -> RuntimeSettings:
     """`CSM_MAX_STREAMS=8` overrides `max_streams`. Unknown `CSM_*` names are an error, not silently ignored."""
     environ = os.environ if environ is None else environ
-    values = {k[4:].lower(): v for k, v in environ.items() if k.startswith("CSM_")}
-    values = {k: v for k, v in values.items() if k in _FIELDS}
-    return apply_overrides(settings, values, "environment")
+    return settings.replace(**env_values(RuntimeSettings, ENV_PREFIX, environ))
 
 
 def from_yaml(settings: RuntimeSettings, path: str | Path) -> RuntimeSettings:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A YAML mapping of settings over `settings`; OSError when the file cannot be read."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        raise SettingsError(f"{path}: not valid YAML") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: expected a mapping of settings")
     return apply_overrides(settings, data, str(path))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from csm_runtime.autotune_cmd import main as autotune_main
+from csm_runtime.commands.autotune import main as autotune_main
 from csm_runtime.tuning.apply import apply_profile
 from csm_runtime.tuning.choice import AutotuneError, choose
 from csm_runtime.tuning.identity import detect_device

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from csm_runtime.serve_cmd import check_bind, is_loopback
+from csm_runtime.commands.serve import check_bind, is_loopback
 from csm_runtime.settings import RuntimeSettings
 from tests.fakes.server_fixtures import free_port, wait_ready
 

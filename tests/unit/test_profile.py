@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csm_runtime.serve_cmd import resolve_profile
+from csm_runtime.commands.serve import resolve_profile
 from csm_runtime.settings import RuntimeSettings
 from csm_runtime.tuning.apply import apply_profile, profile_overrides
 from csm_runtime.tuning.identity import detect_device

@@ -1,18 +1,20 @@
 """`csm-runtime serve`: settings -> profile -> app -> uvicorn, after refusing unsafe binds.
 
-Usage (registered in cli.py):
+Usage (listed in cli.py):
     csm-runtime serve --model tiny-random --port 8000
     csm-runtime serve --model sesame/csm-1b --host 0.0.0.0 --token-file /run/secrets/token --profile auto
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import json
 import logging
 import sys
 from typing import Any
 
-from csm_runtime.settings import RuntimeSettings, apply_overrides
+from csm_runtime.settings import RuntimeSettings, SettingsError, apply_overrides, load_settings
 
 log = logging.getLogger("csm_runtime.serve")
 
@@ -42,20 +44,14 @@ def check_bind(settings: RuntimeSettings) -> None:
 def resolve_profile(settings: RuntimeSettings, cli: dict[str, Any]) -> tuple[RuntimeSettings, Any]:
     """THE call site for `--profile auto|off|PATH`: returns (settings with the profile applied, what /ready reports).
 
-    The profile logic itself belongs to csm_runtime/profile.py (autotune): it must expose
-    `profile_overrides(settings) -> (dict of RuntimeSettings fields, description or None)`. Until it exists, `auto`
-    means defaults and a PATH is read as a YAML of settings. Explicit command-line values win over the profile.
+    Which profile applies and what it sets is csm_runtime/tuning/apply.py. Explicit command-line values win over the
+    profile.
     """
     if settings.profile == "off":
         return settings, None
-    try:
-        from csm_runtime.tuning.apply import profile_overrides
-    except ImportError:
-        if settings.profile == "auto":
-            return settings, None
-        from csm_runtime.settings import from_yaml
+    # The profile schema (pydantic) loads only when a profile is read, so `csm-runtime --help` stays fast.
+    from csm_runtime.tuning.apply import profile_overrides
 
-        return apply_overrides(from_yaml(settings, settings.profile), cli, "command line"), settings.profile
     overrides, description = profile_overrides(settings)
     settings = apply_overrides(settings, overrides or {}, f"profile {description or settings.profile}")
     return apply_overrides(settings, cli, "command line"), description
@@ -63,6 +59,7 @@ def resolve_profile(settings: RuntimeSettings, cli: dict[str, Any]) -> tuple[Run
 
 def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_level: str = "info") -> int:
     """Run the server until SIGINT/SIGTERM; returns the exit code. `cli` = the explicitly given options."""
+    # uvicorn and FastAPI load only to serve: `csm-runtime --help` and `serve --show-config` stay fast.
     import uvicorn
 
     from csm_runtime.server import create_app
@@ -93,8 +90,6 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
 
 def build_parser(parser=None):
     """The `serve` options (argparse); cli.py registers this as its `serve` subcommand."""
-    import argparse
-
     p = parser or argparse.ArgumentParser(prog="csm-runtime serve", description="Serve CSM as an OpenAI speech API.")
     p.add_argument("--model", help="tiny-random | csm-1b-random | sesame/csm-1b | a local path")
     p.add_argument("--host", help="bind address (default 127.0.0.1; anything else needs --token-file)")
@@ -116,10 +111,6 @@ CLI_FIELDS = ("model", "host", "port", "token_file", "profile", "voices_dir", "m
 
 def main(argv: list[str] | None = None, args=None) -> int:
     """Parse `serve` options (or take parsed `args`), resolve settings, serve. Returns the exit code."""
-    import json
-
-    from csm_runtime.settings import SettingsError, load_settings
-
     args = args if args is not None else build_parser().parse_args(argv)
     cli = {name: getattr(args, name, None) for name in CLI_FIELDS}
     try:

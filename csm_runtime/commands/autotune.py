@@ -1,6 +1,6 @@
 """`csm-runtime autotune`: sweep settings on this device and write `profiles/<slug>.yaml` + `.png`.
 
-Usage (registered in cli.py):
+Usage (listed in cli.py):
     csm-runtime autotune --model csm-1b-random                 # full sweep on the GPU it finds
     csm-runtime autotune --model tiny-random --quick --device cpu --out profiles/
     csm-runtime autotune --model sesame/csm-1b --ttfa-target-ms 300 --batches 1,4,16 --json
@@ -11,10 +11,15 @@ streams over SSH); the result (paths, chosen settings, why) goes to stdout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from pathlib import Path
+
+from csm_runtime.settings import load_settings
+from csm_runtime.tuning.identity import detect_device
+from csm_runtime.tuning.plan import Plan, default_plan
 
 log = logging.getLogger("csm_runtime.autotune")
 
@@ -35,8 +40,6 @@ def _words(text: str) -> tuple[str, ...]:
 
 def build_parser(parser=None):
     """The `autotune` options (argparse); cli.py registers this as its `autotune` subcommand."""
-    import argparse
-
     p = parser or argparse.ArgumentParser(prog="csm-runtime autotune", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="tiny-random | csm-1b-random | sesame/csm-1b | a local path (default: settings)")
     p.add_argument("--quick", action="store_true", help="compile off vs default, batch 1-4, few frames")
@@ -57,9 +60,7 @@ def build_parser(parser=None):
     return p
 
 
-def plan_from_args(args, device_kind: str):
-    from csm_runtime.tuning.plan import default_plan
-
+def plan_from_args(args, device_kind: str) -> Plan:
     changes = {}
     if args.batches:
         changes["batches"] = _ints(args.batches)
@@ -129,16 +130,16 @@ def describe_row(row) -> str:
 
 def autotune(args) -> dict:
     """Run the sweep the options describe; returns what is printed (paths, chosen settings, why)."""
-    from csm_runtime.settings import load_settings
+    base = load_settings(args.config, model=args.model, device=args.device, cpu_threads=args.cpu_threads)
+    facts = detect_device(base.device)
+    plan = plan_from_args(args, facts.kind)
+    # Bad options are refused above, in a second; the sweep (torch, the engine), the profile (pydantic) and the plot
+    # (matplotlib) load only once there is something to run.
     from csm_runtime.tuning.build import build_profile
-    from csm_runtime.tuning.identity import detect_device
     from csm_runtime.tuning.plot import plot_profile
     from csm_runtime.tuning.profile import dump_profile, profile_path
     from csm_runtime.tuning.sweep import run_sweep
 
-    base = load_settings(args.config, model=args.model, device=args.device, cpu_threads=args.cpu_threads)
-    facts = detect_device(base.device)
-    plan = plan_from_args(args, facts.kind)
     out_dir = Path(args.out or base.profiles_dir)
     yaml_path = profile_path(out_dir, facts.slug)
     png_path = yaml_path.with_suffix(".png")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None, args=None) -> int:
     if args is None:
         args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from csm_runtime.tuning.choice import AutotuneError
+    from csm_runtime.tuning.choice import AutotuneError  # pydantic, via the profile schema: not for `--help`
 
     try:
         summary = autotune(args)

@@ -1,12 +1,13 @@
 """`csm-runtime info`: what this machine offers the runtime (torch, CUDA, GPUs via NVML, CPU, RAM); works with no GPU.
 
-Usage (registered in cli.py):
+Usage (listed in cli.py):
     csm-runtime info
     csm-runtime info --json | jq .gpus
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -46,7 +47,7 @@ def _gpus() -> tuple[list[dict[str, Any]], str | None]:
 
 def collect_info() -> dict[str, Any]:
     import psutil
-    import torch
+    import torch  # loaded only to report on it: `csm-runtime --help` stays fast
 
     gpus, reason = _gpus()
     mem = psutil.virtual_memory()
@@ -85,8 +86,6 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def build_parser(parser=None):
-    import argparse
-
     p = parser or argparse.ArgumentParser(prog="csm-runtime info", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p

@@ -1,6 +1,6 @@
 """`csm-runtime generate`: speak one text to a 24 kHz mono WAV and print frames, ms/frame, TTFA and RTF.
 
-Usage (registered in cli.py):
+Usage (listed in cli.py):
     csm-runtime generate --model tiny-random --text "Hello there." -o out.wav
     csm-runtime generate --text "Hi" --greedy --max-ms 4000 --seed 1 -o hi.wav --json
     csm-runtime generate --show-config
@@ -8,13 +8,15 @@ Usage (registered in cli.py):
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+
+from csm_runtime.settings import SettingsError, load_settings
 
 
 def build_parser(parser=None):
-    import argparse
-
     p = parser or argparse.ArgumentParser(prog="csm-runtime generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="tiny-random (default) | csm-1b-random | sesame/csm-1b | a local path")
     p.add_argument("--text", help="what to say")
@@ -35,8 +37,6 @@ def build_parser(parser=None):
 
 
 def main(argv: list[str] | None = None, args=None) -> int:
-    from csm_runtime.settings import SettingsError, load_settings
-
     args = args if args is not None else build_parser().parse_args(argv)
     cli = {"model": args.model, "device": args.device, "dtype": args.dtype, "compile": args.compile}
     try:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, args=None) -> int:
     except (SettingsError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    if args.model is None and "CSM_MODEL" not in __import__("os").environ and not args.config:
+    if args.model is None and "CSM_MODEL" not in os.environ and not args.config:
         settings = settings.replace(model="tiny-random")  # the command's default: runs anywhere, offline
     if args.show_config:
         print(json.dumps(settings.as_dict(), indent=2))
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None, args=None) -> int:
 
 
 def _generate(settings, args) -> int:
+    # The engine (torch, transformers, moshi) loads only to generate: `--help` and `--show-config` stay fast.
+    import numpy as np
     import soundfile
 
     from csm_runtime.engine.loader import load_generator
@@ -76,7 +78,7 @@ def _generate(settings, args) -> int:
     params.validate()
     gen = load_generator(settings=settings.replace(max_streams=1))
     chunks = list(gen.stream(args.text, args.speaker, (), params))
-    pcm = __import__("numpy").concatenate([c.pcm for c in chunks])
+    pcm = np.concatenate([c.pcm for c in chunks])
     soundfile.write(args.output, pcm, gen.sample_rate, subtype="FLOAT")
     m = chunks[-1].metrics
     report = {
