@@ -146,19 +146,6 @@ def cost_report(
     return report
 
 
-def charges_by_instance(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """vast charge rows (`source` = "instance-<id>") summed per instance id."""
-    out: dict[str, float] = defaultdict(float)
-    for row in rows:
-        source = str(row.get("source") or "")
-        if source.startswith("instance-"):
-            try:
-                out[source.split("-", 1)[1]] += float(row.get("amount") or 0.0)
-            except ValueError:
-                continue
-    return dict(out)
-
-
 def parse_since(text: str | None) -> float | None:
     """YYYY-MM-DD (UTC midnight), an ISO time, or a unix timestamp."""
     if not text:

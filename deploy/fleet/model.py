@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from csm_common.gpus import resolve
 from deploy.errors import UsageError
 from deploy.ledger.fleets import Replica
 from deploy.provision.options import ProvisionOptions
@@ -27,8 +28,6 @@ class FleetSpec:
     options: ProvisionOptions
 
     def options_for(self, gpu: str | None) -> ProvisionOptions:
-        from csm_common.gpus import resolve
-
         return self.options.replace(gpu=resolve(gpu) if gpu else None)
 
     def as_dict(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class Provider(ABC):
     maps_ports: ClassVar[bool] = False  # can publish a box port on a public address (asked for at `rent`)
     owns_boxes: ClassVar[bool] = True  # destroy ends the box; False: teardown stops our server and releases the row
     listable: ClassVar[bool] = True  # `list_owned` works: status and teardown --all reconcile against it
+    runs_here: ClassVar[bool] = False  # the "box" is this machine: its own Python environment can serve
 
     @classmethod
     @abstractmethod
@@ -101,12 +102,6 @@ class Provider(ABC):
         """One box, or None when the provider no longer knows it."""
 
     # --- what differs between providers -----------------------------------------------------------------------------
-    def default_runtime_mode(self, image: str) -> str:
-        """How the runtime gets onto this provider's boxes when the operator says `auto`."""
-        from deploy.provision.layout import is_runtime_image
-
-        return "image" if is_runtime_image(image) else "bootstrap"
-
     def default_server_port(self) -> int:
         return 8000
 

@@ -50,6 +50,7 @@ def describe_machine() -> str:
 class LocalProvider(Provider):
     name = "local"
     uses_ssh = False
+    runs_here = True
 
     def __init__(self, home: Path, rate_usd_h: float = 0.0):
         self.root = Path(home) / "local"
@@ -99,9 +100,6 @@ class LocalProvider(Provider):
 
     def get(self, provider_id: str) -> Box | None:
         return self._box(provider_id)
-
-    def default_runtime_mode(self, image: str) -> str:
-        return "current"  # this interpreter's own environment serves: no venv, no wheel (keeps `make demo` fast)
 
     def default_server_port(self) -> int:
         return free_port()  # several local "boxes" share this machine's ports

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deploy.errors import OfferUnavailableError, ProviderError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
 from deploy.providers.records import TERMINAL, Box, Offer, State
-from deploy.providers.vastai_cli import VastCli, VastError
+from deploy.providers.vastai_cli import VastCli, VastError, charges_by_instance
 
 if TYPE_CHECKING:
     from deploy.settings import DeploySettings
@@ -117,6 +117,4 @@ class VastProvider(Provider):
         return DirectAddress(box.public_ip, box.ports[port], "0.0.0.0")
 
     def charges(self, start: float, end: float) -> dict[str, float]:
-        from deploy.costs.billing import charges_by_instance
-
         return charges_by_instance(self.cli.charges(start, end))

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +315,16 @@ def _box(r: dict[str, Any]) -> Box:
         public_ip=str(r.get("public_ipaddr") or "").strip() or None,
         ports=_ports(r.get("ports")),
     )
+
+
+def charges_by_instance(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """vast charge rows (`source` = "instance-<id>") summed per instance id."""
+    out: dict[str, float] = defaultdict(float)
+    for row in rows:
+        source = str(row.get("source") or "")
+        if source.startswith("instance-"):
+            try:
+                out[source.split("-", 1)[1]] += float(row.get("amount") or 0.0)
+            except ValueError:
+                continue
+    return dict(out)

@@ -13,7 +13,7 @@ from pathlib import Path
 from deploy import ledger as L
 from deploy.errors import OfferUnavailableError, UsageError
 from deploy.providers import RentRequest
-from deploy.provision.driver import Context, Step
+from deploy.provision.context import Context, Step
 from deploy.settings import DeploySettings
 
 

@@ -43,12 +43,6 @@ SERVER_PID = f".csm-deploy-run/{SERVER_NAME}.pid"
 PYTHON_CANDIDATES = ("/opt/conda/bin/python3", "python3")
 
 
-def is_runtime_image(image: str) -> bool:
-    """`ghcr.io/me/csm-runtime:1.2` -> True: the repository name (last path part, before the tag) is csm-runtime."""
-    name = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-    return name == "csm-runtime"
-
-
 @dataclass(frozen=True)
 class BoxLayout:
     """Paths on the box. `dir` is relative to the box's home (both hosts run commands there) unless absolute."""

@@ -94,15 +94,21 @@ class RuntimeOptions:
 
 
 def resolve_mode(mode: str, *, provider: Provider, image: str) -> str:
-    """auto: what the provider's boxes want (this machine's own environment, an image that carries the runtime, or
-    the wheel pushed and installed); an explicit mode is checked against the provider."""
+    """auto: this interpreter's own environment where the box is this machine (no venv, no wheel: keeps `make demo`
+    fast), the image's runtime where the image carries one, else the wheel pushed and installed."""
     if mode not in MODES:
         raise UsageError(f"unknown runtime mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "auto":
-        return provider.default_runtime_mode(image)
-    if mode == "current" and provider.default_runtime_mode(image) != "current":
+        return "current" if provider.runs_here else "image" if is_runtime_image(image) else "bootstrap"
+    if mode == "current" and not provider.runs_here:
         raise UsageError("--runtime-mode current only makes sense with --provider local")
     return mode
+
+
+def is_runtime_image(image: str) -> bool:
+    """`ghcr.io/me/csm-runtime:1.2` -> True: the repository name (last path part, before the tag) is csm-runtime."""
+    name = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    return name == "csm-runtime"
 
 
 @dataclass(frozen=True)

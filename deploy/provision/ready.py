@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from deploy.errors import DeployError, RemoteError
 from deploy.ledger import DIRECT, TUNNEL
+from deploy.provision.context import Context
 from deploy.provision.layout import SERVER_LOG
 from deploy.provision.options import RuntimeOptions
 from deploy.remote.tokens import read_token_file
 from deploy.remote.tunnels import forward
-
-if TYPE_CHECKING:
-    from deploy.provision.driver import Context
 
 LOG_TAIL_LINES = 30
 DIRECT_PROBE_S = 20.0  # how long a direct address may stay silent before the ready step falls back to the tunnel

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deploy.errors import RemoteError
 from deploy.provision.autotune import find_local_profile, profile_summary, run_autotune
-from deploy.provision.driver import Context, Step
+from deploy.provision.context import Context, Step
 from deploy.provision.layout import (
     LOCK_FILE,
     PROFILES_DIR,

@@ -22,8 +22,8 @@ from deploy.ledger import Ledger
 from deploy.providers import provider_class
 from deploy.provision.autotune import find_local_profile
 from deploy.provision.driver import steps_for
-from deploy.provision.layout import BoxLayout, install_script, is_runtime_image
-from deploy.provision.options import ProvisionOptions, RuntimeOptions, resolve_mode
+from deploy.provision.layout import BoxLayout, install_script
+from deploy.provision.options import ProvisionOptions, RuntimeOptions, is_runtime_image, resolve_mode
 from deploy.provision.runtime_steps import profile_dirs
 from deploy.provision.server import server_command
 from deploy.provision.summary import summary, text
