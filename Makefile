@@ -8,7 +8,7 @@ DEPLOY := $(VENV)/bin/deploy
 GPU ?= 4090
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup test lint demo provision bench image clean help
+.PHONY: setup system-packages test lint demo provision bench image clean help
 
 help:
 	@echo "make demo        run provision -> autotune -> serve -> generate -> teardown -> cost on this machine (CPU)"
@@ -36,7 +36,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint docker/Dockerfile
 
-test: setup lint
+# The Debian packages the suite needs (sshd, haproxy, iproute2, chromium, ...): installed when root, else one line.
+system-packages:
+	bash scripts/system_packages.sh
+
+test: setup system-packages lint
 	$(VENV)/bin/pytest -q
 
 demo: setup

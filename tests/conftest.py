@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -97,12 +98,23 @@ def deploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+def require_binary(path: str, package: str) -> None:
+    """A test that needs a Debian package fails with the one line that installs it (`make test` does, as root)."""
+    if not (Path(path).exists() if "/" in path else shutil.which(path)):
+        pytest.fail(f"{path} is missing: apt-get install -y {package} (make test installs it when run as root)")
+
+
+@pytest.fixture
+def haproxy() -> str:
+    require_binary("/usr/sbin/haproxy", "haproxy")
+    return "/usr/sbin/haproxy"
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from tests.fakes.sshd import start_sshd
 
-    if not Path("/usr/sbin/sshd").exists():
-        pytest.skip("openssh-server is not installed (/usr/sbin/sshd); .ci/run installs it")
+    require_binary("/usr/sbin/sshd", "openssh-server")
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from deploy.ledger import Ledger
-from tests.conftest import ROOT, allow_box_address, forget_box_address, unknown_running
+from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, unknown_running
 from tests.fakes.netns_box import NetnsBox, create_box, netns_available
 from tests.fakes.vast_emulator import VastEmulator
 
@@ -101,6 +101,7 @@ class BoxEmulator(VastEmulator):
 
 @pytest.fixture(scope="module")
 def box():
+    require_binary("ip", "iproute2")
     reason = netns_available()
     if reason:
         pytest.skip(f"end-to-end box needs a network namespace: {reason}")

@@ -29,7 +29,7 @@ from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
 from tests.fakes.server_fixtures import free_port
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="haproxy is not installed")
+pytestmark = pytest.mark.usefixtures("haproxy")  # fails with the apt-get line when haproxy is missing
 PCM_BYTES_PER_MS = 48  # 24 kHz, 16-bit mono
 
 

@@ -23,7 +23,7 @@ from deploy.settings import load_settings
 from tests.conftest import run_deploy
 from tests.fakes.server_fixtures import free_port
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/haproxy"), reason="haproxy is not installed")
+pytestmark = pytest.mark.usefixtures("haproxy")  # fails with the apt-get line when haproxy is missing
 
 
 @pytest.fixture
