@@ -32,14 +32,15 @@ def _gpus() -> tuple[list[dict[str, Any]], str | None]:
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
             name = pynvml.nvmlDeviceGetName(h)
-            out.append({
+            gpu = {
                 "index": i,
                 "name": name.decode() if isinstance(name, bytes) else name,
                 "memory_total_mib": mem.total // 2**20,
                 "memory_free_mib": mem.free // 2**20,
                 "compute_capability": f"{major}.{minor}",
                 "driver": driver.decode() if isinstance(driver, bytes) else driver,
-            })  # fmt: skip
+            }
+            out.append(gpu)
         return out, None
     finally:
         pynvml.nvmlShutdown()

@@ -16,6 +16,7 @@ import copy
 
 import numpy as np
 import torch
+from huggingface_hub import hf_hub_download
 
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms per CSM frame at 12.5 Hz
@@ -23,27 +24,32 @@ NUM_CODEBOOKS = 32
 CODEBOOK_SIZE = 2048  # CSM's audio vocab is 2051; ids >= 2048 (pad/eos slots) have no Mimi entry
 
 
+def _moshi_loaders():
+    """moshi's model loaders, imported when a Mimi is built: the rest of the engine (the frame step, the generator's
+    code) imports and runs where moshi is not installed, e.g. a bare GPU box checking the frame step."""
+    from moshi.models import loaders
+
+    return loaders
+
+
 def tiny_mimi_config() -> dict:
     """Mimi's real layout (same strides: 1920 samples per frame, 32 codebooks of 2048) with small widths, so the
     tests' codec costs milliseconds per frame instead of ~90 ms on this CPU."""
-    from moshi.models import loaders
-
-    cfg = copy.deepcopy(loaders._mimi_config)
+    cfg = copy.deepcopy(_moshi_loaders()._mimi_config)
     cfg["seanet"].update(dimension=64, n_filters=4)
     cfg["quantizer"].update(dimension=16, input_dimension=64, output_dimension=64)
-    cfg["transformer"].update(d_model=64, num_heads=2, num_layers=1, dim_feedforward=128, input_dimension=64,
-                              output_dimensions=[64])  # fmt: skip
+    cfg["transformer"].update(
+        d_model=64, num_heads=2, num_layers=1, dim_feedforward=128, input_dimension=64, output_dimensions=[64]
+    )
     return cfg
 
 
 def build_mimi(weights: str | None, device: torch.device, seed: int = 0, tiny: bool = False):
     """A moshi MimiModel with 32 codebooks; `weights=None` gives a seeded random one (tests, benchmarks),
     `tiny=True` a small random one (tiny-random)."""
-    from moshi.models import loaders
-
     torch.manual_seed(seed)
     config = tiny_mimi_config() if tiny and weights is None else None
-    mimi = loaders.get_mimi(weights, config, device=device, num_codebooks=NUM_CODEBOOKS)
+    mimi = _moshi_loaders().get_mimi(weights, config, device=device, num_codebooks=NUM_CODEBOOKS)
     if weights is None:
         # get_mimi(None) leaves the codebooks at zero, which decodes every code to the same vector.
         gen = torch.Generator().manual_seed(seed)
@@ -63,9 +69,7 @@ def resolve_mimi_weights(setting: str, model_id: str) -> str | None:
     if setting == "random" or (setting == "auto" and model_id.endswith("-random")):
         return None
     if setting == "auto":
-        from huggingface_hub import hf_hub_download
-        from moshi.models import loaders
-
+        loaders = _moshi_loaders()
         return hf_hub_download(loaders.DEFAULT_REPO, loaders.MIMI_NAME)
     return setting
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import CsmConfig, CsmForConditionalGeneration, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, CsmConfig, CsmForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.modeling_utils import no_init_weights
 
 RANDOM_MODELS = ("tiny-random", "csm-1b-random")
@@ -61,8 +62,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer built in memory (256 byte tokens + the 4 CSM specials): no network, any text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     for tok in (BOS, EOS, AUDIO, AUDIO_EOS):
@@ -89,10 +88,20 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast) -> CsmConfig:
         "max_position_embeddings": 33,
     }
     # The HF model always builds its own Mimi codec; make it tiny since we drop it right after.
-    codec = {"model_type": "mimi", "hidden_size": 32, "num_filters": 4, "num_hidden_layers": 1,
-             "intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
-             "codebook_dim": 16, "vector_quantization_hidden_dimension": 16, "upsample_groups": 32,
-             "codebook_size": 2048}  # fmt: skip
+    codec = {
+        "model_type": "mimi",
+        "hidden_size": 32,
+        "num_filters": 4,
+        "num_hidden_layers": 1,
+        "intermediate_size": 32,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "codebook_dim": 16,
+        "vector_quantization_hidden_dimension": 16,
+        "upsample_groups": 32,
+        "codebook_size": 2048,
+    }
     return CsmConfig(
         num_codebooks=32,
         vocab_size=2051,
@@ -143,8 +152,6 @@ def _build_1b_random(seed: int, dtype: torch.dtype) -> tuple[CsmForConditionalGe
 
 
 def _load_pretrained(model_id: str, revision: str | None, dtype: torch.dtype):
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
         model = CsmForConditionalGeneration.from_pretrained(model_id, revision=revision, torch_dtype=dtype)
@@ -153,8 +160,9 @@ def _load_pretrained(model_id: str, revision: str | None, dtype: torch.dtype):
     return model, tok
 
 
-def load_model(model_id: str, *, device: torch.device, dtype: torch.dtype, revision: str | None = None,
-               seed: int = 0) -> LoadedModel:  # fmt: skip
+def load_model(
+    model_id: str, *, device: torch.device, dtype: torch.dtype, revision: str | None = None, seed: int = 0
+) -> LoadedModel:
     """Build or load `model_id` onto `device` in `dtype`, eval mode, HF codec dropped."""
     t0 = time.perf_counter()
     if not model_id:

@@ -47,8 +47,13 @@ class ProfileNote:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "path": self.path, "slug": self.slug, "settings": self.settings,
-                "message": self.message}  # fmt: skip
+        return {
+            "status": self.status,
+            "path": self.path,
+            "slug": self.slug,
+            "settings": self.settings,
+            "message": self.message,
+        }
 
 
 def _defaults_text(settings: RuntimeSettings) -> str:

@@ -90,7 +90,7 @@ def _text(value: str | bytes) -> str:
 
 
 def _torch_gpu(index: int) -> dict | None:
-    import torch
+    import torch  # only when NVML had no answer: the device probe stays light (deploy runs it on the box)
 
     if not torch.cuda.is_available():
         return None
@@ -116,7 +116,7 @@ def detect_device(device: str = "auto") -> DeviceFacts:
         index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
         gpu = _nvml_gpu(index) or _torch_gpu(index)
         if gpu is not None:
-            import torch
+            import torch  # a GPU is there, so the runtime (and torch) will run on it anyway
 
             return DeviceFacts(
                 kind="cuda",

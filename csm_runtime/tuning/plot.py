@@ -16,6 +16,7 @@ def setting_label(dtype: str, compile_mode: str, cuda_graphs: bool) -> str:
 
 
 def plot_profile(profile: Profile, path: str | Path) -> Path:
+    # matplotlib loads only to draw, and its headless backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,11 +46,10 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
     ax_rtf.plot([chosen.batch], [m.rtf], linestyle="none", label="chosen", **star)
     if m.ttfa_ms.get(fc):
         ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], linestyle="none", **star)
-    ax_rtf.axhline(profile.rule.rtf_max, color="green", linestyle="--", linewidth=1,
-                   label=f"RTF {profile.rule.rtf_max:g} (headroom)")  # fmt: skip
+    limit = {"color": "green", "linestyle": "--", "linewidth": 1}
+    ax_rtf.axhline(profile.rule.rtf_max, label=f"RTF {profile.rule.rtf_max:g} (headroom)", **limit)
     ax_rtf.axhline(1.0, color="red", linestyle=":", linewidth=1, label="real time")
-    ax_ttfa.axhline(profile.rule.ttfa_target_ms, color="green", linestyle="--", linewidth=1,
-                    label=f"TTFA target {profile.rule.ttfa_target_ms:g} ms")  # fmt: skip
+    ax_ttfa.axhline(profile.rule.ttfa_target_ms, label=f"TTFA target {profile.rule.ttfa_target_ms:g} ms", **limit)
     for ax, ylabel in ((ax_rtf, "RTF (step time / 80 ms audio)"), (ax_ttfa, f"TTFA, first chunk {fc} frame(s) [ms]")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(profile.sweep.batches, [str(b) for b in profile.sweep.batches])

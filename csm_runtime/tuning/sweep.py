@@ -62,8 +62,7 @@ def measure(gen: StreamingGenerator, batch: int, plan: Plan) -> Measurement:
     frames = plan.warmup_frames + plan.timed_frames + longest + 8
 
     def params(seed: int, n_frames: int) -> GenerationParams:
-        return GenerationParams(max_audio_ms=int(n_frames * FRAME_MS), seed=seed, first_chunk_frames=1,
-                                chunk_frames=1)  # fmt: skip
+        return GenerationParams(max_audio_ms=int(n_frames * FRAME_MS), seed=seed, first_chunk_frames=1, chunk_frames=1)
 
     sids = [gen.add_stream(plan.prompt, 0, (), params(i, frames)) for i in range(batch)]
     for _ in range(plan.warmup_frames):
@@ -130,8 +129,9 @@ class SweepResult:
 Progress = Callable[[str, int, int, str, Candidate | None], None]
 
 
-def run_sweep(base: RuntimeSettings, plan: Plan, *, progress: Progress | None = None,
-              factory: GeneratorFactory | None = None) -> SweepResult:  # fmt: skip
+def run_sweep(
+    base: RuntimeSettings, plan: Plan, *, progress: Progress | None = None, factory: GeneratorFactory | None = None
+) -> SweepResult:
     """Measure every candidate of `plan` for `base.model` on `base.device`; every row ends up in the table."""
     started = time.perf_counter()
     facts = detect_device(base.device)
@@ -163,8 +163,13 @@ def _measure_one(
 ) -> tuple[Candidate, str | None]:
     """One candidate -> (its row, the reason to stop growing this setting's batch or None)."""
     batch = common["batch"]
-    settings = base.replace(dtype=common["dtype"], compile=common["compile"], cuda_graphs=common["cuda_graphs"],
-                            max_streams=batch, first_chunk_frames=min(plan.first_chunk_frames))  # fmt: skip
+    settings = base.replace(
+        dtype=common["dtype"],
+        compile=common["compile"],
+        cuda_graphs=common["cuda_graphs"],
+        max_streams=batch,
+        first_chunk_frames=min(plan.first_chunk_frames),
+    )
     gen = None
     release_memory(factory.device)
     try:
