@@ -24,6 +24,12 @@ Provider_ = Annotated[str, typer.Option("--provider", "-p", help="vast (rent), s
 MaxPrice = Annotated[str | None, typer.Option("--max-price", help="Highest price in USD per hour.", show_default=False)]
 Disk = Annotated[float | None, typer.Option("--disk", help="Disk in GB [default: DEPLOY_DISK_GB].", show_default=False)]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+Providers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--provider", "-p", help="Only these providers [default: every one with credentials here + the ledger's]."
+    ),
+]
 Fleet_ = Annotated[str, typer.Option("--fleet", help="Which fleet (see `deploy status`).")]
 RentalId = Annotated[int, typer.Argument(help="Ledger ID of the rental (the ID column of `deploy status`).")]
 

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
-
-import typer
 
 from deploy import output
 from deploy.commands import options as c
@@ -11,7 +8,7 @@ from deploy.commands import options as c
 
 def status(
     json_: c.Json = False,
-    provider: Annotated[list[str] | None, typer.Option("--provider", "-p", help="Also list this provider.")] = None,
+    provider: c.Providers = None,
 ) -> None:
     """The ledger joined with live state, with orphans (ours, not in the ledger) and ghosts (gone at the provider).
 
@@ -26,6 +23,8 @@ def status(
         rec = reconcile(ledger, c.settings(), lambda name: c.provider(name), providers=provider)
         for rid in rec.adopted:
             output.progress(f"adopted rental {rid}: found at the provider by its label (a crashed provision)")
+        for warning in rec.warnings:
+            output.progress(f"warning: {warning}")
         fleets = fleet_reports(c.settings(), ledger)  # fleet lines: per replica requests, readiness, gateway state
     if json_:
         replicas = {x["rental_id"]: {**x, "fleet": f["fleet"]} for f in fleets for x in f["replicas"]}

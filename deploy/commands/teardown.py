@@ -15,14 +15,18 @@ def teardown(
         int | None, typer.Argument(help="Ledger ID (see `deploy status`).", show_default=False)
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every open rental and every orphan carrying our label.")] = False,
+    provider: c.Providers = None,
     yes: c.Yes = False,
     json_: c.Json = False,
 ) -> None:
     """Destroy, confirm it is gone, and record the end time.
 
+    Every provider with credentials here is asked for boxes carrying our label, even with an empty ledger.
+
     Examples:
       deploy teardown 3
       deploy teardown --all --yes
+      deploy teardown --all --yes -p vast
     """
     from deploy.ledger.reconcile import Entry, reconcile
     from deploy.providers import provider_for
@@ -33,10 +37,15 @@ def teardown(
     s = c.settings()
     done: list[dict[str, object]] = []
     failed: list[str] = []
+    rec = None
     with c.open_ledger() as ledger:
         if all_:
-            rec = reconcile(ledger, s, lambda name: c.provider(name))
+            rec = reconcile(ledger, s, lambda name: c.provider(name), providers=provider)
+            for warning in rec.warnings:
+                output.progress(f"warning: {warning}")
             targets = [e for e in rec.entries if e.kind in ("tracked", "ghost", "unconfirmed", "orphan")]
+            if provider:
+                targets = [e for e in targets if e.provider in provider]
             if not targets:
                 output.progress("nothing open: the ledger and the providers agree")
             elif not yes:
@@ -56,7 +65,12 @@ def teardown(
             except (DeployError, OSError) as exc:
                 failed.append(f"rental {rental.id}: {exc}")
                 continue
-            row = {"id": rental.id, "provider": rental.provider, "provider_id": rental.provider_id, "status": ended.status}
+            row = {
+                "id": rental.id,
+                "provider": rental.provider,
+                "provider_id": rental.provider_id,
+                "status": ended.status,
+            }
             done.append({**row, "server": ended.server} if ended.server else row)
     if json_:
         output.emit_json({"closed": done, "failed": failed})
@@ -66,6 +80,11 @@ def teardown(
             output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}{server}")
     if failed:
         raise DeployError("teardown failed for " + "; ".join(failed) + " (run it again)")
+    if rec is not None and rec.warnings:
+        raise DeployError(
+            f"the ledger's rentals were torn down, but {'; '.join(rec.warnings)}: boxes it does not know may still "
+            "bill; run `deploy teardown --all` again"
+        )
 
 
 def _name(e) -> str:

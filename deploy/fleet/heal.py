@@ -71,7 +71,11 @@ def heal(
                         except DeployError as exc:
                             log(f"{r.name}: {exc}")
                         url = replica_url(settings, fleet, r)
-                    pr = probe(url, replica_token(r), timeout=3.0, with_metrics=False) if url else Probe(False, "no tunnel")
+                    pr = (
+                        probe(url, replica_token(r), timeout=3.0, with_metrics=False)
+                        if url
+                        else Probe(False, "no tunnel")
+                    )
                     ready, detail = pr.ready, pr.detail
                 if ready:
                     store.set_failing(r, None)

@@ -95,8 +95,17 @@ def _row(x: dict[str, Any]) -> tuple[Any, ...]:
     ready = "yes" if x["ready"] else x["probe"]
     requests = "" if x["requests"] is None else x["requests"]
     audio = "" if x["audio_seconds"] is None else x["audio_seconds"]
-    return (x["replica"], x["rental_id"], x["state"], x["gateway"] or "", ready, requests, audio,
-            f"{x['rate_usd_h']:.3f}", _usd(x["usd"]))
+    return (
+        x["replica"],
+        x["rental_id"],
+        x["state"],
+        x["gateway"] or "",
+        ready,
+        requests,
+        audio,
+        f"{x['rate_usd_h']:.3f}",
+        _usd(x["usd"]),
+    )
 
 
 def emit_tables(reports: list[dict[str, Any]]) -> None:

@@ -1,6 +1,10 @@
 """The ledger joined with what providers say: tracked rentals, orphans (our label, not in the ledger) and ghosts
-(open in the ledger, gone at the provider). A listing that omits a box the provider still knows is an error, so a
-broken listing can never read as "nothing running".
+(open in the ledger, gone at the provider).
+
+Every provider that has credentials is asked, even with an empty ledger (a lost ledger must not hide a billing box),
+besides every provider the ledger has rented from. A listing that fails, cannot be parsed, or omits a box the provider
+still knows is never read as "nothing running": that provider's rows are shown from the ledger alone (unverified) and
+the reason is kept in `warnings`.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deploy import ledger as L
-from deploy.errors import ProviderError
+from deploy.errors import DeployError, ProviderError
 from deploy.ledger import Ledger, Rental
 from deploy.providers import PROVIDERS, Provider, provider_class
 from deploy.providers.records import Box
@@ -37,16 +41,21 @@ class Entry:
 class Reconciliation:
     entries: list[Entry] = field(default_factory=list)
     adopted: list[int] = field(default_factory=list)  # intent rows matched to a box by label (crash recovery)
+    warnings: list[str] = field(default_factory=list)  # providers whose listing could not be trusted, and why
 
     def of_kind(self, kind: str) -> list[Entry]:
         return [e for e in self.entries if e.kind == kind]
 
 
-def providers_to_check(ledger: Ledger, explicit: list[str] | None = None) -> list[str]:
-    """The providers whose listing is asked: the ones named, else every one the ledger has rented from; only those
-    that have a listing (a plain SSH host has none)."""
-    names = explicit or sorted({r.provider for r in ledger.rentals()}, key=PROVIDERS.index)
-    return [n for n in names if provider_class(n).listable]
+def providers_to_check(ledger: Ledger, settings: DeploySettings, explicit: list[str] | None = None) -> list[str]:
+    """The providers whose listing is asked: the ones named, else every one with credentials here and every one the
+    ledger has rented from; only those that have a listing (a plain SSH host has none)."""
+    if explicit:
+        names = set(explicit)
+    else:
+        names = {r.provider for r in ledger.rentals()}
+        names |= {n for n in PROVIDERS if provider_class(n).listable and provider_class(n).configured(settings)}
+    return [n for n in sorted(names, key=PROVIDERS.index) if provider_class(n).listable]
 
 
 def reconcile(
@@ -57,42 +66,60 @@ def reconcile(
     providers: list[str] | None = None,
 ) -> Reconciliation:
     result = Reconciliation()
-    names = providers_to_check(ledger, providers)
+    names = providers_to_check(ledger, settings, providers)
+    checked = []
     for name in names:
-        provider = make(name)
-        owned = provider.list_owned(settings.label_prefix)
-        by_id = {b.id: b for b in owned}
-        for box in owned:
-            rental = ledger.by_provider_id(name, box.id)
-            if rental is None and box.label:
-                candidate = ledger.by_label(box.label)
-                if candidate is not None and candidate.provider_id is None:
-                    ledger.record_rented(candidate.id, box.id)
-                    ledger.event(candidate.id, "adopted", "found at the provider by its label after a crash")
-                    rental = ledger.get(candidate.id)
-                    result.adopted.append(candidate.id)
-            if rental is None:
-                result.entries.append(Entry("orphan", name, None, box))
-            elif rental.is_open:
-                result.entries.append(Entry("tracked", name, rental, box))
-            else:
-                result.entries.append(Entry("orphan", name, rental, box))  # closed in the ledger, yet still there
-        for rental in ledger.open_rentals(name):
-            if rental.provider_id is None:
-                result.entries.append(Entry("unconfirmed", name, rental, None))
-            elif rental.provider_id not in by_id:
-                box = provider.get(rental.provider_id)
-                if box is not None:
-                    raise ProviderError(
-                        f"the {name} listing omitted instance {rental.provider_id} (ledger row {rental.id}), which "
-                        "still exists: the listing cannot be trusted, not reporting it as gone"
-                    )
-                result.entries.append(Entry("ghost", name, rental, None))
+        try:
+            _reconcile_one(ledger, settings, make(name), result)
+        except DeployError as exc:
+            result.warnings.append(f"{name}: listing failed, showing the ledger only ({exc})")
+            continue
+        checked.append(name)
     for rental in ledger.open_rentals():
-        if rental.provider not in names:
+        if rental.provider not in checked:
             result.entries.append(Entry("tracked", rental.provider, rental, None))
     result.entries.sort(key=lambda e: (e.rental.id if e.rental else 10**9, e.box.id if e.box else ""))
     return result
+
+
+def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider, result: Reconciliation) -> None:
+    """One provider's listing against the ledger; entries are added only once the whole listing was trusted."""
+    name = provider.name
+    entries: list[Entry] = []
+    owned = provider.list_owned(settings.label_prefix)
+    by_id = {b.id: b for b in owned}
+    for box in owned:
+        rental = ledger.by_provider_id(name, box.id)
+        if rental is None and box.label:
+            rental = _adopt(ledger, box, result)
+        if rental is None:
+            entries.append(Entry("orphan", name, None, box))
+        elif rental.is_open:
+            entries.append(Entry("tracked", name, rental, box))
+        else:
+            entries.append(Entry("orphan", name, rental, box))  # closed in the ledger, yet still there
+    for rental in ledger.open_rentals(name):
+        if rental.provider_id is None:
+            entries.append(Entry("unconfirmed", name, rental, None))
+        elif rental.provider_id not in by_id:
+            if provider.get(rental.provider_id) is not None:
+                raise ProviderError(
+                    f"the listing omitted instance {rental.provider_id} (ledger row {rental.id}), which still exists"
+                )
+            entries.append(Entry("ghost", name, rental, None))
+    result.entries.extend(entries)
+
+
+def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
+    """An intent row whose create crashed before the id was written, found at the provider by its label. Its clock
+    starts when the provider started the box (else when the intent was written, just before the create call)."""
+    candidate = ledger.by_label(box.label or "")
+    if candidate is None or candidate.provider_id is not None:
+        return None
+    ledger.record_rented(candidate.id, box.id, started_at=box.started_at or candidate.created_at)
+    ledger.event(candidate.id, "adopted", "found at the provider by its label after a crash")
+    result.adopted.append(candidate.id)
+    return ledger.get(candidate.id)
 
 
 def close_ghost(ledger: Ledger, rental: Rental) -> None:

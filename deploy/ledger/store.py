@@ -35,6 +35,7 @@ OPEN_STATUSES = (INTENT, RENTED, READY, FAILED)
 DIRECT = "direct"  # as recorded in meta["endpoint"]: a mapped public port, or this machine
 TUNNEL = "ssh-tunnel"  # bound to the box's loopback: through an SSH tunnel to meta["port"]
 
+
 @dataclass(frozen=True)
 class Rental:
     id: int
@@ -161,6 +162,11 @@ class Ledger:
         self._update(rid, provider_id=str(provider_id), status=RENTED, started_at=started_at or self.clock())
         self.event(rid, "rented", f"provider id {provider_id}")
         return self.get(rid)
+
+    def set_started(self, rid: int, started_at: float, source: str) -> None:
+        """The provider's own start time for the rental's cost clock (it replaces our create-call time)."""
+        self._update(rid, started_at=started_at)
+        self.event(rid, "clock", f"billing clock from {source}: {started_at:.3f}")
 
     def record_connection(self, rid: int, *, ssh_host: str | None, ssh_port: int | None, ssh_user: str | None) -> None:
         self._update(rid, ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)

@@ -75,14 +75,22 @@ class Provider(ABC):
     def from_settings(cls, settings: DeploySettings, **options: Any) -> Provider:
         """Build one from the settings (and, for the ssh provider, host/port/user)."""
 
+    @classmethod
+    def configured(cls, settings: DeploySettings) -> bool:
+        """Whether this machine holds what the provider needs to list our boxes (status and teardown --all ask every
+        configured provider, even with an empty ledger)."""
+        return False
+
     # --- the five names, plus `get` ---------------------------------------------------------------------------------
     @abstractmethod
     def search(self, query: OfferQuery) -> list[Offer]:
         """Offers that match, cheapest first."""
 
     @abstractmethod
-    def rent(self, offer: Offer, request: RentRequest) -> str:
-        """Rent one offer; return the provider's id. Raises OfferUnavailableError when it was taken meanwhile."""
+    def rent(self, offer: Offer, request: RentRequest, on_created: Callable[[str], None] = lambda _id: None) -> str:
+        """Rent one offer; return the provider's id. `on_created(id)` is called the moment the provider gave an id,
+        before anything else that may fail (the ledger records it there, so every later failure destroys by it).
+        Raises OfferUnavailableError when the offer was taken meanwhile (nothing was created)."""
 
     @abstractmethod
     def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:

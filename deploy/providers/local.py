@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -56,6 +57,10 @@ class LocalProvider(Provider):
         self.root = Path(home) / "local"
         self.rate = rate_usd_h
 
+    @classmethod
+    def configured(cls, settings: DeploySettings) -> bool:
+        return (settings.home_path / "local").is_dir()
+
     def workdir(self, provider_id: str) -> Path:
         return self.root / provider_id
 
@@ -66,11 +71,12 @@ class LocalProvider(Provider):
     def search(self, query: OfferQuery) -> list[Offer]:
         return [Offer(provider=self.name, id="this-machine", gpu_name=describe_machine(), price_usd_h=self.rate)]
 
-    def rent(self, offer: Offer, request: RentRequest) -> str:
+    def rent(self, offer: Offer, request: RentRequest, on_created: Callable[[str], None] = lambda _id: None) -> str:
         pid = "local-" + uuid.uuid4().hex[:8]
         path = self.workdir(pid)
         path.mkdir(parents=True)
         (path / "label").write_text(request.label + "\n")
+        on_created(pid)
         return pid
 
     def _box(self, provider_id: str) -> Box | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from deploy.errors import UsageError
@@ -35,7 +36,8 @@ class SshProvider(Provider):
         name = query.gpu.vast_name if query.gpu else "unknown"
         return [Offer(provider=self.name, id=self.box_id, gpu_name=name, price_usd_h=self.rate, host_id=self.box_id)]
 
-    def rent(self, offer: Offer, request: RentRequest) -> str:
+    def rent(self, offer: Offer, request: RentRequest, on_created: Callable[[str], None] = lambda _id: None) -> str:
+        on_created(self.box_id)
         return self.box_id  # the box exists already; the ledger row is the "rental"
 
     def _box(self) -> Box:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from deploy.errors import OfferUnavailableError, ProviderError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
 from deploy.providers.records import TERMINAL, Box, Offer, State
-from deploy.providers.vastai_cli import VastCli, VastError, charges_by_instance
+from deploy.providers.vastai_cli import VastCli, VastError, api_key_source, charges_by_instance
 
 if TYPE_CHECKING:
     from deploy.settings import DeploySettings
@@ -36,6 +37,10 @@ class VastProvider(Provider):
     def from_settings(cls, settings: DeploySettings, **options: Any) -> VastProvider:
         return cls(timeout_s=settings.vast_timeout_s)
 
+    @classmethod
+    def configured(cls, settings: DeploySettings) -> bool:
+        return api_key_source() != "missing"
+
     def search(self, query: OfferQuery) -> list[Offer]:
         if query.gpu is None:
             raise ProviderError("vast needs --gpu to search offers")
@@ -48,7 +53,7 @@ class VastProvider(Provider):
             limit=query.limit,
         )
 
-    def rent(self, offer: Offer, request: RentRequest) -> str:
+    def rent(self, offer: Offer, request: RentRequest, on_created: Callable[[str], None] = lambda _id: None) -> str:
         try:
             iid = self.cli.create_instance(
                 offer.id,
@@ -62,6 +67,7 @@ class VastProvider(Provider):
             if exc.status_code in _OFFER_GONE:
                 raise OfferUnavailableError(f"offer {offer.id} was not rentable: {exc}") from exc
             raise
+        on_created(iid)
         if request.ssh_public_key:
             self.cli.attach_ssh(iid, request.ssh_public_key)
         return iid

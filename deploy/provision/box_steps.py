@@ -57,15 +57,22 @@ def step_rent(ctx: Context) -> None:
         ssh_public_key=ensure_ssh_key(s) if ctx.provider.uses_ssh else None,
         ports=_public_ports(ctx),
     )
+    asked_at = ctx.ledger.clock()  # the clock starts at the create call unless the provider says otherwise
+
+    def created(provider_id: str) -> None:
+        ctx.rental = ctx.ledger.record_rented(ctx.rental_id, provider_id, started_at=asked_at)
+
     try:
-        provider_id = ctx.provider.rent(o, request)
+        provider_id = ctx.provider.rent(o, request, on_created=created)
     except OfferUnavailableError as exc:
         ctx.ledger.close_rental(ctx.rental_id, L.NOT_CREATED, str(exc))
         raise
     except BaseException:
-        _adopt_by_label(ctx, label)  # the create may have gone through before the error: find it by its label
+        if ctx.refresh().provider_id is None:  # the create may have gone through before the error: by its label
+            _adopt_by_label(ctx, label, asked_at)
         raise
-    ctx.rental = ctx.ledger.record_rented(ctx.rental_id, provider_id)
+    if ctx.refresh().provider_id != provider_id:
+        ctx.rental = ctx.ledger.record_rented(ctx.rental_id, provider_id, started_at=asked_at)
     ctx.log(
         f"rented {ctx.provider.name} {provider_id} ({o.gpu_name}, {o.price_usd_h:.3f} USD/h) as ledger row {ctx.rental_id}"
     )
@@ -78,14 +85,15 @@ def _public_ports(ctx: Context) -> tuple[int, ...]:
     return (ctx.runtime.server_port,)
 
 
-def _adopt_by_label(ctx: Context, label: str) -> None:
+def _adopt_by_label(ctx: Context, label: str, asked_at: float) -> None:
     try:
         owned = ctx.provider.list_owned(ctx.settings.label_prefix)
     except Exception:  # noqa: BLE001 - cannot tell: the intent row stays open for `status` / `teardown --all`
         return
     match = [b for b in owned if b.label == label]
     if match:
-        ctx.rental = ctx.ledger.record_rented(ctx.rental_id, match[0].id)
+        started = match[0].started_at or asked_at
+        ctx.rental = ctx.ledger.record_rented(ctx.rental_id, match[0].id, started_at=started)
     else:
         ctx.ledger.close_rental(ctx.rental_id, L.NOT_CREATED, "create failed and nothing carries our label")
         ctx.rental = ctx.refresh()
@@ -97,6 +105,8 @@ def step_wait_running(ctx: Context) -> None:
         str(ctx.refresh().provider_id), deadline=deadline, poll_s=ctx.settings.poll_interval_s, log=ctx.log
     )
     ctx.box = box
+    if box.started_at:
+        ctx.ledger.set_started(ctx.rental_id, box.started_at, f"{ctx.provider.name}'s start time")
     ctx.ledger.record_connection(
         ctx.rental_id, ssh_host=box.ssh_host, ssh_port=box.ssh_port, ssh_user=box.ssh_user or ctx.settings.ssh_user
     )

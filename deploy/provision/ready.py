@@ -105,7 +105,9 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
             if body.get("status") in ("failed", "stopped"):  # the model did not load: waiting longer changes nothing
                 why = body.get("error") or body["status"]
                 show_log_tail(ctx)
-                raise RemoteError(f"the server could not load {ctx.runtime.model if ctx.runtime else 'the model'}: {why}")
+                raise RemoteError(
+                    f"the server could not load {ctx.runtime.model if ctx.runtime else 'the model'}: {why}"
+                )
             if r.status_code in (401, 403):
                 raise RemoteError(f"/ready refused our token ({last}): is another server on port {url}?")
         except httpx.HTTPError as exc:
@@ -117,7 +119,6 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
         if polls % 10 == 0:
             ctx.log(f"waiting for /ready (0/1 ready, {last}, {deadline - time.monotonic():.0f} s left)")
         _pause(ctx, deadline)
-
 
 
 def answers(url: str, deadline: float, *, within_s: float | None = None) -> str | None:

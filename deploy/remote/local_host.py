@@ -19,6 +19,7 @@ from deploy.remote.host import CommandResult, Tee, check_copy, free_port, sha256
 
 __all__ = ["LocalHost", "free_port"]
 
+
 class LocalHost:
     """This machine, for the `local` provider: same methods, subprocess instead of SSH. Commands run in `root`;
     a path starting with `~/` in `put`/`read_text` means `root/`, so nothing lands in the operator's real home."""
