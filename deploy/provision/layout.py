@@ -154,13 +154,7 @@ def install_script(layout: BoxLayout, opts: RuntimeOptions, wheel_name: str) -> 
 def device_probe_command(layout: BoxLayout) -> str:
     """Prints the box's device facts as JSON: the same detection `serve --profile auto` uses to pick a profile."""
     code = (
-        "import dataclasses, json; from csm_runtime.identity import detect_device; "
+        "import dataclasses, json; from csm_runtime.tuning.identity import detect_device; "
         "print(json.dumps(dataclasses.asdict(detect_device())))"
     )
     return f"{shlex.quote(layout.python)} -c {shlex.quote(code)}"
-
-
-def model_family(model_id: str) -> str:
-    """Mirror of csm_runtime.profile.model_family (deploy may not import csm_runtime): profiles transfer between
-    models of one shape, so a tiny-random profile must not be pushed for CSM-1B and the other way round."""
-    return "tiny" if model_id == "tiny-random" else "csm-1b"
