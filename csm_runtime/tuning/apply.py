@@ -10,16 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from csm_common.profiles import model_family
 from csm_runtime.settings import RuntimeSettings
 from csm_runtime.tuning.identity import detect_device
 from csm_runtime.tuning.profile import Profile, find_profile, load_profile, profile_path
 
 log = logging.getLogger("csm_runtime.profile")
-
-
-def model_family(model_id: str) -> str:
-    """Profiles transfer between models of the same shape: every CSM-1B checkpoint and `csm-1b-random` share one."""
-    return "tiny" if model_id == "tiny-random" else "csm-1b"
 
 
 def mismatches(profile: Profile, *, slug: str, model_id: str) -> list[str]:

@@ -1,9 +1,9 @@
 """The profile: what autotune measured on one device and the settings it chose, as `profiles/<slug>.yaml`.
 
-One file per device slug (the slug table is `csm_common/gpus.py`, shared with the control plane). Schema version 1:
-identity (device facts, driver, CUDA, package versions, model id and revision, date), the rule and the settings it
-chose with the measurements behind them, and the full candidate table, skipped and OOM rows included with their
-reasons. Loading validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is
+One file per device slug (the slug table is `csm_common/gpus.py` and the file contract `csm_common/profiles.py`, both
+shared with the control plane). Schema version 1: identity (device facts, driver, CUDA, package versions, model id and
+revision, date), the rule and the settings it chose with the measurements behind them, and the full candidate table,
+skipped and OOM rows included with their reasons. Loading validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is
 a `ProfileError` with one clear line, never a half-applied profile.
 
 Which profile a server uses, and how, is apply.py; the sweep that writes one is sweep.py, choice.py and build.py.
@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+from csm_common.profiles import SCHEMA_VERSION, profile_filename
+
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 Status = Literal["measured", "skipped", "oom", "failed"]
 
@@ -189,7 +190,7 @@ class Profile(_Strict):
 
 
 def profile_path(profiles_dir: str | Path, slug: str) -> Path:
-    return Path(profiles_dir) / f"{slug}.yaml"
+    return Path(profiles_dir) / profile_filename(slug)
 
 
 def dump_profile(profile: Profile, path: str | Path) -> Path:
