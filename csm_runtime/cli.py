@@ -4,6 +4,7 @@
     csm-runtime autotune   sweep settings, write profiles/<slug>.yaml  commands/autotune.py
     csm-runtime generate   one text to a WAV, with frame metrics       commands/generate.py
     csm-runtime info       torch / CUDA / GPU / CPU / RAM of this box  commands/info.py
+    csm-runtime watchdog   destroy this box when idle or over its cap  commands/watchdog.py
 
 Each command module owns its options (`build_parser(parser)`) and its `main(args=...)`. At import they load only the
 standard library and the settings; torch, the engine and the server load inside the command that runs them, so
@@ -15,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from csm_runtime.commands import autotune, generate, info, serve
+from csm_runtime.commands import autotune, generate, info, serve, watchdog
 
-COMMANDS = {"serve": serve, "autotune": autotune, "generate": generate, "info": info}
+COMMANDS = {"serve": serve, "autotune": autotune, "generate": generate, "info": info, "watchdog": watchdog}
 
 
 def build_parser() -> argparse.ArgumentParser:

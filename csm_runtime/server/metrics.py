@@ -39,6 +39,11 @@ class Metrics:
             "csm_step_seconds", "Wall time of one batched frame step", buckets=TTFA_BUCKETS, registry=r
         )
         self.ready = Gauge("csm_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.last_request = Gauge(
+            "csm_last_request_timestamp_seconds",
+            "Unix time a speech request last started or ended (the box's watchdog reads it)",
+            registry=r,
+        )
         self._gpu_memory = Gauge("csm_gpu_memory_bytes", "CUDA memory of this process", ["kind"], registry=r)
         self._gpu_wired = False
 
@@ -69,6 +74,9 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        speech = scope.get("path", "").startswith("/v1/audio/speech")
+        if speech:
+            self.metrics.last_request.set_to_current_time()
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -81,3 +89,5 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(path, str(status["code"])).inc()
+            if speech:  # a stream that ran for minutes is activity until its end
+                self.metrics.last_request.set_to_current_time()

@@ -56,6 +56,23 @@ def price(text: str | None) -> float | None:
     return value
 
 
+def duration(name: str, text: str | None) -> float | None:
+    """`90s`, `60m`, `2h` or plain seconds -> seconds; a one-line UsageError otherwise."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    raw = text.strip().lower()
+    scale = units.get(raw[-1:])
+    number = raw[:-1] if scale else raw
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise UsageError(f"{name} {text!r} is not a duration (e.g. 90s, 60m, 2h)") from None
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{name} must be a positive duration, not {text!r}")
+    return value
+
+
 def positive(name: str, value: float | None) -> float | None:
     if value is not None and not value > 0:
         raise UsageError(f"{name} must be positive, not {value!r}")

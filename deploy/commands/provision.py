@@ -85,6 +85,21 @@ def provision(
             help="Serve on the box's loopback only, reached through an SSH tunnel (vast: ask for no public port).",
         ),
     ] = False,
+    idle_destroy: Annotated[
+        str | None,
+        typer.Option(
+            help="The box destroys itself after this long without a request [default: 60m on vast].", show_default=False
+        ),
+    ] = None,
+    max_hours: Annotated[
+        float | None, typer.Option(help="The box destroys itself after this many hours.", show_default=False)
+    ] = None,
+    max_spend: Annotated[
+        float | None, typer.Option(help="The box destroys itself once it cost this many USD.", show_default=False)
+    ] = None,
+    watchdog: Annotated[
+        bool, typer.Option(help="Start the box's watchdog (--no-watchdog: the box bills until `deploy teardown`).")
+    ] = True,
     replicas: Annotated[
         int | None,
         typer.Option(help="Provision a fleet of N replicas in parallel (see `deploy gateway`).", show_default=False),
@@ -107,7 +122,7 @@ def provision(
       deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
     """
     from deploy.fleet.model import FleetSpec
-    from deploy.provision.options import ProvisionOptions, RuntimeOptions
+    from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog
 
     s = c.settings()
     gpus = [g.strip() for g in (gpu or "").split(",") if g.strip()]  # `4090,3090`: the next type when one runs out
@@ -117,6 +132,12 @@ def provision(
     offers_to_try = int(c.positive("--max-offers", max_offers) or s.max_offers)
     ready_s, ssh_s = c.positive("--ready-timeout", ready_timeout), c.positive("--ssh-timeout", ssh_timeout)
     runtime_s = c.positive("--runtime-timeout", runtime_timeout)
+    idle_off = (idle_destroy or "").strip().lower() == "off"
+    limits = Watchdog(
+        idle_s=None if idle_off else c.duration("--idle-destroy", idle_destroy),
+        max_hours=c.positive("--max-hours", max_hours),
+        max_spend_usd=c.positive("--max-spend", max_spend),
+    )
     ssh = {"host": host, "port": port, "user": user}
     prov = c.provider(provider, **ssh)
     if prov.needs_gpu and not gpus:
@@ -137,6 +158,7 @@ def provision(
             box_site_packages=box_site_packages,
             runtime_timeout_s=runtime_s,
             tunnel=tunnel,
+            watchdog=_watchdog(prov, limits, enabled=watchdog, idle_off=idle_off),
         )
     options = ProvisionOptions.from_settings(
         s,
@@ -156,6 +178,29 @@ def provision(
     if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback
         return _provision_fleet(s, FleetSpec(provider, tuple(gpus), options), fleet, replicas, json_)
     _provision_one(s, options, prov, json_)
+
+
+def _watchdog(prov, limits, *, enabled: bool, idle_off: bool):
+    """The box's watchdog: on by default (idle 60 min) where the provider lets a box end itself; asking for one
+    where it cannot is an error, not a silent no-op. `--idle-destroy off` keeps only the caps."""
+    import dataclasses
+
+    from deploy.provision.options import DEFAULT_IDLE_S
+
+    asked = limits.idle_s is not None or limits.max_hours is not None or limits.max_spend_usd is not None
+    if not enabled:
+        if asked:
+            raise UsageError("--no-watchdog with --idle-destroy/--max-hours/--max-spend: choose one")
+        return None
+    if not prov.can_self_destroy:
+        if asked:
+            raise UsageError(f"the {prov.name} provider's boxes cannot destroy themselves: no watchdog there")
+        return None
+    if limits.idle_s is None and not idle_off:
+        limits = dataclasses.replace(limits, idle_s=DEFAULT_IDLE_S)
+    if limits.idle_s is None and limits.max_hours is None and limits.max_spend_usd is None:
+        raise UsageError("--idle-destroy off with no --max-hours or --max-spend: use --no-watchdog instead")
+    return limits
 
 
 def _provision_one(s, options, prov, json_: bool) -> None:

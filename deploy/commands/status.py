@@ -23,6 +23,8 @@ def status(
         rec = reconcile(ledger, c.settings(), lambda name: c.provider(name), providers=provider)
         for rid in rec.adopted:
             output.progress(f"adopted rental {rid}: found at the provider by its label (a crashed provision)")
+        for e in rec.of_kind("ended"):
+            output.progress(f"rental {e.rental.id} ({e.provider} {e.rental.provider_id}) is closed: {e.rental.reason}")
         for warning in rec.warnings:
             output.progress(f"warning: {warning}")
         fleets = fleet_reports(c.settings(), ledger)  # fleet lines: per replica requests, readiness, gateway state

@@ -23,7 +23,7 @@ from deploy.settings import DeploySettings
 
 @dataclass
 class Entry:
-    kind: str  # tracked | orphan | ghost | unconfirmed (intent row, nothing at the provider) | closed
+    kind: str  # tracked | orphan | ghost | unconfirmed (intent row, nothing at the provider) | ended (by its watchdog)
     provider: str
     rental: Rental | None = None
     box: Box | None = None
@@ -106,7 +106,10 @@ def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider,
                 raise ProviderError(
                     f"the listing omitted instance {rental.provider_id} (ledger row {rental.id}), which still exists"
                 )
-            entries.append(Entry("ghost", name, rental, None))
+            if (rental.meta.get("watchdog") or {}).get("running"):
+                entries.append(Entry("ended", name, _close_self_destroyed(ledger, provider, rental), None))
+            else:
+                entries.append(Entry("ghost", name, rental, None))
     result.entries.extend(entries)
 
 
@@ -120,6 +123,19 @@ def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
     ledger.event(candidate.id, "adopted", "found at the provider by its label after a crash")
     result.adopted.append(candidate.id)
     return ledger.get(candidate.id)
+
+
+def _close_self_destroyed(ledger: Ledger, provider: Provider, rental: Rental) -> Rental:
+    """A rental whose box had a watchdog and is gone: the box destroyed itself (idle, or a cap). The row closes with
+    that reason, its cost ending where the provider's billing ended (else now)."""
+    try:
+        ended = provider.ended_at(str(rental.provider_id))
+    except DeployError:
+        ended = None
+    limits = rental.meta["watchdog"].get("limits", "its limits")
+    reason = f"the box destroyed itself: its watchdog ({limits}) ended it, or the provider did"
+    ledger.close_rental(rental.id, L.GONE, reason, ended_at=ended)
+    return ledger.require(rental.id)
 
 
 def close_ghost(ledger: Ledger, rental: Rental) -> None:

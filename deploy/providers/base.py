@@ -69,6 +69,7 @@ class Provider(ABC):
     owns_boxes: ClassVar[bool] = True  # destroy ends the box; False: teardown stops our server and releases the row
     listable: ClassVar[bool] = True  # `list_owned` works: status and teardown --all reconcile against it
     runs_here: ClassVar[bool] = False  # the "box" is this machine: its own Python environment can serve
+    can_self_destroy: ClassVar[bool] = False  # a box can end its own rental (vast's instance-scoped key): a watchdog
 
     @classmethod
     @abstractmethod
@@ -115,6 +116,10 @@ class Provider(ABC):
 
     def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
         """Where the server's `port` on the box answers from here without a tunnel; None: only through SSH."""
+        return None
+
+    def ended_at(self, provider_id: str) -> float | None:
+        """When the provider says a gone instance stopped billing (None: it does not say)."""
         return None
 
     def charges(self, start: float, end: float) -> dict[str, float]:

@@ -22,6 +22,7 @@ class VastProvider(Provider):
     name = "vast"
     needs_gpu = True
     maps_ports = True
+    can_self_destroy = True  # CONTAINER_API_KEY in the container destroys that one instance
 
     def __init__(self, cli: VastCli | None = None, *, timeout_s: float = 120.0):
         self._cli, self.timeout_s = cli, timeout_s
@@ -121,6 +122,13 @@ class VastProvider(Provider):
         if box is None or not box.public_ip or port not in box.ports:
             return None
         return DirectAddress(box.public_ip, box.ports[port], "0.0.0.0")
+
+    def ended_at(self, provider_id: str) -> float | None:
+        """The end of the instance's last charge row (vast bills until the destroy)."""
+        now = time.time()
+        rows = [r for r in self.cli.charges(now - 30 * 86400, now + 60) if r.get("source") == f"instance-{provider_id}"]
+        ends = [float(r["end"]) for r in rows if isinstance(r.get("end"), (int, float))]
+        return max(ends) if ends else None
 
     def charges(self, start: float, end: float) -> dict[str, float]:
         return charges_by_instance(self.cli.charges(start, end))

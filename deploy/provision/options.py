@@ -22,6 +22,35 @@ if TYPE_CHECKING:
 MODES = ("auto", "bootstrap", "image", "current")
 STOCK_IMAGE_PREFIX = "pytorch/pytorch"  # ships torch in the system site-packages: the venv reuses it
 DEFAULT_MODEL = "sesame/csm-1b"
+DEFAULT_IDLE_S = 3600.0  # a vast box nobody used for an hour destroys itself
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """When the box destroys itself (csm_runtime/watchdog.py), with the laptop out of the picture."""
+
+    idle_s: float | None = DEFAULT_IDLE_S  # no request (or a dead server) this long
+    max_hours: float | None = None
+    max_spend_usd: float | None = None
+
+    def args(self, rate_usd_h: float) -> list[str]:
+        """`csm-runtime watchdog` options for these limits."""
+        out = []
+        if self.idle_s is not None:
+            out += ["--idle-destroy-after", f"{self.idle_s:g}"]
+        if self.max_hours is not None:
+            out += ["--max-hours", f"{self.max_hours:g}"]
+        if self.max_spend_usd is not None:
+            out += ["--max-spend", f"{self.max_spend_usd:g}", "--rate", f"{rate_usd_h:g}"]
+        return out
+
+    def describe(self) -> str:
+        parts = [f"idle {self.idle_s / 60:g} min" if self.idle_s else ""]
+        parts += [
+            f"max {self.max_hours:g} h" if self.max_hours else "",
+            f"max ${self.max_spend_usd:g}" if self.max_spend_usd else "",
+        ]
+        return ", ".join(p for p in parts if p) or "no limit"
 
 
 @dataclass(frozen=True)
@@ -43,6 +72,7 @@ class RuntimeOptions:
     install_timeout_s: float = 1800.0
     autotune_timeout_s: float = 3600.0
     runtime_timeout_s: float = 900.0  # start -> /ready (the first start on a real box downloads the checkpoint)
+    watchdog: Watchdog | None = None  # the box's dead man's switch, where the provider lets a box end itself
 
     @classmethod
     def resolve(
@@ -90,6 +120,8 @@ class RuntimeOptions:
         values = {k: v for k, v in data.items() if k in known}
         if "autotune_args" in values:
             values["autotune_args"] = tuple(values["autotune_args"])
+        if values.get("watchdog"):
+            values["watchdog"] = Watchdog(**values["watchdog"])
         return cls(**values)
 
 

@@ -8,6 +8,7 @@ the pid file still names that pid, so a pid the box has since reused for somethi
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any
 
@@ -24,6 +25,25 @@ def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str) -> str
     args += ["--token-file", f"{box_dir}/token", "--profile", "auto"]
     env = f"env -u VAST_API_KEY CSM_PROFILES_DIR={q(box_dir + '/profiles')}"
     return f"cd {q(box_dir)} && exec {env} " + " ".join(q(a) for a in args)
+
+
+WATCHDOG_NAME = "csm-watchdog"  # start_detached name: .csm-deploy-run/csm-watchdog.log in the box's home
+
+
+def watchdog_command(
+    opts: RuntimeOptions, layout: BoxLayout, box_dir: str, *, rate_usd_h: float, started_at: float
+) -> str:
+    """The box's watchdog (csm-runtime watchdog): it reads the server's /metrics on the box's loopback and destroys
+    the instance with vast's instance-scoped key. `VAST_URL`, where this machine sets one (a test's emulator), tells
+    it where vast's API is; the operator's key never goes."""
+    assert opts.watchdog is not None
+    q = shlex.quote
+    args = [layout.runtime_bin, "watchdog", "--server", f"http://127.0.0.1:{opts.server_port}"]
+    args += ["--token-file", f"{box_dir}/token", "--state-file", f"{box_dir}/watchdog.json"]
+    args += ["--started-at", f"{started_at:.3f}", *opts.watchdog.args(rate_usd_h)]
+    if os.environ.get("VAST_URL"):
+        args += ["--api-url", os.environ["VAST_URL"]]
+    return f"cd {q(box_dir)} && exec env -u VAST_API_KEY " + " ".join(q(a) for a in args)
 
 
 # stdout's last line: stopped | killed | not-running

@@ -38,6 +38,7 @@ def summary(rental: Any, ctx: Any) -> dict[str, Any]:
         "runtime_mode": meta.get("runtime_mode"),
         "profile": profile,
         "usd_per_audio_hour": usd_per_audio_hour(rental.rate_usd_h, audio_hours_per_hour(rtf, streams)),
+        "watchdog": meta.get("watchdog"),
     }
 
 
@@ -74,6 +75,11 @@ def text(rental: Any, info: dict[str, Any]) -> str:
         lines.append(f"  audio cost: ${cost:.4f} per hour of audio with the box kept busy")
     elif info.get("endpoint"):
         lines.append("  profile:    none (safe defaults); no measured RTF, so no cost per hour of audio")
+    watchdog = info.get("watchdog")
+    if watchdog and watchdog.get("running"):
+        lines.append(f"  watchdog:   the box destroys itself at {watchdog['limits']} (no laptop needed)")
+    elif watchdog:
+        lines.append(f"  watchdog:   NOT running ({watchdog.get('error')}): the box bills until `deploy teardown`")
     if info.get("endpoint"):
         lines.append(f'  try:        deploy generate {rental.id} "Hello there." -o hello.wav')
     lines.append(f"  then:       deploy teardown {rental.id}; deploy cost")
