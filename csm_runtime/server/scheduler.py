@@ -4,6 +4,11 @@ Requests from the event loop land in a bounded queue. Between two frame steps th
 cancelled (client gone, timeout), admits queued requests while slots are free, then runs ONE batched decode step
 and routes each stream's chunk to its request's asyncio.Queue. Because the generator is only ever touched by this
 thread, it needs no locks, and loading + warm-up run here too (so `/ready` can answer while they happen).
+
+A request may be several pieces (a long text split into sentences, engine/longtext.py): its ticket spans them all.
+When the generator ends one piece, the next is added to the batch right away, in the same pass and before any queued
+request, with the earlier pieces' text and audio as context; so the gap between two pieces' audio is one prefill and
+the first chunk's frames, and cancel, timeout and `max_audio_ms` (the total) hold for the request as a whole.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from csm_runtime.engine.longtext import Limits, Utterance, limits_of
 
 log = logging.getLogger("csm_runtime.scheduler")
 
@@ -54,7 +61,7 @@ class StreamFailedError(SchedulerError):
 class Job:
     """One request's stream as the worker sees it; only the worker mutates it after submit."""
 
-    text: str
+    pieces: list[str]
     speaker: int
     context: list
     params: Any
@@ -68,6 +75,7 @@ class Job:
     samples: int = 0
     cancel_requested: bool = False
     done: bool = False
+    utterance: Utterance | None = None  # made by the worker, which knows the generator's limits
 
 
 class Ticket:
@@ -128,12 +136,14 @@ class Scheduler:
         self.metrics = metrics
         self._max_streams_override = max_streams
         self.generator = None
+        self._plan_limits = Limits()
         self.state = "loading"  # loading -> warming -> ready | failed; stopped at the end
         self.error: BaseException | None = None
         self.warmup_info: dict = {}
         self._cv = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()
         self._cancels: list[Job] = []
+        self._continuing: collections.deque[Job] = collections.deque()  # between two pieces, slot briefly taken
         self._active: dict[int, Job] = {}
         self._outstanding = 0  # pending + active, guarded by _cv
         self._stopping = False
@@ -151,12 +161,14 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, text: str, speaker: int, context: list, params: Any) -> Ticket:
+    def submit(self, text: str | list[str], speaker: int, context: list, params: Any) -> Ticket:
+        """Queue a request: `text` is one piece, or a list of pieces said in order with the earlier ones as context."""
         if self._stopping:
             raise ShuttingDownError("server is shutting down")
         if self.state != "ready":
             raise NotReadyError(f"model not ready ({self.state})")
-        job = Job(text, speaker, context, params, asyncio.get_running_loop(), asyncio.Queue())
+        pieces = [text] if isinstance(text, str) else list(text)
+        job = Job(pieces, speaker, context, params, asyncio.get_running_loop(), asyncio.Queue())
         job.deadline = job.submitted + self.request_timeout_s
         with self._cv:
             if self._outstanding >= self.max_streams + self.queue_size:
@@ -211,6 +223,8 @@ class Scheduler:
         job.done = True
         if job.sid is not None:
             self._active.pop(job.sid, None)
+        with contextlib.suppress(ValueError):
+            self._continuing.remove(job)
         now = time.monotonic()
         if self.metrics:
             self.metrics.finished.labels(reason if error is None else "error").inc()
@@ -227,6 +241,7 @@ class Scheduler:
     def _run(self) -> None:
         try:
             self.generator = self._load()
+            self._plan_limits = limits_of(self.generator)
             self.state = "warming"
             t0 = time.monotonic()
             self.warmup_info = dict(self.generator.warmup() or {})
@@ -256,9 +271,9 @@ class Scheduler:
         gen = self.generator
         while True:
             with self._cv:
-                if self._stopping and not self._active and not self._pending:
+                if self._stopping and not self._active and not self._pending and not self._continuing:
                     return
-                if not self._active and not self._pending and not self._cancels:
+                if not self._active and not self._pending and not self._cancels and not self._continuing:
                     self._cv.wait(timeout=0.5)
                     continue
                 cancels, self._cancels = self._cancels, []
@@ -266,7 +281,7 @@ class Scheduler:
             for job in cancels:
                 self._drop(job, "cancelled")
             hard_stop = self._stopping and now >= self._hard_deadline
-            for job in list(self._active.values()):
+            for job in list(self._active.values()) + list(self._continuing):
                 if hard_stop or now >= job.deadline:
                     self._drop(job, "shutdown" if hard_stop else "timeout")
             self._admit(gen, now, hard_stop)
@@ -289,12 +304,17 @@ class Scheduler:
             return
         if job.sid is not None and job.sid in self._active:
             self.generator.cancel(job.sid)
+        elif job in self._continuing:
+            pass  # between two pieces: no stream to cancel, _finish takes it off the list
         else:
             with self._cv, contextlib.suppress(ValueError):
                 self._pending.remove(job)
         self._finish(job, reason)
 
     def _admit(self, gen, now: float, hard_stop: bool) -> None:
+        while self._continuing and len(self._active) < self.max_streams:  # requests between pieces go first
+            if not self._start_piece(gen, self._continuing.popleft()):
+                return
         while True:
             with self._cv:
                 if not self._pending or len(self._active) >= self.max_streams:
@@ -306,21 +326,45 @@ class Scheduler:
                 self._finish(job, reason)
                 continue
             try:
-                sid = gen.add_stream(job.text, job.speaker, job.context, job.params)
-            except Exception as exc:  # noqa: BLE001 - sorted below into "the slot is busy" and "this request fails"
-                if type(exc).__name__ == "BatchFullError":
+                job.utterance = Utterance(job.pieces, job.speaker, job.context, job.params, self._plan_limits)
+            except Exception as exc:  # noqa: BLE001 - a request the plan refuses fails alone
+                self._finish(job, "error", StreamFailedError(str(exc), bad_input=isinstance(exc, ValueError)))
+                continue
+            if not self._start_piece(gen, job, queued=True):
+                return
+
+    def _start_piece(self, gen, job: Job, queued: bool = False) -> bool:
+        """Add the job's next piece to the batch; False when every slot is busy (the job waits at the front)."""
+        try:
+            piece = job.utterance.next()
+        except ValueError as exc:
+            self._finish(job, "error", StreamFailedError(str(exc), bad_input=True))
+            return True
+        if piece is None:
+            self._finish(job, job.utterance.reason)
+            return True
+        try:
+            sid = gen.add_stream(piece.text, job.speaker, piece.context, piece.params)
+        except Exception as exc:  # noqa: BLE001 - sorted below into "the slot is busy" and "this request fails"
+            if type(exc).__name__ == "BatchFullError":
+                if queued:
                     with self._cv:
                         self._pending.appendleft(job)
                         self._set_queue_gauge()
-                    return
-                bad = isinstance(exc, ValueError)
-                log.warning("stream refused: %s", exc)
-                self._finish(job, "error", StreamFailedError(str(exc), bad_input=bad))
-                continue
-            job.sid, job.admitted = sid, time.monotonic()
-            self._active[sid] = job
-            with self._cv:
-                self._set_queue_gauge()
+                else:
+                    self._continuing.appendleft(job)
+                return False
+            bad = isinstance(exc, ValueError)
+            log.warning("stream refused: %s", exc)
+            self._finish(job, "error", StreamFailedError(str(exc), bad_input=bad))
+            return True
+        job.sid = sid
+        if job.admitted is None:
+            job.admitted = time.monotonic()
+        self._active[sid] = job
+        with self._cv:
+            self._set_queue_gauge()
+        return True
 
     def _route(self, ev) -> None:
         job = self._active.get(ev.stream_id)
@@ -333,6 +377,17 @@ class Scheduler:
                 if self.metrics:
                     self.metrics.ttfa.observe(job.first_chunk - job.submitted)
             job.samples += len(chunk.pcm)
+            job.utterance.add_audio(chunk.pcm)
             self._push(job, "chunk", chunk.pcm)
-        if ev.finished:
+        if not ev.finished:
+            return
+        self._active.pop(ev.stream_id, None)
+        job.sid = None
+        if ev.reason not in ("eos", "max_audio"):
             self._finish(job, ev.reason or "eos")
+            return
+        job.utterance.piece_done()
+        if job.cancel_requested:
+            return  # the cancel pass ends it before the next step
+        if not self._start_piece(self.generator, job):
+            return  # waits in _continuing for the slot a cancelled stream frees
