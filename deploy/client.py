@@ -132,8 +132,11 @@ def synthesize(
     timeout_s: float = 600.0,
     extra: dict | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    cacert: str | Path | None = None,
 ) -> Result:
-    """POST /v1/audio/speech and stream the body into `out`. `on_progress(bytes_so_far, seconds_since_start)`."""
+    """POST /v1/audio/speech and stream the body into `out`. `on_progress(bytes_so_far, seconds_since_start)`.
+    `cacert`: the only certificate an https server may present (a rental's pinned one); a server presenting another
+    is refused before the token is sent."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(out)
@@ -142,11 +145,14 @@ def synthesize(
     url = endpoint.rstrip("/") + "/v1/audio/speech"
     import httpx
 
+    from deploy.remote.tls import client_context, is_certificate_error
+
     timeout = httpx.Timeout(timeout_s, connect=10.0)
+    verify = client_context(cacert) if cacert else True
     nbytes, ttfa = 0, None
     start = time.perf_counter()
     try:
-        with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout) as response:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=timeout, verify=verify) as response:
             if response.status_code != 200:
                 raise GenerateError(f"server answered {response.status_code}: {_server_message(response)}")
             with path.open("wb") as f:
@@ -160,6 +166,11 @@ def synthesize(
                     if on_progress:
                         on_progress(nbytes, time.perf_counter() - start)
     except httpx.HTTPError as exc:
+        if is_certificate_error(exc):
+            trusted = f"the pinned one ({cacert})" if cacert else "one this machine trusts"
+            raise GenerateError(
+                f"{endpoint} presented a TLS certificate other than {trusted}: refusing to send the token"
+            ) from None
         raise GenerateError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
     wall = time.perf_counter() - start
     if fmt == "wav":

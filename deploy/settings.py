@@ -27,7 +27,7 @@ class DeploySettings:
     home: str = "~/.csm-deploy"  # DEPLOY_HOME: the ledger, the SSH key and every other piece of local state
     label_prefix: str = "csm-deploy"  # every rental is labelled `<prefix>:<attempt>:<row>` so orphans can be found
     # container image rented boxes start from: a stock CUDA 12.4 PyTorch image, whose torch 2.6.0 meets the runtime
-    # pin, so bootstrap mode (deploy/bootstrap.py) installs only the light packages into a venv that sees it
+    # pin, so bootstrap mode (deploy/provision/layout.py) installs only the light packages into a venv that sees it
     image: str = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"
     disk_gb: float = 40.0
     max_offers: int = 3  # offers tried in order before provision gives up

@@ -4,6 +4,10 @@ Examples:
     deploy generate 3 "Hello there." -o hello.wav                  # rental 3 from the ledger
     deploy generate --endpoint http://127.0.0.1:8000 --token-file tok "Hi." -o hi.wav
     deploy generate --endpoint http://127.0.0.1:8000 --voice echo --format mp3 "Hi." -o hi.mp3 --play
+    deploy generate --endpoint https://203.0.113.7:41000 --cacert rental-3.pem --token-file tok "Hi." -o hi.wav
+
+A rental whose server is on a public address speaks HTTPS: `deploy generate ID` trusts only the certificate pinned
+for it when it was provisioned (deploy/remote/tls.py), and refuses a server that presents another one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def generate(
         str | None, typer.Option(help="server URL, e.g. http://127.0.0.1:8000 (instead of an ID)")
     ] = None,
     token_file: Annotated[Path | None, typer.Option(help="file holding the bearer token")] = None,
+    cacert: Annotated[
+        Path | None, typer.Option(help="the certificate an https --endpoint must present (a rental's pinned PEM)")
+    ] = None,
     voice: Annotated[str, typer.Option(help="voice name (GET /v1/voices)")] = "alloy",
     fmt: Annotated[str, typer.Option("--format", help=f"one of {', '.join(FORMATS)}")] = "wav",
     model: Annotated[str, typer.Option(help="model name sent to the server")] = "tts-1",
@@ -50,19 +57,24 @@ def generate(
         from deploy.remote.endpoint import open_rental_endpoint
 
         # the ledger's endpoint, with an SSH tunnel held open while we stream when the server is on the box's loopback
-        with open_rental_endpoint(args[0], settings()) as (url, recorded_token):
+        with open_rental_endpoint(args[0], settings()) as (url, recorded_token, pinned_cert):
             token_file = token_file or (Path(recorded_token) if recorded_token else None)
-            return _generate(url, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json)
+            cacert = cacert or (Path(pinned_cert) if pinned_cert else None)
+            return _generate(
+                url, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert
+            )
     elif len(args) != 1:
         raise UsageError('expected [ID] "text" (the text in quotes)')
     elif not endpoint:
         raise UsageError("no server: pass an instance ID or --endpoint URL")
-    _generate(endpoint, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json)
+    _generate(endpoint, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert)
 
 
-def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json) -> None:
+def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert) -> None:
     from deploy.remote.tokens import read_token_file
 
+    if cacert is not None and not cacert.is_file():
+        raise UsageError(f"--cacert {cacert}: no such file")
     extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
     result = synthesize(
         endpoint,
@@ -74,6 +86,7 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
         model=model,
         extra=extra,
         on_progress=None if as_json else _progress,
+        cacert=cacert,
     )
     if not as_json:
         sys.stderr.write("\n")

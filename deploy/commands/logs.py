@@ -13,7 +13,7 @@ def logs(
     rental_id: c.RentalId,
     name: Annotated[
         str, typer.Option(help="Which detached process's log (as started by a provision step).")
-    ] = "runtime",
+    ] = "csm-runtime",
     tail: Annotated[int, typer.Option(help="Last N lines; 0 = all.")] = 200,
     events: Annotated[bool, typer.Option(help="Show the ledger's lifecycle events instead.")] = False,
     json_: c.Json = False,

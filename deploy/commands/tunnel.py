@@ -44,8 +44,10 @@ def tunnel(
             raise UsageError(f"rental {rental_id} is {rental.status}: its server is gone (see `deploy status`)")
         if not meta.get("endpoint") or not meta.get("port"):
             raise UsageError(f"rental {rental_id} has no server recorded (provisioned with --no-runtime?)")
+        cacert = meta.get("tls_cert")  # an https server: the certificate pinned for it
         if meta.get("access") != TUNNEL:
-            _emit(json_, url=str(meta["endpoint"]), token_file=meta.get("token_file"), access=meta.get("access"))
+            url, access = str(meta["endpoint"]), meta.get("access")
+            _emit(json_, url=url, token_file=meta.get("token_file"), access=access, cacert=cacert)
             return
         if local_port is not None:
             _check_free(local_port)
@@ -53,7 +55,9 @@ def tunnel(
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
     try:
         with forward(host, int(meta["port"]), local_port) as port:
-            _emit(json_, url=f"http://127.0.0.1:{port}", token_file=meta.get("token_file"), access=TUNNEL)
+            scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
+            url = f"{scheme}://127.0.0.1:{port}"
+            _emit(json_, url=url, token_file=meta.get("token_file"), access=TUNNEL, cacert=cacert)
             output.progress(
                 f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it"
             )
@@ -64,11 +68,13 @@ def tunnel(
         host.close()
 
 
-def _emit(json_: bool, *, url: str, token_file: str | None, access: str | None) -> None:
+def _emit(json_: bool, *, url: str, token_file: str | None, access: str | None, cacert: str | None = None) -> None:
+    """The URL and token file; for an https server also the pinned certificate clients must trust (`--cacert`)."""
+    info = {"url": url, "token_file": token_file, "access": access} | ({"cacert": cacert} if cacert else {})
     if json_:
-        output.emit_json({"url": url, "token_file": token_file, "access": access})
+        output.emit_json(info)
     else:
-        output.emit_text(f"url:        {url}\ntoken file: {token_file}")
+        output.emit_text(f"url:        {url}\ntoken file: {token_file}" + (f"\ncacert:     {cacert}" if cacert else ""))
 
 
 def _check_free(port: int) -> None:

@@ -28,6 +28,7 @@ class Backend:
     name: str
     address: str  # host:port (a local port for the local provider, an SSH tunnel's port, or a mapped port)
     token: str
+    ca_file: str | None = None  # an https replica: its pinned certificate, the only one HAProxy accepts from it
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,20 @@ def _check_address(name: str, address: str) -> None:
         raise UsageError(f"replica {name}: address {address!r} is not host:port")
 
 
+def _check_ca_file(name: str, path: str | None) -> None:
+    if path is not None and (not path.startswith("/") or any(c.isspace() or c in "\"'#\\" for c in path)):
+        raise UsageError(f"replica {name}: certificate path {path!r} must be absolute, without spaces or quotes")
+
+
+def _server_line(b: Backend) -> str:
+    """`server replica ADDRESS`, with TLS towards an https replica: HAProxy verifies the replica against its pinned
+    certificate alone (`verify required ca-file`), so only the key that signed it is accepted; the bearer token it
+    adds travels encrypted."""
+    if b.ca_file is None:
+        return f"    server replica {b.address}"
+    return f"    server replica {b.address} ssl verify required ca-file {b.ca_file}"
+
+
 def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
     """The whole HAProxy 2.6 config for one fleet: a pure function (the same input gives the same text)."""
     _check_token("gateway", cfg.client_token)
@@ -73,6 +88,7 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
             raise UsageError(f"replica name {b.name!r} is not a valid HAProxy server name")
         _check_address(b.name, b.address)
         _check_token(f"replica {b.name}", b.token)
+        _check_ca_file(b.name, b.ca_file)
     sock = cfg.sockets_dir.rstrip("/")
     unauthorized = (
         '{\\"error\\":{\\"message\\":\\"missing or wrong bearer token\\",'
@@ -127,15 +143,15 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
             f"    bind unix@{sock}/{b.name}.sock mode 600",
             f'    http-request set-header Authorization "Bearer {b.token}"',
             "    retries 0  # fail fast: the fleet backend retries the request on another replica",
-            f"    server replica {b.address}",
+            _server_line(b),
         ]
     return "\n".join(lines) + "\n"
 
 
 def address_of(url: str) -> str:
-    """http://127.0.0.1:8001 -> 127.0.0.1:8001 (the form a `server` line takes)."""
+    """http(s)://127.0.0.1:8001 -> 127.0.0.1:8001 (the form a `server` line takes; TLS is the Backend's ca_file)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or not parts.port:
-        raise UsageError(f"endpoint {url!r} is not http://host:port")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+        raise UsageError(f"endpoint {url!r} is not http(s)://host:port")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{parts.port}"

@@ -2,7 +2,8 @@
 
 A crash at any point leaves a row that `deploy status` and `deploy teardown --all` can act on: the intent row (with the
 label the rental will carry) exists before the create call, the provider's id is written right after it. The file
-lives under DEPLOY_HOME, mode 0600, WAL. No API key or token is ever stored here.
+lives under DEPLOY_HOME, mode 0600, WAL. No API key or token is ever stored here. Each rental pins what it is reached
+by: the SSH host key (`host_key`) and, for a server on a public address, its TLS certificate (`pin_tls_cert`).
 """
 
 from __future__ import annotations
@@ -175,6 +176,12 @@ class Ledger:
         """Trust on first use: the first key seen for this rental is the only one accepted afterwards."""
         self._update(rid, host_key=host_key)
         self.event(rid, "host_key_pinned", host_key.split(" ")[0])
+
+    def pin_tls_cert(self, rid: int, path: str, sha256: str) -> None:
+        """The server's certificate, fetched over the pinned SSH connection: the only one its clients accept. The
+        PEM stays in a file (`path`); the row keeps the path and the certificate's sha256, never a key."""
+        self.update_meta(rid, tls_cert=path, tls_cert_sha256=sha256)
+        self.event(rid, "tls_cert_pinned", f"sha256 {sha256}")
 
     def set_status(self, rid: int, status: str, reason: str | None = None) -> None:
         self._update(rid, status=status, reason=reason)

@@ -94,7 +94,8 @@ def run_autotune(
     result = host.run(command, timeout=timeout, stream=True, check=False)
     if not result.ok:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RemoteError(f"autotune on the box exited {result.exit_code}: {tail[0]}")
+        # the runtime's own one-line reason (`Error: ...`), e.g. a gated checkpoint without access
+        raise RemoteError(f"autotune on the box exited {result.exit_code}: {tail[0].removeprefix('Error: ')}")
     summary = last_json_line(result)
     slug = str(summary.get("slug") or "")
     if not slug or "/" in slug or slug.startswith("."):

@@ -41,6 +41,7 @@ class Context:
     profile: dict[str, Any] | None = None  # the profile pushed or measured (autotune)
     direct: DirectAddress | None = None  # where the server answers without a tunnel (start)
     server_pid: int | None = None  # the detached server (start)
+    hub_token: str | None = None  # the Hub token's file on the box (push); None: none was found here
 
     @property
     def rental_id(self) -> int:

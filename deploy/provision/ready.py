@@ -1,8 +1,14 @@
 """The `ready` step: the server listens on the box, then /ready answers 200 with the token, from here.
 
 Directly where the provider says the port answers (a mapped public port, or this machine), else through an SSH
-tunnel; a direct address that stays silent for DIRECT_PROBE_S falls back to the tunnel. A server that exits, fails to
-load its model or never answers ends the step with the last lines of its log.
+tunnel; a direct address that stays silent for DIRECT_PROBE_S falls back to the tunnel. A server on a public bind
+serves HTTPS only: its certificate is copied back over SSH and pinned first (certificate.py), and every request here
+trusts that certificate alone, so a server presenting another one never sees the token. A server that exits, fails
+to load its model or never answers ends the step with the last lines of its log, and its own reason in one line.
+
+A first start downloads the checkpoint (several GB for sesame/csm-1b): /ready says how far (hub.py) and the step
+prints it; the deadline (`--runtime-timeout`) counts from the download's last progress, so a slow but moving
+download is never cut off and a stalled one is.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from typing import Any
 
 from deploy.errors import DeployError, RemoteError
 from deploy.ledger import DIRECT, TUNNEL
+from deploy.provision.certificate import fetch_and_pin, serves_tls
 from deploy.provision.context import Context
+from deploy.provision.hub import describe_download, download_bytes
 from deploy.provision.layout import SERVER_LOG
 from deploy.provision.options import RuntimeOptions
+from deploy.remote.tls import client_context, is_certificate_error
 from deploy.remote.tokens import read_token_file
 from deploy.remote.tunnels import forward
 
 LOG_TAIL_LINES = 30
 DIRECT_PROBE_S = 20.0  # how long a direct address may stay silent before the ready step falls back to the tunnel
+DOWNLOAD_REPORT_S = 5.0  # how often the box's download progress is printed
 
 
 def _q(text: str) -> str:
@@ -69,7 +79,10 @@ def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
             ctx.log(f"the server listens on {opts.bind}:{opts.server_port} on the box after {polls} polls")
             return
         if res.exit_code == 7:
-            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {show_log_tail(ctx)}")
+            last = show_log_tail(ctx)
+            if last.startswith("Error: "):  # the runtime refused to start and said why in one line
+                raise RemoteError(f"the server could not start: {last.removeprefix('Error: ')}")
+            raise RemoteError(f"the server (pid {pid}) exited before /ready answered: {last}")
         if time.monotonic() >= deadline:
             raise RemoteError(
                 f"the server did not listen on port {opts.server_port} within the deadline: {show_log_tail(ctx)}"
@@ -87,21 +100,53 @@ def _json(response: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str, Any]:
-    """GET /ready with the token until 200 (503 while loading or warming up). Returns /ready's JSON body."""
+def certificate_refused(url: str, exc: BaseException) -> RemoteError:
+    return RemoteError(
+        f"{url} presented a TLS certificate other than the one the box holds (pinned over SSH): refusing to send the "
+        f"token ({type(exc).__name__})"
+    )
+
+
+class DownloadClock:
+    """Prints the box's download progress from /ready bodies, and moves the deadline on while it grows."""
+
+    def __init__(self, ctx: Context, allowance_s: float) -> None:
+        self.ctx, self.allowance_s = ctx, allowance_s
+        self.bytes: int | None = None
+        self.printed = 0.0
+
+    def update(self, body: dict[str, Any], deadline: float) -> float:
+        done = download_bytes(body)
+        if done is None:
+            return deadline
+        now = time.monotonic()
+        if self.bytes is not None and done > self.bytes:
+            deadline = max(deadline, now + self.allowance_s)
+        self.bytes = done if self.bytes is None else max(self.bytes, done)
+        if now - self.printed >= DOWNLOAD_REPORT_S and (line := describe_download(body)):
+            self.ctx.log(line)
+            self.printed = now
+        return deadline
+
+
+def poll_ready(ctx: Context, url: str, token: str, deadline: float, *, verify: Any = True) -> dict[str, Any]:
+    """GET /ready with the token until 200 (503 while loading or warming up). Returns /ready's JSON body. `verify`:
+    the pinned certificate's SSL context for an https URL."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
     polls, last = 0, "no answer yet"
+    clock = DownloadClock(ctx, ctx.runtime.runtime_timeout_s if ctx.runtime else 900.0)
     while True:
         polls += 1
         try:
-            r = httpx.get(url.rstrip("/") + "/ready", headers=headers, timeout=10.0)
+            r = httpx.get(url.rstrip("/") + "/ready", headers=headers, timeout=10.0, verify=verify)
             if r.status_code == 200:
                 ctx.log(f"/ready answered 200 after {polls} polls (1/1 ready)")
                 return _json(r)
             last = f"HTTP {r.status_code}"
             body = _json(r)
+            deadline = clock.update(body, deadline)
             if body.get("status") in ("failed", "stopped"):  # the model did not load: waiting longer changes nothing
                 why = body.get("error") or body["status"]
                 show_log_tail(ctx)
@@ -111,6 +156,8 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
             if r.status_code in (401, 403):
                 raise RemoteError(f"/ready refused our token ({last}): is another server on port {url}?")
         except httpx.HTTPError as exc:
+            if is_certificate_error(exc):
+                raise certificate_refused(url, exc) from None
             last = type(exc).__name__
         if time.monotonic() >= deadline:
             raise RemoteError(
@@ -121,17 +168,20 @@ def poll_ready(ctx: Context, url: str, token: str, deadline: float) -> dict[str,
         _pause(ctx, deadline)
 
 
-def answers(url: str, deadline: float, *, within_s: float | None = None) -> str | None:
+def answers(url: str, deadline: float, *, within_s: float | None = None, verify: Any = True) -> str | None:
     """None once GET /health answers at all (any status) from here, else why not, tried for `within_s` at most:
-    a mapped port that a firewall drops should fall back to the tunnel, not eat the whole ready deadline."""
+    a mapped port that a firewall drops should fall back to the tunnel, not eat the whole ready deadline. A server
+    that answers with another certificate than the pinned one is refused at once (RemoteError)."""
     import httpx
 
     until, why = min(deadline, time.monotonic() + (DIRECT_PROBE_S if within_s is None else within_s)), "not tried"
     while True:
         try:
-            httpx.get(url + "/health", timeout=5.0)
+            httpx.get(url + "/health", timeout=5.0, verify=verify)
             return None
         except httpx.HTTPError as exc:
+            if is_certificate_error(exc):
+                raise certificate_refused(url, exc) from None
             why = f"{type(exc).__name__}: {exc}"
         if time.monotonic() >= until:
             return why
@@ -143,18 +193,21 @@ def step_ready(ctx: Context) -> None:
     assert ctx.host is not None and opts is not None
     token = read_token_file(ctx.refresh().meta["token_file"])
     deadline = time.monotonic() + opts.runtime_timeout_s
-    on_box = f"http://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.server_port}"
+    tls = serves_tls(opts.bind)
+    scheme = "https" if tls else "http"
+    on_box = f"{scheme}://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.server_port}"
     wait_listening(ctx, opts, deadline)
-    public = ctx.direct.url if ctx.direct else None
-    if public and (why := answers(public, deadline)) is not None:
+    verify = client_context(fetch_and_pin(ctx)) if tls else True  # the server wrote it before it listened
+    public = f"{scheme}://{ctx.direct.host}:{ctx.direct.port}" if ctx.direct else None
+    if public and (why := answers(public, deadline, verify=verify)) is not None:
         ctx.log(f"the server's port {public} does not answer from here ({why}): using the SSH tunnel instead")
         ctx.event("direct-unreachable", f"{public}: {why}")
         public = None
     if public:
-        body, endpoint, access = poll_ready(ctx, public, token, deadline), public, DIRECT
+        body, endpoint, access = poll_ready(ctx, public, token, deadline, verify=verify), public, DIRECT
     else:
         with forward(ctx.host, opts.server_port) as local_port:
-            body = poll_ready(ctx, f"http://127.0.0.1:{local_port}", token, deadline)
+            body = poll_ready(ctx, f"{scheme}://127.0.0.1:{local_port}", token, deadline, verify=verify)
         endpoint, access = on_box, TUNNEL
     ctx.ledger.update_meta(ctx.rental_id, endpoint=endpoint, access=access, profile=ctx.profile)
     ctx.refresh()

@@ -1,9 +1,11 @@
 """The provision steps after `check`, when the options carry a runtime: push -> install -> autotune -> start -> ready.
 
-    push      build the wheel here, put it and the lock file on the box (sha256-checked)   (mode bootstrap)
+    push      build the wheel here, put it and the lock file on the box (sha256-checked)   (mode bootstrap),
+              and the operator's Hub token (0600) for a checkpoint from the Hub (hub.py)
     install   venv on the box, pins, the wheel; or check the image's / this interpreter's runtime
     autotune  push the profile this GPU already has, or measure one on the box and keep a copy here
-    start     fresh token (here 0600, there 0600), the server started detached, its log on the box
+    start     fresh token (here 0600, there 0600), the server started detached, its log on the box; on a public
+              bind it serves TLS with a certificate for the public address (certificate.py)
     ready     ready.py: /ready with the token, directly where the provider says the port answers, else through an
               SSH tunnel; until 200 or the deadline
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 from deploy.errors import RemoteError
 from deploy.provision.autotune import find_local_profile, profile_summary, run_autotune
+from deploy.provision.certificate import tls_args
 from deploy.provision.context import Context, Step
+from deploy.provision.hub import hub_args, put_hub_token
 from deploy.provision.layout import (
     LOCK_FILE,
     PROFILES_DIR,
@@ -72,6 +76,7 @@ def step_push(ctx: Context) -> None:
     ctx.layout = BoxLayout(box_dir, opts.mode)
     ctx.event("push", "; ".join(pushed) + " (sha256 checked)")
     ctx.log(f"pushed {', '.join(p.split()[0] for p in pushed)} to {box_dir} on {ctx.host.name}")
+    put_hub_token(ctx)  # before autotune: a first sweep downloads the checkpoint too
 
 
 # --- install ---------------------------------------------------------------------------------------------------------
@@ -133,7 +138,7 @@ def step_autotune(ctx: Context) -> None:
         quick=opts.autotune_quick,
         out_dir=ctx.settings.home_path / "profiles",
         plot=False,
-        extra=opts.autotune_args,
+        extra=(*opts.autotune_args, *hub_args(ctx)),
         timeout=opts.autotune_timeout_s,
         log=ctx.log,
     )
@@ -163,7 +168,8 @@ def step_start(ctx: Context) -> None:
     ctx.host.run(
         f"[ -f {SERVER_PID} ] && kill -TERM -- -$(cat {SERVER_PID}) 2>/dev/null; rm -f {SERVER_PID}; true", stream=False
     )
-    pid = ctx.host.start_detached(server_command(opts, layout, box_dir), name=SERVER_NAME)
+    command = server_command(opts, layout, box_dir, extra=[*hub_args(ctx), *tls_args(ctx, box_dir)])
+    pid = ctx.host.start_detached(command, name=SERVER_NAME)
     ctx.server_pid = pid
     ctx.ledger.update_meta(
         ctx.rental_id,

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from deploy.errors import RemoteError
+from deploy.provision.certificate import local_server_args
 from deploy.provision.layout import SERVER_PID, BoxLayout
 from deploy.provision.options import RuntimeOptions
 
 
-def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str) -> str:
+def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str, extra: Sequence[str] = ()) -> str:
     """The detached server's command line. The environment is scrubbed of the one operator secret a LocalHost child
-    would otherwise inherit (a remote box never has it: SSH forwards no environment)."""
+    would otherwise inherit (a remote box never has it: SSH forwards no environment). `extra`: more `serve` options
+    (the Hub token's file, TLS: hub.py, certificate.py), paths only, never a secret."""
     q = shlex.quote
     args = [layout.runtime_bin, "serve", "--model", opts.model, "--host", opts.bind, "--port", str(opts.server_port)]
-    args += ["--token-file", f"{box_dir}/token", "--profile", "auto"]
+    args += ["--token-file", f"{box_dir}/token", "--profile", "auto", *extra]
     env = f"env -u VAST_API_KEY CSM_PROFILES_DIR={q(box_dir + '/profiles')}"
     return f"cd {q(box_dir)} && exec {env} " + " ".join(q(a) for a in args)
 
@@ -38,7 +41,7 @@ def watchdog_command(
     it where vast's API is; the operator's key never goes."""
     assert opts.watchdog is not None
     q = shlex.quote
-    args = [layout.runtime_bin, "watchdog", "--server", f"http://127.0.0.1:{opts.server_port}"]
+    args = [layout.runtime_bin, "watchdog", *local_server_args(opts.bind, opts.server_port, box_dir)]
     args += ["--token-file", f"{box_dir}/token", "--state-file", f"{box_dir}/watchdog.json"]
     args += ["--started-at", f"{started_at:.3f}", *opts.watchdog.args(rate_usd_h)]
     if os.environ.get("VAST_URL"):

@@ -5,6 +5,7 @@ Pure functions over the ledger row and the provision's context, so they are test
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour
@@ -38,6 +39,9 @@ def summary(rental: Any, ctx: Any) -> dict[str, Any]:
         "runtime_mode": meta.get("runtime_mode"),
         "profile": profile,
         "usd_per_audio_hour": usd_per_audio_hour(rental.rate_usd_h, audio_hours_per_hour(rtf, streams)),
+        "tls_cert": meta.get("tls_cert"),  # the pinned certificate of an https endpoint
+        "tls_cert_sha256": meta.get("tls_cert_sha256"),
+        "hf_token": meta.get("hf_token"),  # where the Hub token came from (never the token)
         "watchdog": meta.get("watchdog"),
     }
 
@@ -64,13 +68,14 @@ def text(rental: Any, info: dict[str, Any]) -> str:
         lines.append(f"  endpoint:   {info['endpoint']} {how}")
         lines.append(f"  token:      {info['token_file']} (mode 0600; the ledger keeps only its sha256)")
         lines.append(f"  model:      {info['model']} ({info['runtime_mode']} runtime)")
+        lines += client_lines(info)
     profile = info.get("profile")
     if profile and profile.get("rtf") is not None:
         cost = info["usd_per_audio_hour"]
         rt = "real time" if profile.get("realtime") else "SLOWER than real time"
         lines.append(
             f"  profile:    {profile['slug']} ({profile['source']}): {profile['candidate']}, RTF {profile['rtf']:.3f} "
-            f"per stream x {profile['max_streams']} streams ({rt})"
+            f"per stream x {profile['max_streams']} stream{'s' if profile['max_streams'] != 1 else ''} ({rt})"
         )
         lines.append(f"  audio cost: ${cost:.4f} per hour of audio with the box kept busy")
     elif info.get("endpoint"):
@@ -84,3 +89,29 @@ def text(rental: Any, info: dict[str, Any]) -> str:
         lines.append(f'  try:        deploy generate {rental.id} "Hello there." -o hello.wav')
     lines.append(f"  then:       deploy teardown {rental.id}; deploy cost")
     return "\n".join(lines)
+
+
+def client_lines(info: dict[str, Any]) -> list[str]:
+    """Ready-to-paste clients for a direct endpoint: the openai SDK and curl, trusting only the pinned certificate
+    when the endpoint is https (a server presenting another one is refused before the token is sent)."""
+    endpoint, token_file, cert = info.get("endpoint"), info.get("token_file"), info.get("tls_cert")
+    if info.get("access") == "ssh-tunnel" or not endpoint or not token_file:
+        return []
+    lines = []
+    verify, cacert = "", ""
+    if cert:
+        sha = str(info.get("tls_cert_sha256") or "")
+        lines.append(f"  tls:        certificate pinned: {cert} (sha256 {sha[:16]}…); no other is accepted")
+        verify = f", http_client=httpx.Client(verify=ssl.create_default_context(cafile={str(cert)!r}))"
+        cacert = f"--cacert {shlex.quote(str(cert))} "
+    imports = "import httpx, openai, ssl; " if cert else "import openai; "
+    lines.append(
+        f"  python:     {imports}client = openai.OpenAI(base_url={endpoint + '/v1'!r}, "
+        f"api_key=open({str(token_file)!r}).read().strip(){verify})"
+    )
+    body = '{"model": "tts-1", "input": "Hello there.", "voice": "alloy"}'
+    lines.append(
+        f'  curl:       curl {cacert}-H "Authorization: Bearer $(cat {shlex.quote(str(token_file))})" '
+        f"-H 'Content-Type: application/json' -d '{body}' {endpoint}/v1/audio/speech -o hello.wav"
+    )
+    return lines
