@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from deploy.errors import DeployError
-from deploy.fleet.model import Added, HealResult, due_for_replacement, replica_token
+from deploy.fleet.model import Added, HealResult, due_for_replacement, replica_token, replica_verify
 from deploy.fleet.probe import Probe, probe
 from deploy.fleet.replicas import add_replicas
 from deploy.fleet.scale import end_replica, remove
@@ -72,7 +72,7 @@ def heal(
                             log(f"{r.name}: {exc}")
                         url = replica_url(settings, fleet, r)
                     pr = (
-                        probe(url, replica_token(r), timeout=3.0, with_metrics=False)
+                        probe(url, replica_token(r), timeout=3.0, with_metrics=False, verify=replica_verify(r))
                         if url
                         else Probe(False, "no tunnel")
                     )

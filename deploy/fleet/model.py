@@ -7,6 +7,7 @@ scale.py and heal.py; the gateway in deploy/gateway/.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from csm_common.gpus import resolve
 from deploy.errors import UsageError
 from deploy.ledger.fleets import Replica
 from deploy.provision.options import ProvisionOptions
+from deploy.remote.tls import client_context, pinned
 from deploy.remote.tokens import read_token_file
 
 
@@ -73,6 +75,21 @@ class HealResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def replica_cert(replica: Replica) -> str | None:
+    """The pinned certificate of an https replica (the only one its clients accept), or None for plain http."""
+    try:
+        cert = pinned(replica.rental.meta)
+    except UsageError as exc:
+        raise UsageError(f"replica {replica.name}: {exc}") from None
+    return str(cert) if cert is not None else None
+
+
+def replica_verify(replica: Replica) -> ssl.SSLContext | bool:
+    """What an httpx client passes as `verify=` for this replica."""
+    cert = replica_cert(replica)
+    return client_context(cert) if cert else True
 
 
 def replica_token(replica: Replica) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,14 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def probe(url: str, token: str, *, timeout: float = 5.0, with_metrics: bool = True) -> Probe:
-    """GET /ready (and /metrics) with the replica's token. Never raises for a replica that is down: says why."""
+def probe(url: str, token: str, *, timeout: float = 5.0, with_metrics: bool = True, verify: Any = True) -> Probe:
+    """GET /ready (and /metrics) with the replica's token. Never raises for a replica that is down: says why.
+    `verify`: an https replica's pinned certificate (fleet.model.replica_verify); another one is "no answer"."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=timeout) as client:
+        with httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify) as client:
             r = client.get("/ready")
             ready, detail = r.status_code == 200, f"/ready {r.status_code}"
             metrics = parse_metrics(client.get("/metrics").text) if with_metrics else {}

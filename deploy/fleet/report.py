@@ -16,7 +16,7 @@ from deploy import output
 from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour, usd_per_audio_hour_served
 from deploy.costs.billing import rental_hours
 from deploy.errors import DeployError
-from deploy.fleet.model import replica_token
+from deploy.fleet.model import replica_token, replica_verify
 from deploy.fleet.probe import probe
 from deploy.gateway import haproxy as gw
 from deploy.gateway.fleet_gateway import paths, replica_url
@@ -45,7 +45,7 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
             pr, detail = None, "no endpoint" if not r.endpoint else "tunnel closed"
             if url:
                 try:
-                    pr = probe(url, replica_token(r), timeout=3.0)
+                    pr = probe(url, replica_token(r), timeout=3.0, verify=replica_verify(r))
                     detail = pr.detail
                 except DeployError as exc:  # a missing token file: a status line, never a crash
                     detail = str(exc)

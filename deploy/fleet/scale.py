@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from deploy.errors import DeployError, UsageError
-from deploy.fleet.model import Added, ScaleResult, choose_for_removal, replica_token
+from deploy.fleet.model import Added, ScaleResult, choose_for_removal, replica_token, replica_verify
 from deploy.fleet.probe import probe
 from deploy.fleet.replicas import add_replicas
 from deploy.gateway import haproxy as gw
@@ -54,7 +54,7 @@ def wait_idle(
                 busy.append(f"{stat.current} open at the gateway")
         url = replica_url(settings, fleet, r)
         if url:
-            pr = probe(url, replica_token(r), timeout=3.0)
+            pr = probe(url, replica_token(r), timeout=3.0, verify=replica_verify(r))
             if pr.metrics and pr.busy:
                 busy.append(f"{pr.metrics['active_streams']:.0f} streaming, {pr.metrics['queue_depth']:.0f} queued")
         if not busy:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from deploy.errors import UsageError
-from deploy.fleet.model import replica_token
+from deploy.fleet.model import replica_cert, replica_token
 from deploy.gateway import haproxy as gw
 from deploy.gateway.config import Backend, GatewayConfig, address_of, render
 from deploy.ledger import Ledger
@@ -35,7 +35,7 @@ def backends(settings: DeploySettings, fleet: Fleet, replicas: list[Replica]) ->
             address = f"127.0.0.1:{port}"
         else:
             address = address_of(r.endpoint)
-        out.append(Backend(r.name, address, replica_token(r)))
+        out.append(Backend(r.name, address, replica_token(r), ca_file=replica_cert(r)))  # https: its pinned cert
     return out
 
 
@@ -45,7 +45,8 @@ def replica_url(settings: DeploySettings, fleet: Fleet, r: Replica) -> str | Non
         return None
     if r.needs_tunnel:
         port = current(paths(settings, fleet).dir, r.name)
-        return f"http://127.0.0.1:{port}" if port else None
+        scheme = "https" if r.endpoint.startswith("https:") else "http"  # a public bind behind a tunnel is still TLS
+        return f"{scheme}://127.0.0.1:{port}" if port else None
     return r.endpoint
 
 
