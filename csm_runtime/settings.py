@@ -30,6 +30,9 @@ class RuntimeSettings:
     # model
     model: str = "sesame/csm-1b"  # `tiny-random`, `csm-1b-random`, a Hugging Face id or a local path
     revision: str | None = None
+    # a file holding the Hub token for a gated checkpoint (never the token itself); None: the Hub's own lookup
+    # (HF_TOKEN, then the file `hf auth login` wrote)
+    hf_token_file: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     mimi_weights: str = "auto"  # auto (random for *-random, else kyutai's Mimi via the HF cache) | random | PATH
@@ -51,6 +54,12 @@ class RuntimeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     token_file: str | None = None
+    # TLS (any non-loopback bind serves only HTTPS): your own certificate and key (uvicorn's names), or, without
+    # them, a self-signed certificate kept in `tls_dir` for this machine's addresses, 127.0.0.1 and `ssl_san`
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_san: tuple[str, ...] = ()  # extra names or addresses the self-signed certificate covers (a public IP)
+    tls_dir: str = "tls"
     profile: str = "auto"  # auto | off | PATH
     profiles_dir: str = "profiles"
     voices_dir: str | None = None

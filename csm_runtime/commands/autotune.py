@@ -45,6 +45,7 @@ def build_parser(parser=None):
     p.add_argument("--quick", action="store_true", help="compile off vs default, batch 1-4, few frames")
     p.add_argument("--out", default=None, help="profiles directory (default: settings.profiles_dir)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--hf-token-file", help="file holding the Hub token for a gated checkpoint (default: HF_TOKEN)")
     p.add_argument("--ttfa-target-ms", type=float, help="time-to-first-audio target of the rule (default 500)")
     p.add_argument("--rtf-max", type=float, help="real-time headroom of the rule (default 0.8)")
     p.add_argument("--batches", help="comma-separated batch sizes to try (default 1,2,4,8,16,32; quick 1,2,4)")
@@ -130,9 +131,19 @@ def describe_row(row) -> str:
 
 def autotune(args) -> dict:
     """Run the sweep the options describe; returns what is printed (paths, chosen settings, why)."""
-    base = load_settings(args.config, model=args.model, device=args.device, cpu_threads=args.cpu_threads)
+    base = load_settings(
+        args.config,
+        model=args.model,
+        device=args.device,
+        cpu_threads=args.cpu_threads,
+        hf_token_file=getattr(args, "hf_token_file", None),
+    )
     facts = detect_device(base.device)
     plan = plan_from_args(args, facts.kind)
+    # a checkpoint the Hub will not hand over is one line now, not a table of candidates that all failed
+    from csm_runtime.engine.hub import check_access, read_hub_token
+
+    check_access(base.model, base.revision, read_hub_token(base.hf_token_file))
     # Bad options are refused above, in a second; the sweep (torch, the engine), the profile (pydantic) and the plot
     # (matplotlib) load only once there is something to run.
     from csm_runtime.tuning.build import build_profile
@@ -173,11 +184,12 @@ def main(argv: list[str] | None = None, args=None) -> int:
     if args is None:
         args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("csm_runtime.download").setLevel(logging.INFO)  # a first run's download shows its progress
     from csm_runtime.tuning.choice import AutotuneError  # pydantic, via the profile schema: not for `--help`
 
     try:
         summary = autotune(args)
-    except (ValueError, AutotuneError, OSError) as exc:  # SettingsError, ProfileError, ModelLoadError are ValueErrors
+    except (ValueError, AutotuneError, OSError) as exc:  # SettingsError, ProfileError, ModelLoadError, HubAccessError
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     if args.json:

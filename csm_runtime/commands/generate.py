@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -27,6 +28,7 @@ def build_parser(parser=None):
     p.add_argument("--temperature", type=float)
     p.add_argument("--topk", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--hf-token-file", help="file holding the Hub token for a gated checkpoint (default: HF_TOKEN)")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--compile", help="off | default | reduce-overhead | max-autotune-no-cudagraphs")
     p.add_argument("--config", help="YAML file of settings (applied before env and options)")
@@ -39,6 +41,7 @@ def build_parser(parser=None):
 def main(argv: list[str] | None = None, args=None) -> int:
     args = args if args is not None else build_parser().parse_args(argv)
     cli = {"model": args.model, "device": args.device, "dtype": args.dtype, "compile": args.compile}
+    cli["hf_token_file"] = args.hf_token_file
     try:
         settings = load_settings(args.config, **cli)
     except (SettingsError, OSError) as exc:
@@ -66,6 +69,8 @@ def _generate(settings, args) -> int:
 
     if not args.text or not args.text.strip():
         raise ValueError("--text is required and must not be empty")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("csm_runtime.download").setLevel(logging.INFO)  # a first run's download shows its progress
     params = GenerationParams(
         max_audio_ms=args.max_ms if args.max_ms is not None else settings.max_audio_ms,
         temperature=args.temperature if args.temperature is not None else settings.temperature,

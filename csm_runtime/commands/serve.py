@@ -1,8 +1,15 @@
-"""`csm-runtime serve`: settings -> profile -> app -> uvicorn, after refusing unsafe binds.
+"""`csm-runtime serve`: settings -> profile -> app -> uvicorn, after refusing unsafe binds and checkpoints the Hub
+will not hand over.
+
+A non-loopback bind needs a bearer token and serves HTTPS only (server/tls.py: your certificate, or a self-signed one
+made at start); loopback stays plain HTTP (reach it through an SSH tunnel). A Hub checkpoint is checked with one HEAD
+before the server binds, so a gated repository without access is one line and exit 2 (engine/hub.py).
 
 Usage (listed in cli.py):
     csm-runtime serve --model tiny-random --port 8000
     csm-runtime serve --model sesame/csm-1b --host 0.0.0.0 --token-file /run/secrets/token --profile auto
+    csm-runtime serve --host 0.0.0.0 --token-file tok --hf-token-file hf-token --ssl-san 203.0.113.7
+    csm-runtime serve --host 0.0.0.0 --token-file tok --ssl-certfile cert.pem --ssl-keyfile key.pem
 """
 
 from __future__ import annotations
@@ -41,6 +48,27 @@ def check_bind(settings: RuntimeSettings) -> None:
         )
 
 
+def check_hub(settings: RuntimeSettings) -> None:
+    """The Hub token file is readable, and the Hub hands this token the checkpoint (HubAccessError otherwise)."""
+    from csm_runtime.engine.hub import check_access, read_hub_token
+
+    check_access(settings.model, settings.revision, read_hub_token(settings.hf_token_file))
+
+
+def setup_tls(settings: RuntimeSettings):
+    """The certificate this bind serves with (None: plain HTTP on loopback); see server/tls.py."""
+    from csm_runtime.server.tls import resolve_tls
+
+    return resolve_tls(
+        settings.host,
+        public=not is_loopback(settings.host),
+        certfile=settings.ssl_certfile,
+        keyfile=settings.ssl_keyfile,
+        tls_dir=settings.tls_dir,
+        san=settings.ssl_san,
+    )
+
+
 def resolve_profile(settings: RuntimeSettings, cli: dict[str, Any]) -> tuple[RuntimeSettings, Any]:
     """THE call site for `--profile auto|off|PATH`: returns (settings with the profile applied, what /ready reports).
 
@@ -68,13 +96,25 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
     try:
         check_bind(settings)
+        tls = setup_tls(settings)
         settings, profile = resolve_profile(settings, cli)
+        check_hub(settings)
         app = create_app(settings, profile=profile)
-    except (ServeError, ValueError) as exc:
+    except (ServeError, ValueError) as exc:  # TlsError, HubAccessError, SettingsError are ValueErrors
         print(f"Error: {exc}", file=sys.stderr)
         return 2
     auth = "bearer token required" if settings.token_file else "no token (loopback only)"
-    log.info("serving %s on http://%s:%d (%s)", settings.model, settings.host, settings.port, auth)
+    scheme = "https" if tls else "http"
+    log.info("serving %s on %s://%s:%d (%s)", settings.model, scheme, settings.host, settings.port, auth)
+    if tls is not None:
+        kind = f"self-signed for {', '.join(tls.names)}" if tls.self_signed else "given"
+        log.info(
+            "TLS certificate %s (%s), sha256 %s; clients trust it: curl --cacert %s",
+            tls.cert,
+            kind,
+            tls.sha256,
+            tls.cert,
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -82,6 +122,8 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
         log_level=log_level,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
     )
     server = uvicorn.Server(config)
     server.run()
@@ -95,6 +137,13 @@ def build_parser(parser=None):
     p.add_argument("--host", help="bind address (default 127.0.0.1; anything else needs --token-file)")
     p.add_argument("--port", type=int)
     p.add_argument("--token-file", help="file holding the bearer token every route but /health requires")
+    hf_default = "default: HF_TOKEN, then the file `hf auth login` wrote"
+    p.add_argument("--hf-token-file", help=f"file holding the Hub token for a gated checkpoint ({hf_default})")
+    p.add_argument("--ssl-certfile", help="TLS certificate (PEM); default for a non-loopback bind: a self-signed one")
+    p.add_argument("--ssl-keyfile", help="its private key (PEM)")
+    san = "a name or address the self-signed certificate also covers (a public IP mapped to this machine)"
+    p.add_argument("--ssl-san", action="append", help=f"{san}; repeatable")
+    p.add_argument("--tls-dir", help="where the self-signed certificate and key are kept (default ./tls)")
     p.add_argument("--profile", help="auto | off | PATH of a profile YAML")
     p.add_argument("--voices-dir", help="directory of extra voice YAML files")
     p.add_argument("--max-streams", type=int, help="streams decoded together (default: the profile's)")
@@ -106,7 +155,22 @@ def build_parser(parser=None):
     return p
 
 
-CLI_FIELDS = ("model", "host", "port", "token_file", "profile", "voices_dir", "max_streams", "queue_size", "device")
+CLI_FIELDS = (
+    "model",
+    "host",
+    "port",
+    "token_file",
+    "hf_token_file",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_san",
+    "tls_dir",
+    "profile",
+    "voices_dir",
+    "max_streams",
+    "queue_size",
+    "device",
+)
 
 
 def main(argv: list[str] | None = None, args=None) -> int:

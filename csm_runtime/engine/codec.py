@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
 
+from csm_runtime.engine.download import DownloadWatch
+from csm_runtime.engine.hub import HubAccessError, explain
+
 SAMPLE_RATE = 24_000
 FRAME_SAMPLES = 1920  # 80 ms per CSM frame at 12.5 Hz
 NUM_CODEBOOKS = 32
@@ -63,14 +66,24 @@ def build_mimi(weights: str | None, device: torch.device, seed: int = 0, tiny: b
     return mimi
 
 
-def resolve_mimi_weights(setting: str, model_id: str) -> str | None:
+def resolve_mimi_weights(setting: str, model_id: str, token: str | None = None) -> str | None:
     """`auto`: random for *-random models (small for tiny-random), else the production file from the HF hub cache;
-    `random` (full size); or a path."""
+    `random` (full size, e.g. tests that load a small checkpoint from a stand-in Hub); or a path.
+
+    `token`: the Hub token the checkpoint was loaded with. Kyutai's repo is public, but the Hub checks any token it
+    is sent (an implicit HF_TOKEN too), so the same one goes here; a refusal raises HubAccessError (one line)."""
     if setting == "random" or (setting == "auto" and model_id.endswith("-random")):
         return None
     if setting == "auto":
         loaders = _moshi_loaders()
-        return hf_hub_download(loaders.DEFAULT_REPO, loaders.MIMI_NAME)
+        try:
+            with DownloadWatch(loaders.DEFAULT_REPO, token=token, select=lambda paths: [loaders.MIMI_NAME]):
+                return hf_hub_download(loaders.DEFAULT_REPO, loaders.MIMI_NAME, token=token)
+        except OSError as exc:  # the Hub's errors are OSErrors
+            message = explain(exc, loaders.DEFAULT_REPO)
+            if message is None:
+                raise
+            raise HubAccessError(f"Mimi weights: {message}") from exc
     return setting
 
 

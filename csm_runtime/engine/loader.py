@@ -14,6 +14,7 @@ import torch
 
 from csm_runtime.engine.codec import MimiCodec, build_mimi, resolve_mimi_weights
 from csm_runtime.engine.generator import StreamingGenerator
+from csm_runtime.engine.hub import read_hub_token
 from csm_runtime.engine.model import LoadedModel, load_model, resolve_device, resolve_dtype
 from csm_runtime.settings import RuntimeSettings
 
@@ -25,13 +26,15 @@ class GeneratorFactory:
         if base.cpu_threads > 0:
             torch.set_num_threads(base.cpu_threads)
         self.device = resolve_device(base.device)
+        self._token = read_hub_token(base.hf_token_file)  # read once; only ever passed to the Hub's own calls
         self._model_key: tuple | None = None
         self._loaded: LoadedModel | None = None
         self._mimi_key: tuple | None = None
         self._mimi = None
 
     def build(self, settings: RuntimeSettings) -> StreamingGenerator:
-        """A new generator for `settings` (its device is the factory's). Raises ValueError or ModelLoadError."""
+        """A new generator for `settings` (its device and Hub token are the factory's). Raises ValueError,
+        ModelLoadError or HubAccessError (a ValueError)."""
         if settings.max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {settings.max_streams}")
         dtype = resolve_dtype(settings.dtype, self.device)
@@ -39,12 +42,17 @@ class GeneratorFactory:
         if self._loaded is None or self._model_key != model_key:
             self.release()  # one model in memory at a time
             self._loaded = load_model(
-                settings.model, device=self.device, dtype=dtype, revision=settings.revision, seed=settings.init_seed
+                settings.model,
+                device=self.device,
+                dtype=dtype,
+                revision=settings.revision,
+                seed=settings.init_seed,
+                token=self._token,
             )
             self._model_key = model_key
         mimi_key = (settings.mimi_weights, settings.model, settings.init_seed)
         if self._mimi is None or self._mimi_key != mimi_key:
-            weights = resolve_mimi_weights(settings.mimi_weights, settings.model)
+            weights = resolve_mimi_weights(settings.mimi_weights, settings.model, token=self._token)
             tiny = settings.model == "tiny-random" and settings.mimi_weights == "auto"
             self._mimi = build_mimi(weights, self.device, seed=settings.init_seed, tiny=tiny)
             self._mimi_key = mimi_key

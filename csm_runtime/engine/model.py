@@ -3,7 +3,9 @@
 Three sources, one result (`LoadedModel`):
 - `tiny-random`: a 2-layer CSM (hidden 128, 32 codebooks) with an in-memory byte-level tokenizer, for tests.
 - `csm-1b-random`: `CsmConfig()` defaults (the real CSM-1B shape), uninitialised + fast uniform fill, for benchmarks.
-- anything else: a Hugging Face id or local path loaded with `from_pretrained`, tokenizer from the same checkpoint.
+- anything else: a Hugging Face id or local path loaded with `from_pretrained`, tokenizer from the same checkpoint,
+  with the Hub token when one is given (hub.py: a gated checkpoint such as sesame/csm-1b needs it). A refusal by the
+  Hub becomes one line saying what to do; the download's progress is watched from the cache (download.py).
 
 After loading, all three are a `CsmForConditionalGeneration` in eval mode with its HF codec dropped (we decode with
 moshi's Mimi, see codec.py), so the generator never branches on where the weights came from.
@@ -19,7 +21,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, CsmConfig, CsmForConditionalGeneration, PreTrainedTokenizerFast
 from transformers.modeling_utils import no_init_weights
 
-RANDOM_MODELS = ("tiny-random", "csm-1b-random")
+from csm_runtime.engine.download import DownloadWatch
+from csm_runtime.engine.hub import explain
 
 # Special tokens as the CSM chat template writes them (processing_csm.py): one segment is
 # `<|begin_of_text|>[speaker]text<|end_of_text|>` then, for context, `<|AUDIO|>`*frames `<|audio_eos|>`.
@@ -151,19 +154,30 @@ def _build_1b_random(seed: int, dtype: torch.dtype) -> tuple[CsmForConditionalGe
     return model, tok
 
 
-def _load_pretrained(model_id: str, revision: str | None, dtype: torch.dtype):
+def _load_pretrained(model_id: str, revision: str | None, dtype: torch.dtype, token: str | None):
+    """`token=None` leaves the Hub's own lookup (HF_TOKEN, the `hf auth login` file) in charge."""
     try:
-        tok = AutoTokenizer.from_pretrained(model_id, revision=revision)
-        model = CsmForConditionalGeneration.from_pretrained(model_id, revision=revision, torch_dtype=dtype)
-    except (OSError, ValueError) as exc:
+        with DownloadWatch(model_id, revision=revision, token=token):
+            tok = AutoTokenizer.from_pretrained(model_id, revision=revision, token=token)
+            model = CsmForConditionalGeneration.from_pretrained(model_id, revision=revision, dtype=dtype, token=token)
+    except (OSError, ValueError) as exc:  # the Hub's errors are OSErrors, bare or wrapped by transformers
+        message = explain(exc, model_id, revision)
+        if message is not None:
+            raise ModelLoadError(message) from exc
         raise ModelLoadError(f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}") from exc
     return model, tok
 
 
 def load_model(
-    model_id: str, *, device: torch.device, dtype: torch.dtype, revision: str | None = None, seed: int = 0
+    model_id: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None = None,
+    seed: int = 0,
+    token: str | None = None,
 ) -> LoadedModel:
-    """Build or load `model_id` onto `device` in `dtype`, eval mode, HF codec dropped."""
+    """Build or load `model_id` onto `device` in `dtype`, eval mode, HF codec dropped. `token`: the Hub token."""
     t0 = time.perf_counter()
     if not model_id:
         raise ModelLoadError("model id is empty: use tiny-random, csm-1b-random, a Hugging Face id or a path")
@@ -172,7 +186,7 @@ def load_model(
     elif model_id == "csm-1b-random":
         model, tok = _build_1b_random(seed, dtype)
     else:
-        model, tok = _load_pretrained(model_id, revision, dtype)
+        model, tok = _load_pretrained(model_id, revision, dtype, token)
     _drop_codec(model)
     model = model.to(device).eval()
     model.requires_grad_(False)

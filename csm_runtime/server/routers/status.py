@@ -1,8 +1,11 @@
-"""`GET /ready` (503 until the model is loaded and warmed up) and `GET /metrics` (Prometheus); both need the token."""
+"""`GET /ready` (503 until the model is loaded and warmed up; while a first start downloads the checkpoint, how far it
+has come) and `GET /metrics` (Prometheus); both need the token."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from csm_runtime.engine.download import current as current_download
 
 router = APIRouter(tags=["status"])
 
@@ -15,6 +18,8 @@ async def ready(request: Request):
         body = {"status": scheduler.state}
         if scheduler.error is not None:
             body["error"] = f"{type(scheduler.error).__name__}: {scheduler.error}"
+        elif (download := current_download()) is not None:  # a first start fetching the checkpoint: how far
+            body["download"] = download
         return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
     gen = scheduler.generator
     return {
