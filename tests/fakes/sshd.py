@@ -41,21 +41,33 @@ def keygen(path: Path) -> str:
 
 
 def start_sshd(
-    root: Path, *, listen: str = "127.0.0.1", prefix: Sequence[str] = (), env: dict[str, str] | None = None
+    root: Path,
+    *,
+    listen: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    force_command: str | None = None,
 ) -> Sshd:
     """`listen`/`prefix`: run it elsewhere, e.g. inside a network namespace (prefix `ip netns exec NAME`) on the
-    namespace's own address (tests/e2e/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv)."""
+    namespace's own address (tests/e2e/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv);
+    `port`: one reserved earlier (a vast box reports its port before it listens); `force_command`: a program every
+    session runs instead of the client's command (which it finds in SSH_ORIGINAL_COMMAND, sftp included: the
+    subsystem is then the sftp-server binary, so the forced command can exec it)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
     os.makedirs("/run/sshd", exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     host_key = root / "ssh_host_ed25519_key"
-    pub = keygen(host_key)
+    # started again in the same place (a box that was stopped): the same host key
+    pub = " ".join(host_key.with_suffix(".pub").read_text().split()[:2]) if host_key.exists() else keygen(host_key)
     auth = root / "authorized_keys"
     auth.touch()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # free here; in a namespace of our own every port is free
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # free here; in a namespace of our own every port is free
+    sftp = "/usr/lib/openssh/sftp-server" if force_command else "internal-sftp"
     config = root / "sshd_config"
     config.write_text(
         f"""Port {port}
@@ -68,11 +80,12 @@ UsePAM no
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-Subsystem sftp internal-sftp
+Subsystem sftp {sftp}
 AllowTcpForwarding yes
 LogLevel ERROR
 """
         + "".join(f"SetEnv {k}={v}\n" for k, v in (env or {}).items())
+        + (f"ForceCommand {force_command}\n" if force_command else "")
     )
     with open(root / "sshd.log", "wb") as log:
         proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)], stderr=log)

@@ -1,0 +1,20 @@
+"""A stateful emulation of the vast.ai REST API, for the REAL vastai CLI to talk to (vast.ai itself cannot exist here).
+
+    emulator.py  VastEmulator: offers, instances and their lifecycle on a test-controlled clock, the test controls
+    api.py       the HTTP server and routes (what vastai 1.9.1 sends, what vast answers)
+    realism.py   which of vast's less forgiving behaviours are on (`strict=True`: all), and the documented numbers
+    boxes.py     with `boxes`: one box per instance (own home, own sshd, onstart, vast's tmux hook)
+    faults.py    injected faults and vast's per-endpoint rate limits
+    offers.py    the default offers and `search offers`
+    billing.py   rate x time, or vast's GPU / disk / bandwidth split, and each instance's billed lifetime
+
+By default the emulator is kinder than vast.ai (what the suite was written against); /work/notes/vast_behaviour.md
+says what real vast does and which option shows it.
+"""
+
+from tests.fakes.vast.emulator import VastEmulator, closed_port
+from tests.fakes.vast.faults import Fault
+from tests.fakes.vast.offers import default_offers
+from tests.fakes.vast.realism import MANIFEST_UNKNOWN, OCI_FAILURE, Realism
+
+__all__ = ["MANIFEST_UNKNOWN", "OCI_FAILURE", "Fault", "Realism", "VastEmulator", "closed_port", "default_offers"]

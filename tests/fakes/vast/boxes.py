@@ -1,0 +1,154 @@
+"""One rented box per instance: its own home and /etc/environment, its own sshd, the create's onstart run in it.
+
+Nothing runs in a container here, so a box is a directory on this machine seen through a private mount namespace:
+every SSH session and the onstart script run under `unshare --mount` with the box's home bound over /root and the
+box's environment file over /etc/environment. `touch ~/.no_auto_tmux` or `env >> /etc/environment` in an onstart
+therefore lands in the box, as on vast, and never on this machine.
+
+vast's SSH images wire tmux into ~/.bashrc (vast-ai/base-image README: "SSH sessions will automatically launch inside
+tmux ... `touch ~/.no_auto_tmux`"), in the shape
+
+    [[ -z "$TMUX" ]] && [ ! -f ~/.no_auto_tmux ] && { tmux attach-session -t ssh_tmux || tmux new-session -s ssh_tmux; exit; }
+
+so without a terminal `ssh box 'cmd'` prints tmux's two complaints and exits 1 without running cmd; sftp dies the same
+way. With `auto_tmux` the box's sshd forces every session through `session.sh`, which does exactly that.
+
+The container's own variables (CONTAINER_ID, CONTAINER_API_KEY, VAST_CONTAINERLABEL and the create's `-e` values)
+reach the onstart script only, as on vast where SSH sessions do not inherit PID 1's environment (docs.vast.ai: add
+`env >> /etc/environment` to onstart to see them in SSH). Sessions read the box's /etc/environment, as pam_env does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.fakes.sshd import Sshd, start_sshd
+
+SESSION = r"""#!/bin/sh
+# A login on a vast box; runs inside the box's mount namespace (tests/fakes/vast/boxes.py).
+export HOME=/root
+cd /root || exit 1
+if [ -r /etc/environment ]; then
+    while IFS= read -r line; do
+        case "$line" in [A-Za-z_]*=*) export "$line" ;; esac
+    done < /etc/environment
+fi
+if [ "__AUTO_TMUX__" = 1 ] && [ -z "$TMUX" ] && [ ! -f /root/.no_auto_tmux ]; then
+    [ -t 0 ] && exec /bin/bash -l  # a terminal: tmux would take it (and ignore any command); a shell stands in
+    echo "no sessions" >&2
+    echo "open terminal failed: not a terminal" >&2
+    exit 1
+fi
+case "$SSH_ORIGINAL_COMMAND" in
+    "") exec /bin/bash -l ;;
+    /usr/lib/openssh/sftp-server*) exec /usr/lib/openssh/sftp-server ;;
+    *) exec /bin/bash -c "$SSH_ORIGINAL_COMMAND" ;;
+esac
+"""
+
+ENTER = r"""#!/bin/sh
+# Enter the box at __ROOT__: its home over /root, its environment file over /etc/environment, then run "$@".
+exec unshare --mount --propagation private /bin/sh -c '
+    mount --bind "$0/home" /root && mount --bind "$0/environment" /etc/environment || exit 97
+    cd /root && exec "$@"' "__ROOT__" "$@"
+"""
+
+
+def namespaces_available() -> str | None:
+    """None when boxes can be made here, else the reason (for pytest.skip)."""
+    if os.geteuid() != 0:
+        return "boxes bind-mount over /root in a mount namespace: needs root"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare --mount failed: {probe.stderr.strip()}"
+    return None
+
+
+def reserve_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Box:
+    def __init__(self, root: Path, *, env: dict[str, str], onstart: str | None, auto_tmux: bool, ssh: bool = True):
+        self.root = root
+        self.home = root / "home"
+        self.env = env
+        self.onstart = onstart
+        self.ssh = ssh  # False: nothing will listen (a dead box, or a launch mode without SSH)
+        self.port = reserve_port()
+        self.sshd: Sshd | None = None
+        self.onstart_proc: subprocess.Popen | None = None
+        self.running = False  # the container is up (whether or not anything in it answers)
+        self.starts = 0
+        if Path("/root") in root.resolve().parents:
+            raise ValueError(f"a box cannot live under /root (it is bound over /root): {root}")
+        self.home.mkdir(parents=True)
+        (root / "environment").touch()
+        (root / "authorized_keys").touch()
+        enter = root / "enter"
+        enter.write_text(ENTER.replace("__ROOT__", str(root)))
+        session = root / "session.sh"
+        session.write_text(SESSION.replace("__AUTO_TMUX__", "1" if auto_tmux else "0"))
+        for script in (enter, session):
+            script.chmod(0o755)
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.root / "authorized_keys"
+
+    @property
+    def onstart_log(self) -> Path:
+        return self.root / "onstart.log"
+
+    def start(self) -> None:
+        """The container starts: sshd listens, onstart runs (again, on every start, as vast does)."""
+        self.running = True
+        self.starts += 1
+        if self.ssh:
+            self.sshd = start_sshd(
+                self.root, port=self.port, force_command=f"{self.root / 'enter'} {self.root / 'session.sh'}"
+            )
+        if self.onstart:
+            with open(self.onstart_log, "ab") as log:
+                self.onstart_proc = subprocess.Popen(
+                    [str(self.root / "enter"), "/bin/bash", "-c", self.onstart],
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", **self.env},
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+    def stop(self) -> None:
+        """The container stops or is destroyed: its processes end, its files stay until the emulator stops."""
+        self.running = False
+        if self.onstart_proc is not None:
+            if self.onstart_proc.poll() is None:
+                os.killpg(self.onstart_proc.pid, signal.SIGKILL)
+            self.onstart_proc.wait()
+            self.onstart_proc = None
+        if self.sshd is not None:
+            self.sshd.stop()
+            self.sshd = None
+
+    def wait_onstart(self, timeout: float = 10.0) -> int:
+        """The onstart script's exit status once it ends (tests only; raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while self.onstart_proc is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.onstart_proc is None:
+            raise TimeoutError("the box never started its onstart")
+        return self.onstart_proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+    def read_environment(self) -> str:
+        return (self.root / "environment").read_text()
