@@ -3,7 +3,8 @@ its hours or spend cap is reached, or when the server has been dead for the idle
 
 It is separate from the server on purpose: a crashed server must not keep the box alive. It needs no operator secret:
 vast.ai puts an instance-scoped key into the container's environment (`CONTAINER_ID`, `CONTAINER_API_KEY`, in PID 1's
-environment: an SSH session does not inherit them), which can destroy that one instance and nothing else. Only the
+environment: an SSH session does not inherit them), which can destroy that one instance and nothing else. The onstart
+command `deploy provision` sends saves them to INSTANCE_ENV_FILE (0600), since PID 1 may not be readable. Only the
 destroy ends billing (a stopped instance still bills its disk), so that is what it calls:
 `DELETE {api}/api/v0/instances/{id}/` with `Authorization: Bearer <key>`.
 
@@ -137,6 +138,18 @@ class InstanceKey:
     api_key: str = field(repr=False)
 
 
+INSTANCE_ENV_FILE = "~/.csm-deploy-instance.env"  # KEY=VALUE lines; written by the rental's onstart, mode 0600
+
+
+def environ_of_file(path: str = INSTANCE_ENV_FILE) -> dict[str, str]:
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def environ_of_pid1(path: str = "/proc/1/environ") -> dict[str, str]:
     try:
         raw = Path(path).read_bytes()
@@ -154,8 +167,8 @@ def instance_key(
         if env.get("CONTAINER_ID") and env.get("CONTAINER_API_KEY"):
             return InstanceKey(env["CONTAINER_ID"], env["CONTAINER_API_KEY"])
     raise WatchdogError(
-        "no instance-scoped key: CONTAINER_ID and CONTAINER_API_KEY are in neither this environment nor PID 1's "
-        "(vast.ai sets them in the container); the box cannot destroy itself"
+        "no instance-scoped key: CONTAINER_ID and CONTAINER_API_KEY are not in this environment, PID 1's or "
+        f"{INSTANCE_ENV_FILE} (vast.ai sets them in the container); the box cannot destroy itself"
     )
 
 

@@ -13,6 +13,7 @@ from csm_runtime.watchdog import (
     Settings,
     Watch,
     WatchdogError,
+    environ_of_file,
     instance_key,
     parse_activity,
     run,
@@ -78,11 +79,14 @@ def test_activity_from_prometheus_text():
 
 def test_the_key_comes_from_the_environment_else_pid_1s(tmp_path):
     env = {"CONTAINER_ID": "42", "CONTAINER_API_KEY": "scoped"}
-    assert instance_key(env, pid1=dict) == InstanceKey("42", "scoped")
-    assert instance_key({}, pid1=lambda: env) == InstanceKey("42", "scoped")
-    assert "scoped" not in repr(instance_key(env, pid1=dict))  # never in a log line
+    assert instance_key(env, pid1=dict, saved=dict) == InstanceKey("42", "scoped")
+    assert instance_key({}, pid1=lambda: env, saved=dict) == InstanceKey("42", "scoped")
+    saved = tmp_path / "instance.env"
+    saved.write_text("CONTAINER_ID=42\nCONTAINER_API_KEY=scoped\n")
+    assert instance_key({}, pid1=dict, saved=lambda: environ_of_file(str(saved))) == InstanceKey("42", "scoped")
+    assert "scoped" not in repr(instance_key(env, pid1=dict, saved=dict))  # never in a log line
     with pytest.raises(WatchdogError, match="no instance-scoped key"):
-        instance_key({"CONTAINER_ID": "42"}, pid1=dict)
+        instance_key({"CONTAINER_ID": "42"}, pid1=dict, saved=dict)
 
 
 def test_run_destroys_once_with_retries_and_leaves_the_reason(tmp_path):
