@@ -160,10 +160,13 @@ def environ_of_pid1(path: str = "/proc/1/environ") -> dict[str, str]:
 
 
 def instance_key(
-    environ: dict[str, str] | None = None, pid1: Callable[[], dict[str, str]] = environ_of_pid1
+    environ: dict[str, str] | None = None,
+    pid1: Callable[[], dict[str, str]] = environ_of_pid1,
+    saved: Callable[[], dict[str, str]] = environ_of_file,
 ) -> InstanceKey:
-    """vast's instance-scoped credentials: this process's environment, else PID 1's (the container's own)."""
-    for env in (os.environ if environ is None else environ, pid1()):
+    """vast's instance-scoped credentials: this process's environment, else PID 1's (the container's own), else the
+    copy the onstart saved."""
+    for env in (os.environ if environ is None else environ, pid1(), saved()):
         if env.get("CONTAINER_ID") and env.get("CONTAINER_API_KEY"):
             return InstanceKey(env["CONTAINER_ID"], env["CONTAINER_API_KEY"])
     raise WatchdogError(
