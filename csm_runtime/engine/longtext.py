@@ -9,8 +9,8 @@ Budgets, in 80 ms frames:
 - a piece of a multi-piece text may take at most PIECE_BASE_MS + PIECE_MS_PER_CHAR per character: a safety net for a
   model that never ends its speech (random weights); CSM ends a sentence with its end-of-speech frame long before;
 - a piece, its context and its frames fit the KV cache (`max_seq_len` rows): the piece's own frames come first, the
-  context fills what is left, newest first, up to `max_context_frames` audio frames (the voice's reference clip
-  first of all);
+  context fills what is left, newest first, up to CONTEXT_PIECES pieces and `max_context_frames` audio frames (the
+  voice's reference clip first of all): enough for the voice to carry on, and a prefill that stays short;
 - only the pieces that can still be context are kept in memory, so a long text costs no more memory than a short one.
 """
 
@@ -29,6 +29,7 @@ FRAME_MS = 80
 FRAME_SAMPLES = 1920
 PIECE_BASE_MS = 2000
 PIECE_MS_PER_CHAR = 100
+CONTEXT_PIECES = 2
 
 
 class PieceTooLongError(ValueError):
@@ -149,7 +150,7 @@ class Utterance:
         for spoken in reversed(self._spoken):
             n = spoken.frames + 1
             rows = n + self._text_rows(spoken.text, self.speaker)
-            if n > frame_budget or (rows_left is not None and rows > rows_left):
+            if len(kept) == CONTEXT_PIECES or n > frame_budget or (rows_left is not None and rows > rows_left):
                 break
             frame_budget -= n
             if rows_left is not None:
@@ -175,7 +176,7 @@ class Utterance:
     def _forget_old(self) -> None:
         """Drop pieces that can no longer be context (older than max_context_frames of newer audio)."""
         budget, keep = self.limits.max_context_frames, 0
-        for spoken in reversed(self._spoken):
+        for spoken in reversed(self._spoken[-CONTEXT_PIECES:]):
             budget -= spoken.frames + 1
             if budget < 0:
                 break

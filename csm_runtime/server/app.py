@@ -1,5 +1,8 @@
 """`create_app(settings)`: wires routers, auth, errors and metrics; lifespan starts the scheduler (which loads the
-model and warms up on its own thread, so /health and /ready answer meanwhile) and drains it on shutdown."""
+model and warms up on its own thread, so /health and /ready answer meanwhile) and drains it on shutdown.
+
+Public: `/health`, and the playground page (`/` and `/static/*`: it holds no data and asks for the token). Everything
+else needs the bearer token, `/openapi.json` included. Request bodies over MAX_BODY_BYTES get 413 before parsing."""
 
 from __future__ import annotations
 
@@ -10,12 +13,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
 
-from csm_runtime.server import errors
+from csm_runtime.server import errors, openapi
+from csm_runtime.server.body_limit import BodyLimit
 from csm_runtime.server.dependencies import read_token, require_bearer
 from csm_runtime.server.metrics import Metrics, RequestMetrics
-from csm_runtime.server.routers import health, models, speech, status, voices
+from csm_runtime.server.openapi import UNAUTHORIZED
+from csm_runtime.server.routers import health, models, page, speech, status, voices
 from csm_runtime.server.scheduler import Scheduler
+from csm_runtime.server.schemas import MAX_BODY_BYTES
 from csm_runtime.server.voices import load_reference_audio, load_voices
 from csm_runtime.settings import RuntimeSettings
 
@@ -70,7 +77,15 @@ def create_app(
             log.info("shutting down: draining streams (grace %.0f s)", settings.shutdown_grace_s)
             await asyncio.to_thread(scheduler.stop, settings.shutdown_grace_s)
 
-    app = FastAPI(title="csm-runtime", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="csm-runtime",
+        version="0.1.0",
+        description="OpenAI-compatible streaming speech (Sesame CSM). Every route but /health needs the bearer token.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind the token
+    )
     app.state.settings = settings
     app.state.token = token
     app.state.voices = voice_table
@@ -78,10 +93,18 @@ def create_app(
     app.state.profile = profile
     errors.install(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    openapi.install(app, models.model_ids(settings.model), list(voice_table))
 
-    protected = APIRouter(dependencies=[Depends(require_bearer)])
+    protected = APIRouter(dependencies=[Depends(require_bearer)], responses=UNAUTHORIZED)
     for module in (status, speech, models, voices):
         protected.include_router(module.router)
+
+    @protected.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     app.include_router(health.router)
+    app.include_router(page.router)
     app.include_router(protected)
     return app

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from csm_runtime.server.errors import APIError
 
@@ -23,7 +25,13 @@ def read_token(token_file: str | None) -> str | None:
     return token
 
 
-async def require_bearer(request: Request) -> None:
+# Declares the scheme in the OpenAPI document; the check itself is below (auto_error off: our 401, our message).
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer", description="The server's token (--token-file).")
+
+
+async def require_bearer(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None
+) -> None:
     """401 unless `Authorization: Bearer <token>` matches; constant-time compare so timing leaks nothing."""
     expected: str | None = request.app.state.token
     if expected is None:

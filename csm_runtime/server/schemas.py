@@ -1,34 +1,88 @@
-"""Request and error bodies. Validation happens here, before any stream opens, so bad input is a 400, never a 500."""
+"""Request and error bodies. Validation happens here, before any stream opens, so bad input is a 400, never a 500.
+
+What the schema says is what the server accepts (openapi.py publishes it): floats must be finite, `input` must hold a
+character to speak (the pattern is the server's own rule, engine/sentences.py), `speed` is 1.0 only, a `temperature`
+below MIN_TEMPERATURE is refused. The accepted `model` and `voice` values are published as enums by openapi.py from
+what this server runs; the route checks them (400 with the list), because they are known only at start-up.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from csm_runtime.engine.sentences import SPEAKABLE_PATTERN, is_speakable
 
 MAX_INPUT_CHARS = 4096
+MAX_AUDIO_MS = 600_000
+MIN_TEMPERATURE = 0.01  # below it logits / temperature overflows: no usable sampling distribution
+MAX_BODY_BYTES = 1 << 20  # request bodies above this are refused (413) before they are parsed
 # OpenAI's own model names are accepted as aliases of the model this server runs.
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
+FORMATS = ("pcm", "wav", "flac", "mp3", "opus")
 
 
 class SpeechRequest(BaseModel):
     """OpenAI's `/v1/audio/speech` body, plus a few optional CSM generation knobs (sent via `extra_body`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str = Field(min_length=1, max_length=200)
-    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
-    voice: str = Field(min_length=1, max_length=100)
-    instructions: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
-    response_format: Literal["pcm", "wav", "flac", "mp3", "opus"] = "mp3"
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
-    stream: bool = True
-    stream_format: Literal["audio"] = "audio"
+    model: str = Field(min_length=1, max_length=200, description="GET /v1/models lists the accepted names.")
+    input: str = Field(
+        min_length=1,
+        max_length=MAX_INPUT_CHARS,
+        description="The text to speak. Long text is split into sentences and streamed as one response. It needs "
+        "one visible character: whitespace, control and zero-width characters do not count and are removed.",
+        json_schema_extra={"pattern": SPEAKABLE_PATTERN},
+    )
+    voice: str = Field(min_length=1, max_length=100, description="GET /v1/voices lists the voices.")
+    instructions: str | None = Field(
+        default=None, max_length=MAX_INPUT_CHARS, description="Accepted for compatibility; CSM ignores it."
+    )
+    response_format: Literal["pcm", "wav", "flac", "mp3", "opus"] = Field(
+        default="mp3", description="`pcm` is raw 16-bit little-endian mono at 24 kHz."
+    )
+    speed: float = Field(
+        default=1.0,
+        description="Only 1.0: CSM speaks at its own pace and the server does not time-stretch audio.",
+        json_schema_extra={"minimum": 1.0, "maximum": 1.0},
+    )
+    stream: bool = Field(default=True, description="false: the whole file in one body (a WAV with its real sizes).")
+    stream_format: Literal["audio", "sse"] = Field(
+        default="audio",
+        description="`audio`: the file's bytes as they are made. `sse`: `speech.audio.delta` events carrying "
+        "base64 chunks of the same file, then one `speech.audio.done` event.",
+    )
     # CSM extensions; None = the server's setting.
-    max_audio_ms: int | None = Field(default=None, ge=80, le=600_000)
-    temperature: float | None = Field(default=None, gt=0.0, le=5.0)
+    max_audio_ms: int | None = Field(
+        default=None, ge=80, le=MAX_AUDIO_MS, description="Cap on the audio length (the server's cap still applies)."
+    )
+    temperature: float | None = Field(default=None, ge=MIN_TEMPERATURE, le=5.0)
     topk: int | None = Field(default=None, ge=1, le=2051)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @field_validator("input")
+    @classmethod
+    def _speakable(cls, value: str) -> str:
+        if not is_speakable(value):
+            raise PydanticCustomError(
+                "empty_input", "must contain some text to speak, not only whitespace, control or zero-width characters"
+            )
+        return value
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, value: float) -> float:
+        if value != 1.0:
+            raise PydanticCustomError(
+                "unsupported_speed",
+                "{speed} is not supported: CSM speaks at its own pace and this server does not time-stretch audio "
+                "(it would distort the voice); send 1.0",
+                {"speed": value},
+            )
+        return value
 
 
 class ErrorDetail(BaseModel):

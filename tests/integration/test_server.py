@@ -131,7 +131,11 @@ BAD = [
     ("speed out of range", speech(80, speed=9), "speed"),
     ("missing voice", {"model": "tts-1", "input": "hi"}, "voice"),
     ("unknown model", speech(80, model="gpt-9"), "model"),
-    ("sse stream format", speech(80, stream_format="sse"), "stream_format"),
+    ("unknown stream format", speech(80, stream_format="chunks"), "stream_format"),
+    ("only zero-width characters", speech(80, input="\u200b\u200c\ufeff"), "input"),
+    ("only NUL characters", speech(80, input="\x00\x00"), "input"),
+    ("temperature too small to sample", speech(80, temperature=5e-324), "temperature"),
+    ("instructions too long", speech(80, instructions="a" * 4097), "instructions"),
     ("max_audio_ms below one frame", speech(10), "max_audio_ms"),
 ]
 

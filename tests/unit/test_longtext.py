@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from csm_runtime.engine.longtext import FRAME_SAMPLES, Limits, PieceTooLongError, Utterance, piece_cap_frames
+from csm_runtime.engine.longtext import (
+    CONTEXT_PIECES,
+    FRAME_SAMPLES,
+    Limits,
+    PieceTooLongError,
+    Utterance,
+    piece_cap_frames,
+)
 from csm_runtime.engine.types import GenerationParams, Segment
 
 
@@ -50,9 +57,9 @@ def test_context_is_the_newest_pieces_within_max_context_frames_after_the_voice(
         utt.next()
         speak(utt, 10)
     piece = utt.next()
-    # voice: 9 + 1 frames; then 40 - 10 = 30 for pieces of 10 + 1 frames each: the two newest
+    # voice: 9 + 1 frames; then 40 - 10 = 30 for pieces of 10 + 1 frames each: the two newest (also CONTEXT_PIECES)
     assert [s.text for s in piece.context] == ["reference", "Piece 3.", "Piece 4."]
-    assert len(utt._spoken) <= 4  # older pieces are forgotten, not kept for the whole text
+    assert len(utt._spoken) <= CONTEXT_PIECES  # older pieces are forgotten, not kept for the whole text
 
 
 def test_the_piece_frames_and_context_fit_the_cache():
@@ -65,7 +72,16 @@ def test_the_piece_frames_and_context_fit_the_cache():
     speak(utt, 20)
     third = utt.next()  # B's 52 + 21 rows fit, then A's no longer
     assert [s.text for s in third.context] == ["B" * 50]
+
     small = Utterance("x" * 100, 0, [], GenerationParams(max_audio_ms=10**7), Limits(max_seq_len=150, text_rows=rows))
     assert small.next().params.max_audio_ms // 80 == 150 - 102  # a single piece: the cache limits it
     with pytest.raises(PieceTooLongError):
         Utterance("x" * 300, 0, [], GenerationParams(), limits).next()
+
+
+def test_at_most_context_pieces_are_context():
+    utt = Utterance([f"Short {i}." for i in range(8)], 0, [], GenerationParams(max_audio_ms=10**7))
+    for _ in range(7):
+        utt.next()
+        speak(utt, 1)
+    assert [s.text for s in utt.next().context] == [f"Short {i}." for i in range(7 - CONTEXT_PIECES, 7)]

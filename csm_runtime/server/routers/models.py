@@ -3,16 +3,19 @@
 from fastapi import APIRouter, Request
 
 from csm_runtime.server.errors import APIError
+from csm_runtime.server.openapi import NOT_FOUND
 from csm_runtime.server.schemas import OPENAI_MODEL_ALIASES
 
 router = APIRouter(tags=["models"])
 
 
-def served_model_ids(request: Request) -> list[str]:
+def model_ids(served: str) -> list[str]:
     """Every `model` value /v1/audio/speech accepts: the served id first, then its aliases."""
-    served = request.app.state.settings.model
-    ids = [served, "csm-1b", *OPENAI_MODEL_ALIASES]
-    return list(dict.fromkeys(ids))
+    return list(dict.fromkeys([served, "csm-1b", *OPENAI_MODEL_ALIASES]))
+
+
+def served_model_ids(request: Request) -> list[str]:
+    return model_ids(request.app.state.settings.model)
 
 
 def _model(model_id: str, served: str) -> dict:
@@ -25,7 +28,7 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_model(m, served) for m in served_model_ids(request)]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=NOT_FOUND)
 async def get_model(model_id: str, request: Request) -> dict:
     if model_id not in served_model_ids(request):
         raise APIError(404, f"unknown model {model_id!r}", param="model", code="model_not_found")

@@ -5,19 +5,28 @@ generation params, queue room), and the response starts only once the first chun
 (timeout, shutdown, a refused stream) still get a proper status. After that, chunks are encoded and sent as they
 come; a client that goes away cancels its stream at once (Starlette cancels the body iterator on disconnect, and the
 iterator also checks `is_disconnected()` while it waits).
+
+Long text is split into sentences (engine/sentences.py) and said as one stream, each sentence with the previous ones
+as context (the scheduler's ticket spans them). `stream_format: sse` wraps the same bytes in OpenAI's speech events:
+`data: {"type": "speech.audio.delta", "audio": "<base64>"}` per chunk, then `data: {"type": "speech.audio.done",
+"usage": {...}}`; an error after the stream began is a last `data: {"type": "error", "error": {...}}` event.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from csm_runtime.engine.sentences import speech_pieces
 from csm_runtime.engine.types import GenerationParams
 from csm_runtime.server.audio_formats import Encoder, to_int16, wav_header
 from csm_runtime.server.errors import APIError
+from csm_runtime.server.openapi import SPEECH_RESPONSES
 from csm_runtime.server.routers.models import served_model_ids
 from csm_runtime.server.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
 from csm_runtime.server.schemas import SpeechRequest
@@ -25,6 +34,7 @@ from csm_runtime.server.schemas import SpeechRequest
 router = APIRouter(tags=["speech"])
 log = logging.getLogger("csm_runtime.server.speech")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+FRAME_SAMPLES = 1920
 
 
 class _ClientGone(Exception):
@@ -48,7 +58,7 @@ def build_params(settings, req: SpeechRequest) -> GenerationParams:
 
 
 def _check(request: Request, req: SpeechRequest):
-    """Model, voice and speed checks that pydantic cannot do alone; returns the voice."""
+    """The model and voice checks that need the server's tables (the schema publishes them as enums)."""
     if req.model not in served_model_ids(request):
         raise APIError(
             400,
@@ -63,16 +73,6 @@ def _check(request: Request, req: SpeechRequest):
         raise APIError(
             400, f"unknown voice {req.voice!r}; available: {', '.join(voices)}", param="voice", code="voice_not_found"
         )
-    if req.speed != 1.0:
-        raise APIError(
-            400,
-            f"speed {req.speed} is not supported: CSM speaks at its own pace and this server does not "
-            "time-stretch audio (it would distort the voice); send speed 1.0",
-            param="speed",
-            code="unsupported_speed",
-        )
-    if not req.input.strip():
-        raise APIError(400, "input: must contain some text, not only whitespace", param="input", code="invalid_value")
     return voice
 
 
@@ -90,12 +90,21 @@ def _end_error(reason: str | None, timeout_s: float) -> APIError | None:
     if reason == "timeout":
         return APIError(504, f"request timed out after {timeout_s:g} s before any audio (server busy)", code="timeout")
     if reason == "shutdown":
-        return APIError(503, "server is shutting down", code="shutting_down")
+        return APIError(503, "server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
     return None
 
 
-@router.post("/v1/audio/speech")
+def _sse(event: dict) -> bytes:
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _delta(data: bytes) -> bytes:
+    return _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}) if data else b""
+
+
+@router.post("/v1/audio/speech", response_class=Response, responses=SPEECH_RESPONSES)
 async def create_speech(req: SpeechRequest, request: Request):
+    """Speak `input` in `voice`: the audio streams as it is generated; long text is said sentence by sentence."""
     state = request.app.state
     voice = _check(request, req)
     try:
@@ -103,7 +112,7 @@ async def create_speech(req: SpeechRequest, request: Request):
     except ValueError as exc:
         raise APIError(400, f"invalid generation parameters: {exc}", code="invalid_value") from None
     try:
-        ticket = state.scheduler.submit(req.input, voice.speaker, voice.context, params)
+        ticket = state.scheduler.submit(speech_pieces(req.input), voice.speaker, voice.context, params)
     except QueueFullError as exc:
         state.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
@@ -128,31 +137,49 @@ async def create_speech(req: SpeechRequest, request: Request):
         raise err
 
     headers = {"X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
-    if not req.stream:
+    sse = req.stream_format == "sse"
+    if not req.stream and not sse:
         return await _whole(ticket, request, encoder, first, headers)
 
     async def body():
         done = first is None
+        frames = 0
         try:
             if not done:
-                yield encoder.encode(first)
+                frames += len(first) // FRAME_SAMPLES
+                data = encoder.encode(first)
+                yield _delta(data) if sse else data
             while not done:
                 chunk = await _next(ticket, request)
                 if chunk is None:
                     break
+                frames += len(chunk) // FRAME_SAMPLES
                 data = encoder.encode(chunk)
                 if data:
-                    yield data
-            yield encoder.finish()
+                    yield _delta(data) if sse else data
+            tail = encoder.finish()
+            if sse:
+                usage = {
+                    "input_tokens": len(req.input),
+                    "output_tokens": frames,
+                    "total_tokens": len(req.input) + frames,
+                }
+                yield _delta(tail) + _sse({"type": "speech.audio.done", "usage": usage})
+            else:
+                yield tail
         except _ClientGone:
             log.info("client disconnected; stream cancelled")
         except StreamFailedError as exc:  # mid-stream: the status is sent already, so end the body early
             log.warning("stream failed mid-way: %s", exc)
+            if sse:
+                error = {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}
+                yield _sse({"type": "error", "error": error})
         finally:
             ticket.cancel()  # no-op when it ended normally; frees the slot when the client went away
             encoder.close()
 
-    return StreamingResponse(body(), media_type=encoder.media_type, headers=headers)
+    media_type = "text/event-stream" if sse else encoder.media_type
+    return StreamingResponse(body(), media_type=media_type, headers=headers)
 
 
 async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, headers: dict) -> Response:

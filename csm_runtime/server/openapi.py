@@ -1,0 +1,118 @@
+"""The OpenAPI document, made to say exactly what the server does.
+
+FastAPI writes most of it from the routes; this module adds what it cannot know or gets wrong: validation errors are
+400 (not 422) in OpenAI's error shape; every status a route can answer, with its headers (`Retry-After` on 429 and
+503, `WWW-Authenticate` on 401); audio and Prometheus content types; and the accepted `model` and `voice` values as
+enums taken from what this server runs. `/openapi.json` itself needs the token, like the API it describes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from csm_runtime.server.audio_formats import MEDIA_TYPES
+from csm_runtime.server.schemas import MAX_BODY_BYTES, ErrorBody
+
+
+def error(description: str, *headers: str) -> dict[str, Any]:
+    """A documented error response: OpenAI's error body, plus the headers it always carries."""
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    if headers:
+        out["headers"] = {name: HEADERS[name] for name in headers}
+    return out
+
+
+HEADERS = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}},
+    "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}},
+}
+UNAUTHORIZED = {401: error("Missing or wrong bearer token.", "WWW-Authenticate")}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+SSE_DESCRIPTION = (
+    'Server-sent events, each `data: <JSON>` and a blank line: `{"type": "speech.audio.delta", "audio": '
+    '"<base64 bytes of the audio file>"}` per chunk, then `{"type": "speech.audio.done", "usage": '
+    '{"input_tokens": <characters>, "output_tokens": <audio frames>, "total_tokens": <sum>}}`; an error '
+    'after the stream began is a last `{"type": "error", "error": {...}}`.'
+)
+SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The audio, streamed as it is generated (`X-Sample-Rate` says the rate, 24000), in the "
+        "`response_format`'s media type; `text/event-stream` with `stream_format: sse`.",
+        "content": {
+            **{media: _BINARY for media in dict.fromkeys(MEDIA_TYPES.values())},
+            "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}},
+        },
+    },
+    400: error("Invalid request: bad JSON, a value outside the schema, an unknown model or voice."),
+    413: error(f"Request body larger than {MAX_BODY_BYTES} bytes."),
+    429: error("Every stream slot and the queue are full.", "Retry-After"),
+    500: error("Generation failed inside the server."),
+    503: error("The model is still loading or warming up, or the server is shutting down.", "Retry-After"),
+    504: error("The request waited in the queue longer than the server's request timeout."),
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Loaded and warmed up: the model, device and batch size."},
+    503: {
+        "description": "Loading, warming up, or failed (then `error` says why).",
+        "headers": {"Retry-After": HEADERS["Retry-After"]},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string"}, "error": {"type": "string"}},
+                }
+            }
+        },
+    },
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text exposition.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+NOT_FOUND = {404: error("No such model.")}
+# Routes whose responses are declared here rather than on the route (the status router is shared with /ready's
+# download progress): (path, method) -> responses, merged over FastAPI's, a 200 content here replacing its own.
+PATH_RESPONSES = {("/ready", "get"): READY_RESPONSES, ("/metrics", "get"): METRICS_RESPONSES}
+
+
+def build(app: FastAPI, models: list[str], voices: list[str]) -> dict[str, Any]:
+    """The document for this app: FastAPI's, with 422s gone and the model and voice enums filled in."""
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+    )
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, spec in PATH_RESPONSES.get((path, method), {}).items():
+                responses[str(status)] = {**responses.get(str(status), {}), **spec}
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs", {}))
+    schemas["ErrorBody"] = error_schema
+    props = schemas["SpeechRequest"]["properties"]
+    props["model"]["enum"] = list(models)
+    props["voice"]["enum"] = list(voices)
+    return doc
+
+
+def install(app: FastAPI, models: list[str], voices: list[str]) -> None:
+    """`app.openapi()` returns the document above (built once, on first use)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app, models, voices)
+        return app.openapi_schema
+
+    app.openapi = openapi
