@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -85,6 +86,13 @@ def provision(
             help="Serve on the box's loopback only, reached through an SSH tunnel (vast: ask for no public port).",
         ),
     ] = False,
+    hf_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The Hugging Face token's file, for a gated model [default: HF_TOKEN, then `hf auth login`'s file].",
+            show_default=False,
+        ),
+    ] = None,
     idle_destroy: Annotated[
         str | None,
         typer.Option(
@@ -158,6 +166,7 @@ def provision(
             box_site_packages=box_site_packages,
             runtime_timeout_s=runtime_s,
             tunnel=tunnel,
+            hf_token_file=_hub_token_file(hf_token_file, model),
             watchdog=_watchdog(prov, limits, enabled=watchdog, idle_off=idle_off),
         )
     options = ProvisionOptions.from_settings(
@@ -201,6 +210,17 @@ def _watchdog(prov, limits, *, enabled: bool, idle_off: bool):
     if limits.idle_s is None and limits.max_hours is None and limits.max_spend_usd is None:
         raise UsageError("--idle-destroy off with no --max-hours or --max-spend: use --no-watchdog instead")
     return limits
+
+
+def _hub_token_file(path: Path | None, model: str) -> str | None:
+    """A named token file must be readable now, before anything is rented; no token at all for a Hub model is said
+    now too (the box would be refused a gated checkpoint). The token itself is read again at `push`."""
+    from deploy.provision.hub import missing_token_note, needs_hub
+    from deploy.remote.hub_token import find_hub_token
+
+    if needs_hub(model) and find_hub_token(path) is None:
+        output.progress(missing_token_note(model))
+    return str(path.expanduser().resolve()) if path else None
 
 
 def _provision_one(s, options, prov, json_: bool) -> None:

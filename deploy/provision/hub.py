@@ -46,8 +46,8 @@ def put_hub_token(ctx: Context) -> None:
     if not needs_hub(opts.model):
         return
     found = find_hub_token(opts.hf_token_file)
-    if found is None:
-        ctx.log(missing_token_note(opts.model))
+    if found is None:  # `deploy provision` said so before renting (missing_token_note)
+        ctx.log(f"no Hub token found here: the box downloads {opts.model} without one")
         ctx.event("hub_token", "none found here")
         return
     box_file = ctx.layout.path(BOX_FILE)

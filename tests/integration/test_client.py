@@ -95,7 +95,7 @@ def test_instance_id_resolves_through_the_ledger(tmp_path, monkeypatch):
         ledger.update_meta(rid, endpoint="http://127.0.0.1:8123", token_file="/tmp/tok")
         bare = ledger.record_intent(attempt_id="a2", provider="local", label_prefix="csm").id
     with open_rental_endpoint(str(rid), settings) as resolved:
-        assert resolved == ("http://127.0.0.1:8123", "/tmp/tok")
+        assert resolved == ("http://127.0.0.1:8123", "/tmp/tok", None)  # plain http: no pinned certificate
     with pytest.raises(UsageError, match="no recorded endpoint"), open_rental_endpoint(str(bare), settings):
         pass
     with pytest.raises(NotFoundError, match="no rental 999"), open_rental_endpoint("999", settings):
