@@ -4,7 +4,8 @@ text), so it is tested without HAProxy.
 Why the config has one small `listen` per replica: HAProxy 2.6 picks the server after `http-request` rules ran, so a
 backend cannot set "the chosen server's token". The fleet backend therefore balances (leastconn, health checks on
 /ready) over UNIX sockets, each one a per-replica proxy that sets that replica's `Authorization` and forwards to its
-address. The client-facing token is checked once, at the frontend (401 otherwise; /health stays public).
+address. The client-facing token is checked once, at the frontend (401 otherwise; /health and the playground page,
+`/` and `/static/*`, stay public: the page asks for the token and sends it with every API call).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
         f"frontend {FRONTEND}",
         f"    bind {cfg.bind}:{cfg.port}",
         "    option forwardfor",
-        "    acl public path /health",
+        "    acl public path /health /  # liveness, and the playground page: it holds no data and asks for the token",
+        "    acl public path_beg /static/  # the page's own script and style",
         f'    acl authorized req.hdr(Authorization) -m str "Bearer {cfg.client_token}"',
         f'    http-request return status 401 content-type application/json string "{unauthorized}" '
         "hdr WWW-Authenticate Bearer if !authorized !public",

@@ -30,7 +30,10 @@ def _cfg(tmp_path, **kw) -> gw_config.GatewayConfig:
     )
 
 
-BACKENDS = [gw_config.Backend("r1", "127.0.0.1:9001", "tok-one-123456"), gw_config.Backend("r2", "127.0.0.1:9002", "tok-two-123456")]
+BACKENDS = [
+    gw_config.Backend("r1", "127.0.0.1:9001", "tok-one-123456"),
+    gw_config.Backend("r2", "127.0.0.1:9002", "tok-two-123456"),
+]
 
 
 def test_render_is_pure_and_has_what_streams_need(tmp_path):
@@ -41,7 +44,8 @@ def test_render_is_pure_and_has_what_streams_need(tmp_path):
     assert "option http-buffer-request" in text and "no option httpclose" in text  # requests whole, responses streamed
     assert "timeout tunnel 3600s" in text and "timeout server 600s" in text
     assert f'req.hdr(Authorization) -m str "Bearer {CLIENT}"' in text
-    assert "http-request return status 401" in text and "acl public path /health" in text
+    assert "http-request return status 401" in text and "acl public path /health / " in text
+    assert "acl public path_beg /static/" in text  # the playground page loads without the token
     # each replica's own token goes only into its own proxy, towards its own address
     r1 = text[text.index("listen r1") :].split("\n\n")[0]
     assert 'set-header Authorization "Bearer tok-one-123456"' in r1 and "server replica 127.0.0.1:9001" in r1
