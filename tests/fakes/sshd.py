@@ -84,7 +84,8 @@ Subsystem sftp {sftp}
 AllowTcpForwarding yes
 LogLevel ERROR
 """
-        + "".join(f"SetEnv {k}={v}\n" for k, v in (env or {}).items())
+        # one SetEnv line: sshd keeps only the first SetEnv directive, so a second line would be dropped silently
+        + ("SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n" if env else "")
         + (f"ForceCommand {force_command}\n" if force_command else "")
     )
     with open(root / "sshd.log", "wb") as log:
