@@ -33,8 +33,9 @@ _INVISIBLE_RANGES = (
 )
 INVISIBLE = re.compile(f"[{_INVISIBLE_RANGES}]")
 # One character that is neither whitespace nor invisible: the same class in Python and in ECMA-262 (JSON Schema).
-SPEAKABLE_PATTERN = f"[^\\s{_INVISIBLE_RANGES}]"
-SPEAKABLE = re.compile(SPEAKABLE_PATTERN)
+SPEAKABLE = re.compile(f"[^\\s{_INVISIBLE_RANGES}]")
+# The published form leaves out the lone surrogates: JSON cannot carry them (the server answers "not valid JSON").
+SPEAKABLE_PATTERN = SPEAKABLE.pattern.replace(r"\ud800-\udfff", "")
 
 _TITLES = "mr mrs ms mx dr prof st mt sr jr rev hon gen col lt sgt capt cmdr gov sen rep pres supt e.g i.e vs cf approx"
 ABBREVIATIONS = frozenset(_TITLES.split())

@@ -34,19 +34,43 @@ HEADERS = {
 }
 UNAUTHORIZED = {401: error("Missing or wrong bearer token.", "WWW-Authenticate")}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-SSE_DESCRIPTION = (
-    'Server-sent events, each `data: <JSON>` and a blank line: `{"type": "speech.audio.delta", "audio": '
-    '"<base64 bytes of the audio file>"}` per chunk, then `{"type": "speech.audio.done", "usage": '
-    '{"input_tokens": <characters>, "output_tokens": <audio frames>, "total_tokens": <sum>}}`; an error '
-    'after the stream began is a last `{"type": "error", "error": {...}}`.'
-)
+# One server-sent event (OpenAPI before 3.2 lets `schema` describe each event): `data` is a JSON object.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "required": ["type"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["speech.audio.delta", "speech.audio.done", "error"]},
+                    "audio": {"type": "string", "contentEncoding": "base64", "description": "bytes of the audio file"},
+                    "usage": {
+                        "type": "object",
+                        "description": "input_tokens: characters of input; output_tokens: audio frames (80 ms)",
+                        "properties": {
+                            k: {"type": "integer"} for k in ("input_tokens", "output_tokens", "total_tokens")
+                        },
+                    },
+                    "error": {"$ref": "#/components/schemas/ErrorDetail"},
+                },
+            },
+        },
+    },
+    "description": "`speech.audio.delta` events carry the audio file's bytes in base64, in order; one "
+    "`speech.audio.done` event ends the stream; an error after the stream began is a last `error` event.",
+}
 SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The audio, streamed as it is generated (`X-Sample-Rate` says the rate, 24000), in the "
         "`response_format`'s media type; `text/event-stream` with `stream_format: sse`.",
         "content": {
             **{media: _BINARY for media in dict.fromkeys(MEDIA_TYPES.values())},
-            "text/event-stream": {"schema": {"type": "string", "description": SSE_DESCRIPTION}},
+            "text/event-stream": {"schema": SSE_EVENT},
         },
     },
     400: error("Invalid request: bad JSON, a value outside the schema, an unknown model or voice."),
@@ -104,6 +128,9 @@ def build(app: FastAPI, models: list[str], voices: list[str]) -> dict[str, Any]:
     props = schemas["SpeechRequest"]["properties"]
     props["model"]["enum"] = list(models)
     props["voice"]["enum"] = list(voices)
+    for param in doc["paths"]["/v1/models/{model_id}"]["get"].get("parameters", []):
+        if param["name"] == "model_id":
+            param["schema"]["enum"] = list(models)
     return doc
 
 

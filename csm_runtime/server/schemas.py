@@ -8,9 +8,9 @@ what this server runs; the route checks them (400 with the list), because they a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from csm_runtime.engine.sentences import SPEAKABLE_PATTERN, is_speakable
@@ -24,10 +24,23 @@ OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts
 FORMATS = ("pcm", "wav", "flac", "mp3", "opus")
 
 
+def _integral(value):
+    """JSON Schema's `integer` includes 80.0; strict mode would refuse it. Booleans and strings stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def json_int(ge: int, le: int):
+    """An integer in [ge, le] as JSON Schema counts integers (80.0 is one)."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
+
+
 class SpeechRequest(BaseModel):
     """OpenAI's `/v1/audio/speech` body, plus a few optional CSM generation knobs (sent via `extra_body`)."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # strict: `"seed": false`, `"stream": 1` or `"speed": "1"` are refused, as the schema's types say.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
     model: str = Field(min_length=1, max_length=200, description="GET /v1/models lists the accepted names.")
     input: str = Field(
@@ -56,12 +69,12 @@ class SpeechRequest(BaseModel):
         "base64 chunks of the same file, then one `speech.audio.done` event.",
     )
     # CSM extensions; None = the server's setting.
-    max_audio_ms: int | None = Field(
-        default=None, ge=80, le=MAX_AUDIO_MS, description="Cap on the audio length (the server's cap still applies)."
+    max_audio_ms: json_int(80, MAX_AUDIO_MS) | None = Field(
+        default=None, description="Cap on the audio length (the server's cap still applies)."
     )
     temperature: float | None = Field(default=None, ge=MIN_TEMPERATURE, le=5.0)
-    topk: int | None = Field(default=None, ge=1, le=2051)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    topk: json_int(1, 2051) | None = None
+    seed: json_int(0, 2**31 - 1) | None = None
 
     @field_validator("input")
     @classmethod

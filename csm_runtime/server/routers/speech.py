@@ -111,8 +111,11 @@ async def create_speech(req: SpeechRequest, request: Request):
         params = build_params(state.settings, req)
     except ValueError as exc:
         raise APIError(400, f"invalid generation parameters: {exc}", code="invalid_value") from None
+    pieces = speech_pieces(req.input)
+    if not pieces:  # the schema's pattern already refuses this; kept for text that only cleaning empties
+        raise APIError(400, "input: must contain some text to speak", param="input", code="invalid_value")
     try:
-        ticket = state.scheduler.submit(speech_pieces(req.input), voice.speaker, voice.context, params)
+        ticket = state.scheduler.submit(pieces, voice.speaker, voice.context, params)
     except QueueFullError as exc:
         state.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
