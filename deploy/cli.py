@@ -7,6 +7,7 @@
     deploy cost        rate x time, beside vast's own charges         commands/cost.py
     deploy ssh         a shell on a rental, host key pinned           commands/ssh.py
     deploy tunnel      hold an SSH tunnel to a rental's server open   commands/tunnel.py
+    deploy open        the playground page, token in the fragment     commands/open.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
     deploy generate    speak a text through a rental's server         commands/generate.py
     deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
@@ -43,6 +44,9 @@ from deploy.commands import (
     teardown,
     tunnel,
 )
+from deploy.commands import (
+    open as open_page,
+)
 
 app = typer.Typer(
     name="deploy",
@@ -61,6 +65,7 @@ app.command("teardown")(teardown.teardown)
 app.command("cost")(cost.cost)
 app.command("ssh")(ssh.ssh)
 app.command("tunnel")(tunnel.tunnel)
+app.command("open")(open_page.open_)
 app.command("logs")(logs.logs)
 app.command("generate")(generate.generate)
 app.command("autotune")(autotune.autotune)
