@@ -2,13 +2,16 @@
 audio-eos frame), then the request's text, laid out as transformers' CSM chat template (processing_csm.py) does.
 
 A text segment is `<|begin_of_text|>[speaker]text<|end_of_text|>`; a segment with audio adds one `<|AUDIO|>` row per
-Mimi frame, whose embedding is the frame's codes, and the all-zero frame for `<|audio_eos|>`. Context that does not fit
-`max_context_frames` is dropped oldest first.
+Mimi frame, whose embedding is the frame's codes, and one `<|audio_eos|>` row, whose embedding is the all-eos frame
+(every codebook `codebook_eos_token_id`, 0 for CSM-1B). Context that does not fit `max_context_frames` is dropped
+oldest first. `rows` gives the ids and codes token for token as transformers' CsmProcessor and
+`_merge_input_ids_with_input_values` make them (tests/unit/test_prompt_reference.py compares the two).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -18,13 +21,23 @@ from csm_runtime.engine.model import LoadedModel, special_ids
 from csm_runtime.engine.types import Segment
 
 
+@dataclass
+class PromptRows:
+    """One prompt, one entry per backbone row."""
+
+    tokens: list[int]  # text token id; `<|AUDIO|>` on an audio frame's row, `<|audio_eos|>` on the eos frame's
+    codes: torch.Tensor  # [T, num_codebooks] the row's audio codes; zeros on text rows (not read there)
+    is_audio: torch.Tensor  # [T] bool: the row is embedded from its codes, not from its token
+
+
 class PromptBuilder:
-    """Text and context segments -> prompt embeddings [T, H] on the model's device."""
+    """Text and context segments -> prompt rows, and their embeddings [T, H] on the model's device."""
 
     def __init__(self, loaded: LoadedModel, codec: MimiCodec, frame: FrameModel, max_context_frames: int) -> None:
         self.tokenizer = loaded.tokenizer
         self.ids = special_ids(loaded)
         self.ncb = loaded.config.num_codebooks
+        self.eos_code = loaded.config.codebook_eos_token_id
         self.codec = codec
         self.frame = frame
         self.max_context_frames = max_context_frames
@@ -34,8 +47,8 @@ class PromptBuilder:
         ids = self.tokenizer.encode(f"[{speaker}]{text}", add_special_tokens=False)
         return [self.ids["bos"], *ids, self.ids["eos"]]
 
-    def build(self, text: str, speaker: int, context: Sequence[Segment], device: torch.device) -> torch.Tensor:
-        """Embeddings [T, H] of the kept context segments then the request text. Raises ValueError on bad context."""
+    def rows(self, text: str, speaker: int, context: Sequence[Segment]) -> PromptRows:
+        """The kept context segments then the request text, as rows. Raises ValueError on bad context."""
         tokens, codes, is_audio = [], [], []
 
         def add_text(ids):
@@ -62,11 +75,14 @@ class PromptBuilder:
         for seg, frames in reversed(kept):
             add_text(self.text_rows(seg.text, seg.speaker))
             if frames is not None:
-                tokens.extend([self.ids["audio"]] * (frames.shape[1] + 1))
+                tokens.extend([self.ids["audio"]] * frames.shape[1] + [self.ids["audio_eos"]])
                 codes.extend(list(frames.T))
-                codes.append(torch.zeros(self.ncb, dtype=torch.long))  # <|audio_eos|> = the all-eos(0) frame
+                codes.append(torch.full((self.ncb,), self.eos_code, dtype=torch.long))
                 is_audio.extend([True] * (frames.shape[1] + 1))
         add_text(self.text_rows(text, speaker))
-        return self.frame.embed_prompt(
-            torch.tensor(tokens, device=device), torch.stack(codes).to(device), torch.tensor(is_audio, device=device)
-        )
+        return PromptRows(tokens, torch.stack(codes), torch.tensor(is_audio))
+
+    def build(self, text: str, speaker: int, context: Sequence[Segment], device: torch.device) -> torch.Tensor:
+        """Embeddings [T, H] of the kept context segments then the request text. Raises ValueError on bad context."""
+        r = self.rows(text, speaker, context)
+        return self.frame.embed_prompt(torch.tensor(r.tokens, device=device), r.codes.to(device), r.is_audio.to(device))
