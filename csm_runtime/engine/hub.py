@@ -68,6 +68,7 @@ def explain(exc: BaseException, repo: str, revision: str | None = None) -> str |
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from requests.exceptions import SSLError
 
     chain = _chain(exc)
     site = hub_site()
@@ -100,6 +101,9 @@ def explain(exc: BaseException, repo: str, revision: str | None = None) -> str |
             f"the Hub refused the token as invalid or revoked while downloading {repo}: make a new one on "
             f"{site}/settings/tokens and give it: {HOW_TO_GIVE_A_TOKEN}"
         )
+    if (tls := first(SSLError)) is not None:
+        why = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(tls) else type(tls).__name__
+        return f"the Hub at {site} presented a TLS certificate this machine does not trust ({why}) for {repo}"
     if first(LocalEntryNotFoundError) is not None:
         return f"cannot reach the Hub ({site}) and {repo} is not in the local cache: check the network"
     return None
@@ -126,12 +130,13 @@ def check_access(model_id: str, revision: str | None, token: str | None) -> None
         return
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from requests.exceptions import SSLError
 
     try:
         get_hf_file_metadata(hf_hub_url(model_id, "config.json", revision=revision), token=token)
     except HFValidationError:
         return  # not a repo id the Hub would accept: the loader reports it
-    except HfHubHTTPError as exc:
+    except (HfHubHTTPError, SSLError) as exc:  # an answer, or a certificate we must not trust: not "no network"
         message = explain(exc, model_id, revision)
         if message is not None:
             raise HubAccessError(message) from None

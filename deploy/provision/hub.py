@@ -46,12 +46,13 @@ def put_hub_token(ctx: Context) -> None:
     if not needs_hub(opts.model):
         return
     found = find_hub_token(opts.hf_token_file)
+    box_file = ctx.layout.path(BOX_FILE)
+    q = shlex.quote(box_file)
     if found is None:  # `deploy provision` said so before renting (missing_token_note)
+        ctx.host.run(f"rm -f {q}", stream=False)  # a box provisioned before (ssh) keeps no older token
         ctx.log(f"no Hub token found here: the box downloads {opts.model} without one")
         ctx.event("hub_token", "none found here")
         return
-    box_file = ctx.layout.path(BOX_FILE)
-    q = shlex.quote(box_file)
     # the file exists with mode 0600 before the secret is copied into it, and stays 0600 after
     ctx.host.run(f"umask 077 && : > {q} && chmod 600 {q}", stream=False)
     private_dir = token_path(ctx.settings.home_path, BOX_FILE).parent  # DEPLOY_HOME/tokens, 0700
