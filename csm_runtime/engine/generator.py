@@ -1,9 +1,14 @@
-"""StreamingGenerator: CSM + Mimi as a static batch of `max_streams` slots, one frame per `step()`.
+"""StreamingGenerator: CSM + Mimi as a static batch of `max_streams` rows, one frame per `step()`.
 
-The scheduler (one thread) calls `add_stream` (prefill into a free slot), `step` (one frame for every slot, chunks
-out), `cancel`. `stream()` and `generate()` are the same engine driven for a single request, so batching and
-single-stream share one code path. Not thread-safe: one thread owns a generator. Build one with `load_generator`
-(loader.py).
+The scheduler (one thread) calls `add_stream` (prefill into the next free row), `step` (one frame for every active
+stream, chunks out), `cancel`. `stream()` and `generate()` are the same engine driven for a single request, so
+batching and single-stream share one code path. Not thread-safe: one thread owns a generator. Build one with
+`load_generator` (loader.py).
+
+Active streams always occupy rows 0..n-1 of the frame step's buffers (a stream that ends hands its row to the last
+one), so a step runs over the smallest batch bucket that holds n and a lone stream does not pay for 64 rows. Each
+stream keeps one Mimi decoder slot for its whole life (Mimi's streaming state cannot move between slots); the step
+scatters the rows' codes into those slots.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import numpy as np
 import torch
 
 from csm_runtime.engine.codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec
-from csm_runtime.engine.frame import FrameModel, FrameStep
+from csm_runtime.engine.frame import (
+    GRAPH_COMPILE_MODES,
+    LENGTH_BUCKET_MIN,
+    FrameModel,
+    FrameStep,
+    bucket_for,
+    buckets,
+)
 from csm_runtime.engine.model import LoadedModel
 from csm_runtime.engine.prompt import PromptBuilder
 from csm_runtime.engine.types import AudioChunk, ChunkMetrics, GenerationParams, Segment, StreamEvent
@@ -26,26 +38,28 @@ from csm_runtime.settings import RuntimeSettings
 
 FRAME_MS = 1000 * FRAME_SAMPLES // SAMPLE_RATE  # 80
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+RECOMPILE_LIMIT = 64  # compiled pieces per code object: sampling on/off x batch 1/dynamic x generators in one process
 
 
 class BatchFullError(RuntimeError):
-    """Every slot of the static batch is busy; retry after a stream finishes."""
+    """Every row of the static batch is busy; retry after a stream finishes."""
 
 
 @dataclass
 class _Stream:
     id: int
-    slot: int
+    row: int  # row of the frame step's buffers (changes when an earlier stream ends)
+    slot: int  # Mimi decoder slot (fixed for the stream's life)
     params: GenerationParams
     max_frames: int
     t_start: float
+    next_pos: int = 0  # backbone position the next frame writes (host copy of pos[row]: picks the length bucket)
     t_prefilled: float = 0.0
     frames: int = 0  # audio frames produced (EOS frame excluded)
     chunk_index: int = 0
     pending_pcm: list = field(default_factory=list)
     pending_codes: list = field(default_factory=list)
     ttfa_ms: float | None = None
-    generator: torch.Generator | None = None
 
 
 class StreamingGenerator:
@@ -67,19 +81,25 @@ class StreamingGenerator:
         self.prompt = PromptBuilder(loaded, codec, self.frame, settings.max_context_frames)
         cfg = loaded.config
         b = self.max_streams
-        # Per-slot state the frame step reads and writes (static buffers: graph-capturable).
+        self.batch_buckets = buckets(b)
+        self.length_buckets = buckets(settings.max_seq_len, min(LENGTH_BUCKET_MIN, settings.max_seq_len))
+        # Per-row state the frame step reads and writes (static buffers: graph-capturable).
         self.hidden = torch.zeros(b, cfg.hidden_size, device=device, dtype=dtype)
         self.pos = torch.zeros(b, dtype=torch.long, device=device)
         self.temperature = torch.ones(b, device=device)
         self.topk = torch.ones(b, dtype=torch.long, device=device)
         self.greedy = torch.ones(b, dtype=torch.bool, device=device)
-        self.noise = torch.rand(b, cfg.num_codebooks, cfg.vocab_size, device=device)
+        self.seed = torch.zeros(b, dtype=torch.long, device=device)  # noise key: the stream's seed ...
+        self.counter = torch.zeros(b, dtype=torch.long, device=device)  # ... and its frame number
+        self._codec_codes = torch.zeros(b, cfg.num_codebooks, dtype=torch.long, device=device)  # per Mimi slot
+        self._row_slots: torch.Tensor | None = None  # row -> Mimi slot of rows 0..n-1; None when rows changed
         self._streams: dict[int, _Stream] = {}
-        self._slots: list[int | None] = [None] * b
+        self._rows: list[int] = []  # stream id per row, rows 0..n-1
+        self._slots: list[int | None] = [None] * b  # stream id per Mimi slot
         self._ids = itertools.count(1)
         self._pending: list[StreamEvent] = []
         self._frame_step: FrameStep | None = None  # set by _setup_step
-        self._graph = None
+        self._graphs: dict[tuple[int, int, bool], tuple] = {}  # (batch, length, sampling) -> (graph, frame out)
         self.compile_mode = settings.compile
         self.cuda_graphs_reason: str | None = None
         self._setup_step()
@@ -87,50 +107,109 @@ class StreamingGenerator:
     # ---- optimisation switches (one place) -------------------------------------------------------------------
     def _setup_step(self) -> None:
         """The one place the frame step is chosen: eager or torch.compile'd pieces (settings.compile), and whether
-        the whole step is replayed as a CUDA graph (settings.cuda_graphs; `cuda_graphs_reason` says why not)."""
+        each (batch, length, sampling) bucket is replayed as a CUDA graph (settings.cuda_graphs; `cuda_graphs_reason`
+        says why not)."""
         mode = self.settings.compile
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        if mode != "off":
+            config = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+                if hasattr(config, name):
+                    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
         self._frame_step = FrameStep.eager(self.frame) if mode == "off" else FrameStep.compiled(self.frame, mode)
         if not self.settings.cuda_graphs:
             self.cuda_graphs_reason = "disabled by settings (cuda_graphs: false)"
         elif self.device.type != "cuda":
             self.cuda_graphs_reason = f"CUDA graphs need a CUDA device; running on {self.device.type}"
-        elif mode in ("reduce-overhead", "max-autotune"):
+        elif mode in GRAPH_COMPILE_MODES:
             self.cuda_graphs_reason = f"compile mode {mode} already captures CUDA graphs"
         else:
-            self.cuda_graphs_reason = None  # captured lazily on the first step (after compile warm-up)
+            self.cuda_graphs_reason = None  # one graph per bucket, captured on first use (warmup captures them all)
 
-    def _capture_graph(self) -> None:
-        """Capture the frame step over the static slot buffers (CUDA only); replay = one frame for all slots."""
-        args = (self.hidden, self.pos, self.temperature, self.topk, self.greedy, self.noise)
+    def _frame_body(self, batch: int, length: int, sampling: bool) -> torch.Tensor:
+        """One frame over rows :batch attending over positions :length, state written back into the static buffers
+        (so a captured graph is the whole frame). Returns the codes [batch, 32]."""
+        frame, hidden, pos = self._frame_step(
+            self.hidden[:batch],
+            self.pos[:batch],
+            self.temperature[:batch],
+            self.topk[:batch],
+            self.greedy[:batch],
+            self.seed[:batch],
+            self.counter[:batch],
+            self.frame.seq_range[:length],
+            sampling,
+        )
+        self.hidden[:batch].copy_(hidden)
+        self.pos[:batch].copy_(pos)
+        self.counter[:batch].add_(1)
+        return frame
+
+    def _state(self, batch: int) -> list[torch.Tensor]:
+        return [t[:batch].clone() for t in (self.hidden, self.pos, self.counter)]
+
+    def _restore(self, batch: int, saved: list[torch.Tensor]) -> None:
+        for t, old in zip((self.hidden, self.pos, self.counter), saved, strict=True):
+            t[:batch].copy_(old)
+
+    def _capture_graph(self, key: tuple[int, int, bool]) -> tuple:
+        """Capture one bucket's frame over the static buffers (CUDA only); replay = one frame for rows :batch.
+        The warm-up runs (compile happens there) advance the rows' state, so it is put back; the positions they wrote
+        in the caches are written again by the next real frame before anything reads them."""
+        batch = key[0]
+        saved = self._state(batch)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        saved = (self.hidden.clone(), self.pos.clone())
         with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up runs (and compile) outside capture
-                self._frame_step(*args)
+            for _ in range(2):
+                self._frame_body(*key)
         torch.cuda.current_stream().wait_stream(side)
+        self._restore(batch, saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._frame_step(*args)
-        self.hidden.copy_(saved[0])
-        self.pos.copy_(saved[1])
-        self._graph = (graph, out)
+            out = self._frame_body(*key)
+        self._graphs[key] = (graph, out)
+        return self._graphs[key]
+
+    def _bucket(self) -> tuple[int, int, bool]:
+        """(batch bucket, length bucket, sampling) of the next frame, from host-side state only."""
+        streams = [self._streams[sid] for sid in self._rows]
+        batch = bucket_for(len(streams), self.batch_buckets)
+        length = bucket_for(max(s.next_pos for s in streams) + 1, self.length_buckets)
+        return batch, length, any(not s.params.greedy for s in streams)
 
     def _run_frame(self) -> torch.Tensor:
-        if self.cuda_graphs_reason is None and self._graph is None:
-            self._capture_graph()
-        if self._graph is not None:
-            graph, (frame, hidden, pos) = self._graph
+        """One frame for the active rows -> codes [n, 32] in row order."""
+        key = self._bucket()
+        if self.cuda_graphs_reason is None:
+            graph, frame = self._graphs.get(key) or self._capture_graph(key)
             graph.replay()
         else:
-            sampling = any(not st.params.greedy for st in self._streams.values())
-            args = (self.hidden, self.pos, self.temperature, self.topk, self.greedy, self.noise)
-            frame, hidden, pos = self._frame_step(*args, sampling)
-        self.hidden.copy_(hidden)
-        self.pos.copy_(pos)
-        return frame
+            frame = self._frame_body(*key)
+        return frame[: len(self._rows)]
+
+    def prepare(self, sampling: tuple[bool, ...] = (True,)) -> int:
+        """Compile and capture ahead what serving will meet, so no request pays for it: with CUDA graphs, one graph
+        per (batch bucket, length bucket, sampling); compiled without graphs, batches 1 and 2 at the first two lengths
+        (after those, torch's dynamic-shape recompile serves every other bucket). Only between streams. Returns the
+        shapes prepared."""
+        if self._streams:
+            raise RuntimeError("prepare() runs only while no stream is active")
+        if self.cuda_graphs_reason is None:
+            keys = [(b, n, s) for s in sampling for b in self.batch_buckets for n in self.length_buckets]
+            for key in keys:
+                if key not in self._graphs:
+                    self._capture_graph(key)
+            return len(keys)
+        if self.compile_mode == "off":
+            return 0
+        keys = [(b, n, s) for s in sampling for n in self.length_buckets[:2] for b in self.batch_buckets[:2]]
+        for key in keys:
+            saved = self._state(key[0])
+            self._frame_body(*key)
+            self._restore(key[0], saved)
+        return len(keys)
 
     # ---- prompt ------------------------------------------------------------------------------------------------
     def build_prompt(self, text: str, speaker: int, context: Sequence[Segment]) -> torch.Tensor:
@@ -156,17 +235,15 @@ class StreamingGenerator:
     def add_stream(
         self, text: str, speaker: int = 0, context: Sequence[Segment] = (), params: GenerationParams | None = None
     ) -> int:
-        """Prefill a free slot with the prompt; returns the stream id. Raises BatchFullError or ValueError."""
+        """Prefill the next free row with the prompt; returns the stream id. Raises BatchFullError or ValueError."""
         t0 = time.perf_counter()
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text is empty")
         if not isinstance(speaker, int) or speaker < 0:
             raise ValueError(f"speaker must be a non-negative integer, got {speaker!r}")
         params = self._params(params)
-        try:
-            slot = self._slots.index(None)
-        except ValueError:
-            raise BatchFullError(f"all {self.max_streams} stream slots are busy") from None
+        if len(self._rows) >= self.max_streams or None not in self._slots:
+            raise BatchFullError(f"all {min(self.max_streams, len(self._slots))} stream slots are busy")
         with torch.no_grad():
             embeds = self.build_prompt(text, speaker, context)
         max_frames = max(1, params.max_audio_ms // FRAME_MS)
@@ -176,34 +253,79 @@ class StreamingGenerator:
                 f"prompt ({embeds.shape[0]} positions) + {max_frames} frames exceeds max_seq_len "
                 f"{self.settings.max_seq_len}: shorten the text/context or max_audio_ms"
             )
-        self.hidden[slot] = self.frame.prefill(slot, embeds)
-        self.pos[slot] = embeds.shape[0]
-        self.temperature[slot] = params.temperature if not params.greedy else 1.0
-        self.topk[slot] = params.topk
-        self.greedy[slot] = params.greedy
-        mask = torch.zeros(self.max_streams, dtype=torch.bool)
+        row, slot = len(self._rows), self._slots.index(None)
+        self.hidden[row] = self.frame.prefill(row, embeds)
+        self.pos[row] = embeds.shape[0]
+        self.temperature[row] = params.temperature if not params.greedy else 1.0
+        self.topk[row] = params.topk
+        self.greedy[row] = params.greedy
+        seed = 0 if params.greedy else params.seed if params.seed is not None else secrets.randbits(62)
+        self.seed[row] = seed
+        self.counter[row] = 0
+        mask = torch.zeros(len(self._slots), dtype=torch.bool)
         mask[slot] = True
         self.codec.reset(mask)
-        gen = None
-        if not params.greedy:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(params.seed if params.seed is not None else secrets.randbits(62))
-        stream = _Stream(next(self._ids), slot, params, max_frames, t0, generator=gen)
+        stream = _Stream(next(self._ids), row, slot, params, max_frames, t0, next_pos=embeds.shape[0])
         stream.t_prefilled = time.perf_counter()
         self._streams[stream.id] = stream
+        self._rows.append(stream.id)
         self._slots[slot] = stream.id
+        self._row_slots = None
         return stream.id
 
+    def resize_codec(self, slots: int) -> None:
+        """Decode with `slots` Mimi slots from now on (at most that many streams at once); only while idle. Mimi
+        decodes every slot each step, so the sweep sets this to the batch it times: the cost a server with
+        `max_streams = batch` pays."""
+        if self._streams:
+            raise RuntimeError("resize_codec() runs only while no stream is active")
+        if not 1 <= slots <= self.max_streams:
+            raise ValueError(f"codec slots must be 1..{self.max_streams}, got {slots}")
+        if slots == self.codec.slots:
+            return
+        mimi = self.codec.mimi
+        self.codec.close()
+        self.codec = self.prompt.codec = MimiCodec(mimi, slots)
+        self._slots = [None] * slots
+        self._codec_codes = torch.zeros(slots, self.loaded.config.num_codebooks, dtype=torch.long, device=self.device)
+
+    def _remove(self, stream: _Stream) -> None:
+        """Free the stream's row and Mimi slot; the last row's stream moves into the freed row (rows stay 0..n-1)."""
+        del self._streams[stream.id]
+        self._slots[stream.slot] = None
+        last = len(self._rows) - 1
+        if stream.row != last:
+            moved = self._streams[self._rows[last]]
+            self._move_row(last, stream.row, moved.next_pos)
+            moved.row = stream.row
+            self._rows[stream.row] = moved.id
+        self._rows.pop()
+        self._row_slots = None
+
+    def _move_row(self, src: int, dst: int, length: int) -> None:
+        with torch.no_grad():
+            self.frame.backbone_cache.move_row(src, dst, length)
+            for t in (self.hidden, self.pos, self.temperature, self.topk, self.greedy, self.seed, self.counter):
+                t[dst] = t[src]
+
     def cancel(self, stream_id: int) -> None:
-        """Free the stream's slot now; the next step() reports it finished with reason 'cancelled'."""
-        stream = self._streams.pop(stream_id, None)
+        """Free the stream's row now; the next step() reports it finished with reason 'cancelled'."""
+        stream = self._streams.get(stream_id)
         if stream is None:
             return
-        self._slots[stream.slot] = None
+        self._remove(stream)
         self._pending.append(StreamEvent(stream_id, None, True, "cancelled"))
 
     def active(self) -> int:
         return len(self._streams)
+
+    def _decode(self, frame: torch.Tensor) -> np.ndarray:
+        """Mimi-decode the rows' codes [n, 32], each in its stream's slot -> PCM [slots, 1920] (host)."""
+        if self._row_slots is None:
+            slots = [self._streams[sid].slot for sid in self._rows]
+            self._row_slots = torch.tensor(slots, dtype=torch.long, device=self.device)
+        self._codec_codes.index_copy_(0, self._row_slots, frame)
+        return self.codec.decode_step(self._codec_codes[:, :, None]).cpu().numpy()
 
     def step(self) -> list[StreamEvent]:
         """One decode frame for every active stream (the numbered steps are in frame.py's docstring), then
@@ -211,15 +333,15 @@ class StreamingGenerator:
         events, self._pending = self._pending, []
         if not self._streams:
             return events
-        for stream in self._streams.values():
-            if stream.generator is not None:
-                self.noise[stream.slot].uniform_(generator=stream.generator)
         frame = self._run_frame()
-        pcm = self.codec.decode_step(frame[:, :, None]).cpu().numpy()
+        pcm = self._decode(frame)
         codes = frame.cpu().numpy()
         now = time.perf_counter()
-        for stream in list(self._streams.values()):
-            row = codes[stream.slot]
+        ended = []
+        for sid in self._rows:
+            stream = self._streams[sid]
+            stream.next_pos += 1
+            row = codes[stream.row]
             reason = None
             if (row[:-1] == 0).all():  # transformers' end of speech: codebooks 0..N-2 all eos (0)
                 reason = "eos"
@@ -235,8 +357,9 @@ class StreamingGenerator:
             chunk = self._make_chunk(stream, now, is_last=reason is not None)
             events.append(StreamEvent(stream.id, chunk, reason is not None, reason))
             if reason is not None:
-                del self._streams[stream.id]
-                self._slots[stream.slot] = None
+                ended.append(stream)
+        for stream in ended:
+            self._remove(stream)
         return events
 
     def _make_chunk(self, stream: _Stream, now: float, is_last: bool) -> AudioChunk:
@@ -297,10 +420,11 @@ class StreamingGenerator:
         chunks = list(self.stream(text, speaker, context, params))
         return np.concatenate([c.codes for c in chunks]) if chunks else np.zeros((0, 32), np.int64)
 
-    def warmup(self) -> dict:
-        """Run one short utterance through the whole path (compile and graph capture happen here)."""
+    def warmup(self, sampling: tuple[bool, ...] = (True,)) -> dict:
+        """Run one short sampled utterance through the whole path (compile happens here), then `prepare` every
+        bucket serving will meet (`sampling`: (True,) for a server, add False for greedy benchmarks)."""
         t0 = time.perf_counter()
-        params = GenerationParams(max_audio_ms=4 * FRAME_MS, greedy=True, first_chunk_frames=1, chunk_frames=1)
+        params = GenerationParams(max_audio_ms=4 * FRAME_MS, seed=0, first_chunk_frames=1, chunk_frames=1)
         sid = self.add_stream(self.settings.warmup_text, 0, (), params)
         first = None
         while sid in self._streams:
@@ -308,11 +432,15 @@ class StreamingGenerator:
             if first is None:
                 first = time.perf_counter() - t0
         self._pending = []
+        t1 = time.perf_counter()
+        prepared = self.prepare(sampling)
         return {
             "compile_s": round(first or 0.0, 3) if self.compile_mode != "off" else 0.0,
+            "prepare_s": round(time.perf_counter() - t1, 3),
+            "prepared_shapes": prepared,
             "warmup_s": round(time.perf_counter() - t0, 3),
             "compile": self.compile_mode,
-            "cuda_graphs": self._graph is not None,
+            "cuda_graphs": bool(self._graphs),
             "cuda_graphs_reason": self.cuda_graphs_reason,
         }
 

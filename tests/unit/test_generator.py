@@ -1,5 +1,6 @@
-"""StreamingGenerator on tiny-random (CPU, float32): codes equal transformers' generate, batching equals alone,
-streaming audio equals one-shot Mimi, sampling reproducible, chunking and errors."""
+"""StreamingGenerator on tiny-random (CPU, float32): codes equal transformers' generate (across length buckets too),
+batching equals alone (joining mid-batch, and when an earlier row ends and the rows compact), streaming audio equals
+one-shot Mimi, sampling reproducible, chunking and errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from csm_runtime.engine.frame import buckets
 from csm_runtime.engine.generator import BatchFullError
 from csm_runtime.engine.loader import load_generator
 from csm_runtime.engine.model import ModelLoadError
@@ -26,6 +28,17 @@ def test_greedy_codes_equal_transformers_generate(gen):
     ref = hf_greedy_codes(gen, TEXTS[0], 1, FRAMES)
     assert ours.shape == ref.shape == (FRAMES, 32)
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_greedy_codes_equal_transformers_generate_across_length_buckets(gen):
+    """Attention over the used length only: with 32-position buckets the 24 frames cross two of them."""
+    saved = gen.length_buckets
+    gen.length_buckets = buckets(gen.settings.max_seq_len, 32)
+    try:
+        ours = gen.frame_codes(TEXTS[1], speaker=0, frames=FRAMES)
+    finally:
+        gen.length_buckets = saved
+    np.testing.assert_array_equal(ours, hf_greedy_codes(gen, TEXTS[1], 0, FRAMES))
 
 
 def test_greedy_codes_equal_transformers_generate_compiled():
@@ -68,6 +81,33 @@ def test_batched_streams_equal_each_alone_even_when_joining_mid_batch(gen):
         assert reasons[sid] == "max_audio"
         assert np.abs(pcm[sid] - alone_pcm[k]).max() <= 1e-4
     assert first not in gen._streams
+
+
+def test_rows_compact_when_an_earlier_stream_ends_and_the_batch_bucket_shrinks():
+    gen = tiny_generator(max_streams=4)
+    frames = (3, 9, 7)
+    alone = [gen.frame_codes(TEXTS[i], speaker=i, frames=n) for i, n in enumerate(frames)]
+    alone_pcm = [gen.codec.decode_oneshot(torch.from_numpy(c.T.copy())) for c in alone]
+    ids = [
+        gen.add_stream(TEXTS[i], i, (), GenerationParams(max_audio_ms=n * 80, greedy=True))
+        for i, n in enumerate(frames)
+    ]
+    assert gen._bucket()[0] == 4 and [gen._streams[i].row for i in ids] == [0, 1, 2]
+    codes = {i: [] for i in ids}
+    pcm = {i: [] for i in ids}
+    seen = []
+    while gen.active():
+        for ev in gen.step():
+            if ev.chunk is not None:
+                codes[ev.stream_id].append(ev.chunk.codes)
+                pcm[ev.stream_id].append(ev.chunk.pcm)
+        if gen.active():
+            seen.append((gen._bucket()[0], sorted(s.row for s in gen._streams.values())))
+    assert seen[2] == (2, [0, 1])  # stream 0 ended after 3 frames: stream 2 moved into row 0, batch bucket 2
+    assert seen[-1] == (1, [0])  # the last stream alone runs at batch 1, in row 0
+    for k, sid in enumerate(ids):
+        np.testing.assert_array_equal(np.concatenate(codes[sid]), alone[k])
+        assert np.abs(np.concatenate(pcm[sid]) - alone_pcm[k]).max() <= 1e-4
 
 
 def test_streaming_audio_equals_oneshot_decode(gen):
