@@ -1,8 +1,12 @@
-"""`csm-runtime generate`: speak one text to a 24 kHz mono WAV and print frames, ms/frame, TTFA and RTF.
+"""`csm-runtime generate`: speak a text to a 24 kHz mono WAV and print frames, ms/frame, TTFA and RTF.
+
+A long text (`--file`, or a long `--text`) is said as the server says it: split into sentences, each generated with
+the previous ones as context (engine/longtext.py), `--max-ms` the total.
 
 Usage (listed in cli.py):
     csm-runtime generate --model tiny-random --text "Hello there." -o out.wav
     csm-runtime generate --text "Hi" --greedy --max-ms 4000 --seed 1 -o hi.wav --json
+    csm-runtime generate --file chapter.txt --max-ms 600000 -o chapter.wav
     csm-runtime generate --show-config
 """
 
@@ -13,6 +17,8 @@ import json
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
 from csm_runtime.settings import SettingsError, load_settings
 
@@ -21,6 +27,7 @@ def build_parser(parser=None):
     p = parser or argparse.ArgumentParser(prog="csm-runtime generate", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="tiny-random (default) | csm-1b-random | sesame/csm-1b | a local path")
     p.add_argument("--text", help="what to say")
+    p.add_argument("--file", help="a UTF-8 text file to say (instead of --text); `-` reads stdin")
     p.add_argument("--speaker", type=int, default=0)
     p.add_argument("--max-ms", type=int, help="longest audio to generate (default: settings.max_audio_ms)")
     p.add_argument("--seed", type=int)
@@ -65,10 +72,11 @@ def _generate(settings, args) -> int:
     import soundfile
 
     from csm_runtime.engine.loader import load_generator
+    from csm_runtime.engine.longtext import Utterance, limits_of
+    from csm_runtime.engine.sentences import speech_pieces
     from csm_runtime.engine.types import GenerationParams
 
-    if not args.text or not args.text.strip():
-        raise ValueError("--text is required and must not be empty")
+    text = _read_text(args)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("csm_runtime.download").setLevel(logging.INFO)  # a first run's download shows its progress
     params = GenerationParams(
@@ -82,27 +90,53 @@ def _generate(settings, args) -> int:
     )
     params.validate()
     gen = load_generator(settings=settings.replace(max_streams=1))
-    chunks = list(gen.stream(args.text, args.speaker, (), params))
-    pcm = np.concatenate([c.pcm for c in chunks])
+    utterance = Utterance(speech_pieces(text), args.speaker, (), params, limits_of(gen))
+    parts, ttfa_s, t0 = [], None, time.perf_counter()
+    while (piece := utterance.next()) is not None:
+        for chunk in gen.stream(piece.text, args.speaker, piece.context, piece.params):
+            if ttfa_s is None and len(chunk.pcm):
+                ttfa_s = time.perf_counter() - t0
+            utterance.add_audio(chunk.pcm)
+            parts.append(chunk.pcm)
+        utterance.piece_done()
+    wall = time.perf_counter() - t0
+    pcm = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     soundfile.write(args.output, pcm, gen.sample_rate, subtype="FLOAT")
-    m = chunks[-1].metrics
+    frames = len(pcm) // gen.frame_samples
+    audio_s = len(pcm) / gen.sample_rate
     report = {
         "output": args.output,
         "model": gen.model_id,
-        "frames": m.frames_total,
-        "audio_s": round(len(pcm) / gen.sample_rate, 3),
-        "ms_per_frame": round(m.ms_per_frame, 2),
-        "ttfa_ms": round(m.ttfa_ms, 1) if m.ttfa_ms is not None else None,
-        "rtf": round(m.rtf, 3),
+        "pieces": utterance.index,
+        "frames": frames,
+        "audio_s": round(audio_s, 3),
+        "ms_per_frame": round(wall * 1000 / max(frames, 1), 2),
+        "ttfa_ms": round(ttfa_s * 1000, 1) if ttfa_s is not None else None,
+        "rtf": round(wall / audio_s, 3) if audio_s else None,
     }
     if args.json:
         print(json.dumps(report))
     else:
         print(
-            f"wrote {report['output']}: {report['frames']} frames ({report['audio_s']} s), "
+            f"wrote {report['output']}: {report['pieces']} sentence(s), {report['frames']} frames ({report['audio_s']} s), "
             f"{report['ms_per_frame']} ms/frame, TTFA {report['ttfa_ms']} ms, RTF {report['rtf']}"
         )
     return 0
+
+
+def _read_text(args) -> str:
+    """--text or --file (`-`: stdin); one of them, with something to say in it."""
+    from csm_runtime.engine.sentences import is_speakable
+
+    if args.text is not None and args.file:
+        raise ValueError("give --text or --file, not both")
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    else:
+        text = args.text or ""
+    if not is_speakable(text):
+        raise ValueError("--text or --file is required and must contain something to say")
+    return text
 
 
 if __name__ == "__main__":

@@ -20,6 +20,27 @@ def test_generate_writes_a_24khz_wav_and_prints_metrics(tmp_path, capsys):
     assert report["frames"] == 6 and report["ms_per_frame"] > 0 and report["rtf"] > 0 and report["ttfa_ms"] > 0
 
 
+def test_generate_says_a_long_file_sentence_by_sentence(tmp_path, capsys, monkeypatch):
+    """Three sentences, each capped at two frames (random weights never end one): the file holds every piece."""
+    from csm_runtime.engine import longtext
+    from csm_runtime.engine.longtext import piece_cap_frames
+
+    monkeypatch.setattr(longtext, "PIECE_BASE_MS", 160)
+    monkeypatch.setattr(longtext, "PIECE_MS_PER_CHAR", 0)
+    sentences = ["First one.", "Then, Mr. Smith said no.", "Done!"]
+    text = tmp_path / "long.txt"
+    text.write_text(" ".join(sentences) + "\n")
+    out = tmp_path / "long.wav"
+    argv = ["generate", "--model", "tiny-random", "--file", str(text), "--device", "cpu", "--max-ms", "600000"]
+    assert cli.main([*argv, "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    frames = sum(piece_cap_frames(s) for s in sentences)
+    assert report["pieces"] == 3 and report["frames"] == frames == 6 and report["ttfa_ms"] > 0
+    assert len(soundfile.read(out)[0]) == frames * 1920
+    assert cli.main(["generate", "--file", str(text), "--text", "x"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_generate_bad_input_is_one_line_and_nonzero(capsys):
     assert cli.main(["generate", "--text", "  "]) == 2
     err = capsys.readouterr().err.strip()
