@@ -136,7 +136,11 @@ def build_parser(parser=None):
     p.add_argument("--model", help="tiny-random | csm-1b-random | sesame/csm-1b | a local path")
     p.add_argument("--host", help="bind address (default 127.0.0.1; anything else needs --token-file)")
     p.add_argument("--port", type=int)
-    p.add_argument("--token-file", help="file holding the bearer token every route but /health requires")
+    p.add_argument(
+        "--token-file",
+        help="file holding the bearer token every route requires but /health and the playground page (/, /static/*); "
+        "/openapi.json needs it too",
+    )
     hf_default = "default: HF_TOKEN, then the file `hf auth login` wrote"
     p.add_argument("--hf-token-file", help=f"file holding the Hub token for a gated checkpoint ({hf_default})")
     p.add_argument("--ssl-certfile", help="TLS certificate (PEM); default for a non-loopback bind: a self-signed one")
