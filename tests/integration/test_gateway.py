@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from csm_runtime.server.tls import make_self_signed
 from deploy.errors import NotFoundError, UsageError
 from deploy.fleet.model import choose_for_removal, due_for_replacement
 from deploy.fleet.probe import parse_metrics
@@ -61,6 +62,25 @@ def test_haproxy_accepts_the_rendered_config(tmp_path):
     res = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "WARNING" not in res.stderr, res.stderr
+
+
+@needs_haproxy
+def test_an_https_replica_is_verified_against_its_pinned_certificate(tmp_path):
+    pem = tmp_path / "rental-3.pem"
+    pem.write_bytes(make_self_signed(tmp_path / "tls", ("127.0.0.1",)).cert.read_bytes())
+    backends = [gw_config.Backend("r1", "203.0.113.7:41000", "tok-one-123456", ca_file=str(pem)), BACKENDS[1]]
+    text = gw_config.render(_cfg(tmp_path), backends)
+    r1 = text[text.index("listen r1") :].split("\n\n")[0]
+    assert f"server replica 203.0.113.7:41000 ssl verify required ca-file {pem}" in r1
+    r2 = text[text.index("listen r2") :].split("\n\n")[0]
+    assert "server replica 127.0.0.1:9002\n" in r2 + "\n" and "ssl" not in r2  # plain http stays plain
+    (tmp_path / "s.state").write_text("1\n")
+    (tmp_path / "h.cfg").write_text(text)
+    res = subprocess.run([HAPROXY, "-c", "-f", str(tmp_path / "h.cfg")], capture_output=True, text=True)
+    assert res.returncode == 0 and "WARNING" not in res.stderr, res.stderr
+    with pytest.raises(UsageError, match="must be absolute, without spaces"):
+        gw_config.render(_cfg(tmp_path), [gw_config.Backend("r1", "127.0.0.1:1", "tok-one-123456", ca_file="a b")])
+    assert gw_config.address_of("https://203.0.113.7:41000") == "203.0.113.7:41000"
 
 
 @pytest.mark.parametrize(

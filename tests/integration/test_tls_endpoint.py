@@ -23,6 +23,7 @@ import pytest
 from csm_runtime.server.tls import make_self_signed
 from deploy.gateway import config as gw_config
 from deploy.gateway import haproxy as gw
+from deploy.provision.summary import client_lines
 from deploy.remote.tls import client_context, pem_fingerprint
 from tests.conftest import run_deploy
 from tests.fakes.server_fixtures import free_port, wait_ready
@@ -150,6 +151,24 @@ def test_openai_client_streams_over_tls_with_the_pinned_certificate(server, wron
     assert "CERTIFICATE_VERIFY_FAILED" in repr(err.value.__cause__) or "certificate verify failed" in str(
         err.value.__cause__
     )
+
+
+def test_the_client_lines_provision_prints_work_as_pasted(server, tmp_path):
+    info = {
+        "endpoint": server.url,
+        "access": "direct",
+        "token_file": str(server.token_file),
+        "tls_cert": str(server.cert),
+        "tls_cert_sha256": pem_fingerprint(server.cert.read_bytes()),
+    }
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in client_lines(info)}
+    assert lines["tls"].startswith(f"certificate pinned: {server.cert}")
+    scope: dict = {}
+    exec(lines["python"], scope)  # noqa: S102 - the line an operator pastes
+    assert "tiny-random" in [m.id for m in scope["client"].models.list()]
+    res = subprocess.run(["bash", "-c", lines["curl"]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "hello.wav").read_bytes()[:4] == b"RIFF"
 
 
 def test_deploy_generate_trusts_only_the_given_certificate(server, wrong_cert, tmp_path, deploy_home):
