@@ -41,6 +41,7 @@ def autotune(
     """
     from deploy.providers import provider_for
     from deploy.provision.autotune import run_autotune
+    from deploy.provision.hub import BOX_FILE
 
     s = c.settings()
     with c.open_ledger() as ledger:
@@ -58,7 +59,11 @@ def autotune(
                 out_dir=out,
                 workdir=s.remote_dir,
                 runtime=runtime,
-                extra=shlex.split(sweep_args),
+                # the Hub token `provision` put in the box dir (the sweep runs there), for a gated checkpoint
+                extra=[
+                    *shlex.split(sweep_args),
+                    *(["--hf-token-file", BOX_FILE] if rental.meta.get("hf_token") else []),
+                ],
                 timeout=timeout,
                 log=output.progress,
             )
