@@ -199,8 +199,10 @@ def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, sshd
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["status"] == "ready" and out["provider"] == "vast" and out["rate_usd_h"] == 0.35
-    # the server's port was mapped (`-p 8000:8000`), so the server binds 0.0.0.0 and any client reaches it directly
-    assert out["access"] == "direct" and out["endpoint"] == f"http://{box.box_addr}:8000"
+    # the server's port was mapped (`-p 8000:8000`), so the server binds 0.0.0.0, serves TLS with a certificate
+    # pinned here, and any client that trusts that certificate reaches it directly
+    assert out["access"] == "direct" and out["endpoint"] == f"https://{box.box_addr}:8000"
+    assert Path(out["tls_cert"]).is_file() and len(out["tls_cert_sha256"]) == 64
     assert vast.instances[int(out["provider_id"])]["ports"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000"}]}
     assert out["model"] == "tiny-random" and out["runtime_mode"] == "bootstrap"
     steps = ["rent", "wait_running", "connect", "check", "push", "install", "autotune", "start", "ready"]
@@ -239,12 +241,16 @@ def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, sshd
     assert vast.api_key.encode() not in Path(f"/proc/{server_pid}/environ").read_bytes()
     assert b"VAST_API_KEY" not in Path(f"/proc/{server_pid}/environ").read_bytes()
 
-    # a plain HTTP client needs nothing but the URL and the token
+    # an HTTP client needs nothing but the URL, the token and the pinned certificate
+    import ssl
+
     import httpx
 
-    assert httpx.get(out["endpoint"] + "/health", timeout=10).status_code == 200
-    assert httpx.get(out["endpoint"] + "/ready", timeout=10).status_code == 401
-    ready = httpx.get(out["endpoint"] + "/ready", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    pinned = ssl.create_default_context(cafile=out["tls_cert"])
+    assert httpx.get(out["endpoint"] + "/health", timeout=10, verify=pinned).status_code == 200
+    assert httpx.get(out["endpoint"] + "/ready", timeout=10, verify=pinned).status_code == 401
+    auth = {"Authorization": f"Bearer {token}"}
+    ready = httpx.get(out["endpoint"] + "/ready", headers=auth, timeout=10, verify=pinned)
     assert ready.status_code == 200
 
     # generate through the endpoint the ledger recorded
