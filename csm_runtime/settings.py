@@ -42,6 +42,7 @@ class RuntimeSettings:
     # optimisations (the profile chooses these)
     compile: str = "off"  # off | default | reduce-overhead | max-autotune-no-cudagraphs
     cuda_graphs: bool = False
+    quantize: str = "off"  # off | int8 (weight-only, decoder layers: never on unless a profile or you choose it)
     max_streams: int = 4  # streams batched in one decode step
     # generation
     max_audio_ms: int = 20_000

@@ -6,7 +6,11 @@ Usage (listed in cli.py):
     csm-runtime autotune --model sesame/csm-1b --ttfa-target-ms 300 --batches 1,4,16 --json
 
 Progress goes to stderr (a rich bar on a terminal, one line per candidate otherwise, which is what `deploy autotune`
-streams over SSH); the result (paths, chosen settings, why) goes to stdout.
+streams over SSH); the result (paths, chosen settings, why, the delivery check) goes to stdout.
+
+After the sweep the chosen setting is served by the real server and measured over HTTP (tuning/delivery.py); when
+the server delivers an RTF or TTFA more than `--check-tolerance` (25 %) away from the profile's prediction, autotune
+writes `<slug>.rejected.yaml` instead of `<slug>.yaml` and exits 3 with the two numbers on one line.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ def build_parser(parser=None):
     p.add_argument("--timed-frames", type=int, help="timed decode steps per candidate")
     p.add_argument("--warmup-frames", type=int, help="untimed decode steps per candidate after warm-up")
     p.add_argument("--stop-rtf", type=float, help="stop growing a setting's batch once RTF passes this (default 1)")
+    p.add_argument("--rounds", type=int, help="interleaved timing rounds per candidate (default 3; full CPU 5)")
+    p.add_argument(
+        "--quantize", help="comma-separated weight modes to try: off, int8 (default off; full GPU adds int8)"
+    )
+    p.add_argument("--no-check", action="store_true", help="skip serving the choice over HTTP (the delivery check)")
+    p.add_argument("--check-tolerance", type=float, help="largest predicted-vs-delivered difference (default 0.25)")
+    p.add_argument("--check-rounds", type=int, help="delivery check rounds per attempt (default 5)")
+    p.add_argument("--check-attempts", type=int, help="attempts before a missed delivery check fails (default 2)")
+    p.add_argument("--check-frames", type=int, help="audio frames of the delivery check's probe request (default 24)")
     p.add_argument("--cpu-threads", type=int, help="torch threads on CPU (0 = torch's default)")
     p.add_argument("--config", help="YAML file of settings (applied before env and options)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -69,10 +82,34 @@ def plan_from_args(args, device_kind: str) -> Plan:
         changes["compile_modes"] = _words(args.compile_modes)
     if args.dtypes:
         changes["dtypes"] = _words(args.dtypes)
-    for name in ("timed_frames", "warmup_frames", "stop_rtf", "rtf_max", "ttfa_target_ms"):
-        value = getattr(args, name)
+    if getattr(args, "quantize", None):
+        changes["quantize"] = _words(args.quantize)
+        bad = [q for q in changes["quantize"] if q not in ("off", "int8")]
+        if bad:
+            raise ValueError(f"--quantize takes off and int8, got {', '.join(bad)}")
+    if getattr(args, "no_check", False):
+        changes["check"] = False
+    names = (
+        "timed_frames",
+        "warmup_frames",
+        "stop_rtf",
+        "rtf_max",
+        "ttfa_target_ms",
+        "rounds",
+        "check_tolerance",
+        "check_rounds",
+        "check_frames",
+        "check_attempts",
+    )
+    for name in names:
+        value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
+    for name in ("rounds", "check_rounds", "check_frames", "check_attempts"):
+        if changes.get(name, 1) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if changes.get("check_tolerance", 1) <= 0:
+        raise ValueError("--check-tolerance must be > 0")
     if changes.get("timed_frames", 1) < 1:
         raise ValueError("--timed-frames must be >= 1")
     return default_plan(device_kind, quick=args.quick, **changes)
@@ -146,7 +183,9 @@ def autotune(args) -> dict:
     check_access(base.model, base.revision, read_hub_token(base.hf_token_file))
     # Bad options are refused above, in a second; the sweep (torch, the engine), the profile (pydantic) and the plot
     # (matplotlib) load only once there is something to run.
+    from csm_runtime.engine.loader import GeneratorFactory
     from csm_runtime.tuning.build import build_profile
+    from csm_runtime.tuning.delivery import DeliveryMismatch, check_delivery
     from csm_runtime.tuning.plot import plot_profile
     from csm_runtime.tuning.profile import dump_profile, profile_path
     from csm_runtime.tuning.sweep import run_sweep
@@ -158,9 +197,30 @@ def autotune(args) -> dict:
         f"autotune {base.model} on {facts.name} ({facts.slug}): {'quick' if plan.quick else 'full'} sweep, "
         f"batches {','.join(map(str, plan.batches))}, compile {','.join(plan.compile_modes)}\n"
     )
+    factory = GeneratorFactory(base)
     with _Reporter() as reporter:
-        result = run_sweep(base, plan, progress=reporter)
+        result = run_sweep(base, plan, progress=reporter, factory=factory)
     profile = build_profile(result, plot=None if args.no_plot else png_path.name)
+    if plan.check:
+        s = profile.chosen.settings
+        sys.stderr.write(
+            f"delivery check: serving {profile.chosen.candidate} (max_streams {s.max_streams}) over HTTP, "
+            f"{plan.check_rounds} round(s)\n"
+        )
+        pending = out_dir / f".{facts.slug}.checking.yaml"
+        dump_profile(profile, pending)  # served as `serve --profile PATH` would
+        try:
+            delivery = check_delivery(profile, pending, base, plan, lambda st: lambda: factory.build(st))
+        finally:
+            pending.unlink(missing_ok=True)
+        profile = profile.model_copy(update={"delivery": delivery})
+        sys.stderr.write(
+            f"delivery check: RTF predicted {delivery.predicted_rtf:.3f} delivered {delivery.delivered_rtf:.3f}; "
+            f"TTFA predicted {delivery.predicted_ttfa_ms:.0f} ms delivered {delivery.delivered_ttfa_ms:.0f} ms\n"
+        )
+        if not delivery.ok:
+            rejected = dump_profile(profile, yaml_path.with_suffix(".rejected.yaml"))
+            raise DeliveryMismatch(f"{delivery.reason}; wrote {rejected} for inspection, {yaml_path} not written")
     dump_profile(profile, yaml_path)
     if not args.no_plot:
         plot_profile(profile, png_path)
@@ -177,6 +237,8 @@ def autotune(args) -> dict:
         "skipped": sum(c.status == "skipped" for c in profile.candidates),
         "oom": sum(c.status == "oom" for c in profile.candidates),
         "failed": sum(c.status == "failed" for c in profile.candidates),
+        "delivery": profile.delivery.model_dump() if profile.delivery else None,
+        "load_avg": result.load_avg,
     }
 
 
@@ -186,9 +248,13 @@ def main(argv: list[str] | None = None, args=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("csm_runtime.download").setLevel(logging.INFO)  # a first run's download shows its progress
     from csm_runtime.tuning.choice import AutotuneError  # pydantic, via the profile schema: not for `--help`
+    from csm_runtime.tuning.delivery import DeliveryMismatch
 
     try:
         summary = autotune(args)
+    except DeliveryMismatch as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, AutotuneError, OSError) as exc:  # SettingsError, ProfileError, ModelLoadError, HubAccessError
         print(f"Error: {exc}", file=sys.stderr)
         return 2
@@ -202,6 +268,12 @@ def main(argv: list[str] | None = None, args=None) -> int:
             f"cuda_graphs {str(s['cuda_graphs']).lower()}, first_chunk_frames {s['first_chunk_frames']}"
         )
         print(f"why: {summary['why']}")
+        d = summary["delivery"]
+        if d:
+            print(
+                f"delivered over HTTP ({d['streams']} stream(s)): RTF {d['delivered_rtf']:.3f} (predicted "
+                f"{d['predicted_rtf']:.3f}), TTFA {d['delivered_ttfa_ms']:.0f} ms (predicted {d['predicted_ttfa_ms']:.0f})"
+            )
     return 0
 
 

@@ -136,12 +136,15 @@ def _build_tiny(seed: int, dtype: torch.dtype) -> tuple[CsmForConditionalGenerat
     return model.to(dtype), tok
 
 
-def _build_1b_random(seed: int, dtype: torch.dtype) -> tuple[CsmForConditionalGeneration, PreTrainedTokenizerFast]:
-    """Real shape, random weights: allocate uninitialised in the target dtype, then one uniform_ per tensor (~10 s)."""
+def _build_1b_random(
+    seed: int, dtype: torch.dtype, device: torch.device
+) -> tuple[CsmForConditionalGeneration, PreTrainedTokenizerFast]:
+    """Real shape, random weights: allocate uninitialised in the target dtype on `device`, then one uniform_ per
+    tensor there (~10 s on a CPU, well under one on a GPU; the values depend on the device's generator)."""
     config = CsmConfig()
-    with no_init_weights():
+    with no_init_weights(), torch.device(device):
         model = CsmForConditionalGeneration._from_config(config, torch_dtype=dtype)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:
@@ -184,7 +187,7 @@ def load_model(
     if model_id == "tiny-random":
         model, tok = _build_tiny(seed, dtype)
     elif model_id == "csm-1b-random":
-        model, tok = _build_1b_random(seed, dtype)
+        model, tok = _build_1b_random(seed, dtype, device)
     else:
         model, tok = _load_pretrained(model_id, revision, dtype, token)
     _drop_codec(model)

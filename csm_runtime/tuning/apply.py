@@ -101,7 +101,9 @@ def _applied(profile: Profile, path: Path, warning: str) -> ProfileNote:
     s = profile.chosen.settings
     message = (
         f"profile {path} applied: dtype {s.dtype}, compile {s.compile}, cuda_graphs {str(s.cuda_graphs).lower()}, "
-        f"max_streams {s.max_streams}, first_chunk_frames {s.first_chunk_frames}{warning}"
+        f"max_streams {s.max_streams}, first_chunk_frames {s.first_chunk_frames}"
+        + (f", quantize {s.quantize}" if s.quantize != "off" else "")
+        + warning
     )
     if not profile.chosen.realtime:
         message += "; note: autotune found no real-time setting on this device (see the profile's chosen.why)"

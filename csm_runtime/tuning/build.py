@@ -8,6 +8,7 @@ from csm_runtime.tuning.choice import choose, rule_for
 from csm_runtime.tuning.identity import package_versions
 from csm_runtime.tuning.profile import (
     SCHEMA_VERSION,
+    Delivery,
     DeviceIdentity,
     Identity,
     ModelIdentity,
@@ -18,7 +19,7 @@ from csm_runtime.tuning.profile import (
 from csm_runtime.tuning.sweep import SweepResult
 
 
-def build_profile(result: SweepResult, *, plot: str | None = None) -> Profile:
+def build_profile(result: SweepResult, *, plot: str | None = None, delivery: Delivery | None = None) -> Profile:
     plan, facts, base = result.plan, result.facts, result.settings
     rule = rule_for(plan)
     versions = package_versions()
@@ -46,7 +47,11 @@ def build_profile(result: SweepResult, *, plot: str | None = None) -> Profile:
             prompt=plan.prompt,
             duration_s=result.duration_s,
             cpu_threads=base.cpu_threads,
+            rounds=plan.rounds,
+            quantize=list(plan.quantize),
+            load_avg=result.load_avg,
         ),
         candidates=result.candidates,
         plot=plot,
+        delivery=delivery,
     )

@@ -4,7 +4,9 @@
 The most concurrent streams that stay real time with headroom (RTF <= rtf_max) with TTFA within the target; ties go
 to the setting with the lowest single-stream latency (its batch-1 ms/frame). The first chunk is the largest that still
 meets the TTFA target (more audio buffered against network jitter). When nothing qualifies the fastest single stream
-is kept, marked `realtime: false`, so a server still starts and says why.
+is kept, marked `realtime: false`, so a server still starts and says why. A candidate with int8 weights is never
+picked, in either case, unless its divergence from the unquantized weights is within the rule's bound (greedy codes
+agreement and logit cosine, both stated in the rule).
 """
 
 from __future__ import annotations
@@ -21,13 +23,24 @@ def rule_for(plan: Plan) -> Rule:
     return Rule(
         rtf_max=plan.rtf_max,
         ttfa_target_ms=plan.ttfa_target_ms,
+        min_codes_agreement=plan.min_codes_agreement,
+        min_logit_cosine=plan.min_logit_cosine,
         text=(
             f"most concurrent streams with RTF <= {plan.rtf_max:g} and TTFA <= {plan.ttfa_target_ms:g} ms "
             f"(first chunk of {min(plan.first_chunk_frames)} frame(s), request joining a busy batch); ties: lowest "
             "single-stream latency (batch-1 ms/frame of the same setting); first chunk: the largest within the TTFA "
-            "target"
+            f"target; int8 weights only with greedy codes agreement >= {plan.min_codes_agreement:g} over "
+            f"{plan.divergence_frames} frames and logit cosine >= {plan.min_logit_cosine:g}"
         ),
     )
+
+
+def allowed(cand: Candidate, rule: Rule) -> bool:
+    """Unquantized rows always; int8 rows only with a divergence measured within the rule's bound."""
+    if cand.quantize == "off":
+        return True
+    d = cand.divergence
+    return d is not None and d.codes_agreement >= rule.min_codes_agreement and d.logit_cosine >= rule.min_logit_cosine
 
 
 def single_stream_ms(candidates: list[Candidate], cand: Candidate) -> float:
@@ -49,7 +62,7 @@ def qualifies(cand: Candidate, rule: Rule, first_chunk: int) -> bool:
 
 def choose(candidates: list[Candidate], rule: Rule, first_chunk_options: tuple[int, ...]) -> Choice:
     """Apply the rule to the measured rows (see the module docstring); the returned `why` says how it decided."""
-    measured = [c for c in candidates if c.status == "measured"]
+    measured = [c for c in candidates if c.status == "measured" and allowed(c, rule)]
     if not measured:
         reasons = "; ".join(f"{c.id}: {c.reason}" for c in candidates if c.status in ("oom", "failed"))
         raise AutotuneError(f"no candidate could be measured ({reasons or 'all skipped'})")
@@ -72,6 +85,9 @@ def choose(candidates: list[Candidate], rule: Rule, first_chunk_options: tuple[i
             f"({m.ttfa_ms[first_chunk]:.0f} ms) meets the target."
         )
         realtime = True
+        refused = [c for c in candidates if c.status == "measured" and not allowed(c, rule)]
+        if refused:
+            why += f" {len(refused)} int8 candidate(s) were not considered: divergence past the bound."
     else:
         singles = [c for c in measured if c.batch == 1] or measured
         best = min(singles, key=lambda c: (c.measurement.ms_per_frame_mean, order[c.id]))
@@ -88,6 +104,7 @@ def choose(candidates: list[Candidate], rule: Rule, first_chunk_options: tuple[i
         realtime = False
     chosen = ChosenSettings(
         dtype=best.dtype,
+        quantize=best.quantize,
         compile=best.compile,
         cuda_graphs=best.cuda_graphs,
         max_streams=best.batch if realtime else 1,

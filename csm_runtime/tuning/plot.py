@@ -1,4 +1,5 @@
-"""`profiles/<slug>.png`: RTF and TTFA against batch size, one line per setting, the rule's limits and the choice.
+"""`profiles/<slug>.png`: RTF and TTFA against batch size, one line per setting (bars: fastest to slowest round), the
+rule's limits, the choice and, when it ran, what the delivery check measured over HTTP.
 
 Headless (matplotlib Agg), so it runs on a rented box with no display. Only measured rows are drawn; out-of-memory
 and failed rows are marked with an x on the axis so the reader sees where a line stopped and why.
@@ -11,8 +12,9 @@ from pathlib import Path
 from csm_runtime.tuning.profile import Profile
 
 
-def setting_label(dtype: str, compile_mode: str, cuda_graphs: bool) -> str:
-    return f"{dtype}, compile {compile_mode}{', CUDA graphs' if cuda_graphs else ''}"
+def setting_label(dtype: str, compile_mode: str, cuda_graphs: bool, quantize: str = "off") -> str:
+    weights = dtype if quantize == "off" else f"{dtype} + {quantize}"
+    return f"{weights}, compile {compile_mode}{', CUDA graphs' if cuda_graphs else ''}"
 
 
 def plot_profile(profile: Profile, path: str | Path) -> Path:
@@ -33,7 +35,12 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
             continue
         xs = [c.batch for c in measured]
         label = setting_label(*setting)
-        (line,) = ax_rtf.plot(xs, [c.measurement.rtf for c in measured], marker="o", label=label)
+        rtfs = [c.measurement.rtf for c in measured]
+        spans = [c.measurement.round_ms_per_frame or [r * 80] for r, c in zip(rtfs, measured, strict=True)]
+        lows = [max(0.0, r - min(v) / 80) for r, v in zip(rtfs, spans, strict=True)]  # rounding can cross zero
+        highs = [max(0.0, max(v) / 80 - r) for r, v in zip(rtfs, spans, strict=True)]
+        bars = ax_rtf.errorbar(xs, rtfs, yerr=[lows, highs], marker="o", capsize=3, label=label)
+        line = bars.lines[0]
         ttfa = [(c.batch, c.measurement.ttfa_ms.get(fc)) for c in measured if c.measurement.ttfa_ms.get(fc)]
         if ttfa:
             ax_ttfa.plot(*zip(*ttfa, strict=True), marker="o", color=line.get_color(), label=label)
@@ -46,6 +53,14 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
     ax_rtf.plot([chosen.batch], [m.rtf], linestyle="none", label="chosen", **star)
     if m.ttfa_ms.get(fc):
         ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], linestyle="none", **star)
+    d = profile.delivery
+    if d is not None:
+        served = {"marker": "D", "markersize": 9, "color": "green" if d.ok else "red", "linestyle": "none"}
+        ax_rtf.plot(
+            [d.streams], [d.delivered_rtf], label=f"served over HTTP ({'ok' if d.ok else 'MISMATCH'})", **served
+        )
+        if d.first_chunk_frames == fc:
+            ax_ttfa.plot([d.streams], [d.delivered_ttfa_ms], **served)
     limit = {"color": "green", "linestyle": "--", "linewidth": 1}
     ax_rtf.axhline(profile.rule.rtf_max, label=f"RTF {profile.rule.rtf_max:g} (headroom)", **limit)
     ax_rtf.axhline(1.0, color="red", linestyle=":", linewidth=1, label="real time")

@@ -3,8 +3,11 @@
 One file per device slug (the slug table is `csm_common/gpus.py` and the file contract `csm_common/profiles.py`, both
 shared with the control plane). Schema version 1: identity (device facts, driver, CUDA, package versions, model id and
 revision, date), the rule and the settings it chose with the measurements behind them, and the full candidate table,
-skipped and OOM rows included with their reasons. Loading validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is
-a `ProfileError` with one clear line, never a half-applied profile.
+skipped and OOM rows included with their reasons, each measured row's rounds and their spread, int8 rows' divergence
+from the unquantized weights, and the delivery check (the chosen setting served over HTTP, predicted vs delivered RTF
+and TTFA). Fields added after the first files of version 1 have defaults, so those files still load. Loading
+validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is a
+`ProfileError` with one clear line, never a half-applied profile.
 
 Which profile a server uses, and how, is apply.py; the sweep that writes one is sweep.py, choice.py and build.py.
 """
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from csm_common.profiles import SCHEMA_VERSION, profile_filename
 
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+Quantize = Literal["off", "int8"]
 Status = Literal["measured", "skipped", "oom", "failed"]
 
 
@@ -72,15 +76,21 @@ class Identity(_Strict):
 
 
 class Measurement(_Strict):
-    """One candidate, timed with `batch` streams decoding together (one frame per stream per step)."""
+    """One candidate, timed with `batch` streams decoding together (one frame per stream per step), in `rounds`
+    rounds interleaved with the other candidates."""
 
-    frames_timed: int = Field(ge=1)
+    frames_timed: int = Field(ge=1)  # over all rounds
     ms_per_frame_p50: float = Field(ge=0)
     ms_per_frame_p95: float = Field(ge=0)
     ms_per_frame_mean: float = Field(ge=0)
-    rtf: float = Field(ge=0)  # mean step wall time / 80 ms of audio: the same for every stream of the batch
-    ttfa_ms: dict[int, float]  # first_chunk_frames -> time to first audio of a request joining the busy batch
+    rtf: float = Field(ge=0)  # median of the rounds' mean step time / 80 ms of audio: every stream of the batch
+    ttfa_ms: dict[int, float]  # first_chunk_frames -> time to first audio of a request joining the busy batch,
+    # as a client sees it: the rounds' median, plus the admission wait (below)
     prefill_ms: float = Field(ge=0)
+    rounds: int = Field(default=1, ge=1)
+    round_ms_per_frame: list[float] = Field(default_factory=list)  # each round's mean step time
+    spread: float = Field(default=0.0, ge=0)  # (slowest - fastest round) / median round
+    admission_wait_ms: float = Field(default=0.0, ge=0)  # a request joining a busy batch waits half a step on average
     peak_memory_mb: float | None = None
     memory_kind: Literal["cuda_max_allocated", "process_rss"]
     compile_s: float = Field(ge=0)
@@ -91,15 +101,27 @@ class Measurement(_Strict):
         return self.ttfa_ms[first_chunk_frames]
 
 
+class Divergence(_Strict):
+    """How far int8 weights move the model from the same dtype unquantized (greedy, same prompt)."""
+
+    reference: str  # the unquantized setting compared with, e.g. `bfloat16/off/no-graphs`
+    frames: int = Field(ge=1)
+    codes_agreement: float = Field(ge=0, le=1)  # share of the frames x 32 greedy codes that are equal
+    logit_cosine: float = Field(ge=-1, le=1)  # codebook-0 logits after the prompt, cosine similarity
+    within_bound: bool  # both meet the rule's bound; the rule never picks a row where this is false
+
+
 class Candidate(_Strict):
-    id: str  # `bfloat16/default/graphs/b8`
+    id: str  # `bfloat16/default/graphs/b8`, `bfloat16+int8/default/graphs/b8`
     dtype: Literal["float32", "bfloat16", "float16"]
+    quantize: Quantize = "off"
     compile: CompileMode
     cuda_graphs: bool
     batch: int = Field(ge=1)
     status: Status
     reason: str | None = None  # why skipped / OOM / failed
     measurement: Measurement | None = None
+    divergence: Divergence | None = None  # int8 rows
 
     @model_validator(mode="after")
     def _consistent(self) -> Candidate:
@@ -110,9 +132,9 @@ class Candidate(_Strict):
         return self
 
     @property
-    def setting(self) -> tuple[str, str, bool]:
+    def setting(self) -> tuple[str, str, bool, str]:
         """The line this candidate belongs to on the plot: everything but the batch."""
-        return (self.dtype, self.compile, self.cuda_graphs)
+        return (self.dtype, self.compile, self.cuda_graphs, self.quantize)
 
 
 # --- the choice ---------------------------------------------------------------------------------------------------
@@ -122,6 +144,8 @@ class Rule(_Strict):
     rtf_max: float = Field(gt=0)  # real time with headroom
     ttfa_target_ms: float = Field(gt=0)
     text: str
+    min_codes_agreement: float = Field(default=0.9, ge=0, le=1)  # int8's bound (Divergence)
+    min_logit_cosine: float = Field(default=0.995, ge=-1, le=1)
 
 
 class ChosenSettings(_Strict):
@@ -132,6 +156,7 @@ class ChosenSettings(_Strict):
     cuda_graphs: bool
     max_streams: int = Field(ge=1)
     first_chunk_frames: int = Field(ge=1)
+    quantize: Quantize = "off"
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump()
@@ -158,6 +183,33 @@ class SweepInfo(_Strict):
     prompt: str
     duration_s: float
     cpu_threads: int = 0  # torch intra-op threads the sweep ran with (0 = torch's default)
+    rounds: int = 1
+    quantize: list[str] = Field(default_factory=lambda: ["off"])
+    load_avg: list[float] | None = None  # the machine's 1/5/15-minute load averages when the sweep ended
+
+
+class Delivery(_Strict):
+    """The chosen setting served by the real server and measured through its HTTP API: does the profile predict
+    what a client gets? `ok` is false when either error passes `tolerance` (autotune then fails, naming both)."""
+
+    ok: bool
+    tolerance: float = Field(gt=0)
+    streams: int = Field(ge=1)  # concurrent requests (the chosen max_streams): the probe joins streams - 1 others
+    rounds: int = Field(ge=1)
+    frames_per_request: int = Field(ge=1)
+    first_chunk_frames: int = Field(ge=1)
+    predicted_rtf: float = Field(ge=0)
+    delivered_rtf: float = Field(ge=0)  # median over rounds of the probe's (last byte - first byte) / audio after it
+    rtf_error: float  # delivered / predicted - 1
+    predicted_ttfa_ms: float = Field(ge=0)
+    delivered_ttfa_ms: float = Field(ge=0)  # median over rounds: request sent -> first audio byte
+    ttfa_error: float
+    ttfa_slack_ms: float = Field(default=0.0, ge=0)  # TTFA differences this small pass whatever the tolerance
+    round_rtf: list[float] = Field(default_factory=list)
+    round_ttfa_ms: list[float] = Field(default_factory=list)
+    attempts: int = Field(default=1, ge=1)  # a missed attempt is run again once; both must miss to fail
+    earlier: list[str] = Field(default_factory=list)  # what the attempts before the last one missed
+    reason: str | None = None  # the one line autotune prints when not ok
 
 
 class Profile(_Strict):
@@ -169,6 +221,7 @@ class Profile(_Strict):
     sweep: SweepInfo
     candidates: list[Candidate] = Field(min_length=1)
     plot: str | None = None  # the PNG beside this file
+    delivery: Delivery | None = None  # None: the check was not run (autotune --no-check)
 
     @model_validator(mode="after")
     def _chosen_is_measured(self) -> Profile:

@@ -1,8 +1,11 @@
-"""Autotune: the choice rule on known tables, and a real quick sweep of tiny-random on this CPU through the command,
-whose profile validates, whose choice is the rule's best among the measured rows, and which the runtime applies.
+"""Autotune: the choice rule on known tables (int8 refused past its divergence bound), the delivery comparison, and a
+real quick sweep of tiny-random on this CPU through the command, whose profile validates (rounds, spread, the HTTP
+delivery check), whose choice is the rule's best among the measured rows, and which the runtime applies; a delivery
+that misses the prediction fails the command with one line and writes no profile.
 
 The sweep uses compile off only: an inductor compile of the tiny model takes minutes on a busy 2-core CI box, and the
 compile path is the generator's (tested there). CUDA-graph rows are in the plan and must come back skipped on CPU.
+The delivery check runs for real, but with a tolerance no timing can miss: tests never assert on speed.
 """
 
 from __future__ import annotations
@@ -18,25 +21,35 @@ import pytest
 from csm_runtime.commands.autotune import main as autotune_main
 from csm_runtime.tuning.apply import apply_profile
 from csm_runtime.tuning.choice import AutotuneError, choose
+from csm_runtime.tuning.delivery import compare
 from csm_runtime.tuning.identity import detect_device
 from csm_runtime.tuning.plan import candidate_id, default_plan, setting_skip_reason
-from csm_runtime.tuning.profile import Candidate, Measurement, Rule, load_profile
+from csm_runtime.tuning.profile import Candidate, Divergence, Measurement, Rule, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE = Rule(rtf_max=0.8, ttfa_target_ms=300, text="test")
 
 
 def row(compile_mode: str, batch: int, rtf: float | None, ttfa: float = 100.0, graphs: bool = False,
-        status: str = "measured") -> Candidate:  # fmt: skip
+        status: str = "measured", quantize: str = "off", agreement: float | None = None) -> Candidate:  # fmt: skip
     m = None
     if rtf is not None:
         m = Measurement(frames_timed=4, ms_per_frame_p50=rtf * 80, ms_per_frame_p95=rtf * 80,
                         ms_per_frame_mean=rtf * 80, rtf=rtf, ttfa_ms={1: ttfa, 2: ttfa + 60, 4: ttfa + 180},
                         prefill_ms=1, peak_memory_mb=1, memory_kind="process_rss", compile_s=0, warmup_s=0,
                         cuda_graphs_active=graphs)  # fmt: skip
-    return Candidate(id=candidate_id("bfloat16", compile_mode, graphs, batch), dtype="bfloat16", compile=compile_mode,
-                     cuda_graphs=graphs, batch=batch, status=status, measurement=m,
-                     reason=None if status == "measured" else "test")  # fmt: skip
+    div = None
+    if agreement is not None:
+        div = Divergence(
+            reference="bfloat16/off/no-graphs",
+            frames=16,
+            codes_agreement=agreement,
+            logit_cosine=0.999,
+            within_bound=agreement >= 0.9,
+        )
+    return Candidate(id=candidate_id("bfloat16", compile_mode, graphs, batch, quantize), dtype="bfloat16",
+                     quantize=quantize, compile=compile_mode, cuda_graphs=graphs, batch=batch, status=status,
+                     measurement=m, reason=None if status == "measured" else "test", divergence=div)  # fmt: skip
 
 
 # --- the rule ---------------------------------------------------------------------------------------------------
@@ -79,6 +92,46 @@ def test_nothing_real_time_keeps_the_fastest_single_stream_and_says_so():
     assert "cannot serve this model in real time" in choice.why
 
 
+def test_int8_is_chosen_only_within_its_divergence_bound():
+    faster_int8 = [
+        row("off", 1, 0.30),
+        row("off", 2, 0.90),
+        row("off", 1, 0.2, quantize="int8", agreement=0.5),
+        row("off", 2, 0.5, quantize="int8", agreement=0.5),
+    ]
+    choice = choose(faster_int8, RULE, (1,))
+    assert choice.candidate == "bfloat16/off/no-graphs/b1" and choice.settings.quantize == "off"
+    assert "int8 candidate(s) were not considered" in choice.why
+    close = [
+        r.model_copy(update={"divergence": r.divergence.model_copy(update={"codes_agreement": 0.95})})
+        if r.quantize == "int8"
+        else r
+        for r in faster_int8
+    ]
+    choice = choose(close, RULE, (1,))
+    assert choice.candidate == "bfloat16+int8/off/no-graphs/b2" and choice.settings.quantize == "int8"
+    unmeasured = [row("off", 1, 3.0), row("off", 1, 1.0, quantize="int8")]  # no divergence: never picked
+    assert choose(unmeasured, RULE, (1,)).settings.quantize == "off"
+
+
+def test_delivery_compares_medians_with_the_prediction_both_ways():
+    from types import SimpleNamespace
+
+    chosen = SimpleNamespace(
+        candidate="float32/off/no-graphs/b2",
+        settings=SimpleNamespace(first_chunk_frames=1, max_streams=2),
+        measurement=SimpleNamespace(rtf=0.5, ttfa_ms={1: 100.0}),
+    )
+    profile = SimpleNamespace(chosen=chosen)
+    plan = default_plan("cpu", quick=True)
+    ok = compare(profile, plan, [0.55, 0.45, 0.6], [110.0, 90.0, 300.0])  # one disturbed round: the median holds
+    assert ok.ok and ok.delivered_rtf == 0.55 and ok.delivered_ttfa_ms == 110.0 and ok.rtf_error == pytest.approx(0.1)
+    slow = compare(profile, plan, [0.7, 0.7, 0.7], [100.0] * 3)
+    assert not slow.ok and "RTF predicted 0.500, delivered 0.700 (+40%)" in slow.reason and "TTFA" not in slow.reason
+    fast = compare(profile, plan, [0.5] * 3, [60.0] * 3)  # better than predicted is a wrong prediction too
+    assert not fast.ok and "TTFA predicted 100 ms, delivered 60 ms (-40%)" in fast.reason
+
+
 def test_no_measured_row_is_an_error_listing_the_reasons():
     with pytest.raises(AutotuneError, match="out of memory"):
         choose([row("off", 1, None, status="oom").model_copy(update={"reason": "out of memory"})], RULE, (1,))
@@ -101,10 +154,13 @@ def test_skip_reasons(setting, device, reason):
 
 def test_plans_cover_the_spec():
     full = default_plan("cuda")
-    assert full.batches == (1, 2, 4, 8, 16, 32) and set(full.cuda_graphs) == {False, True}
+    assert full.batches == (1, 2, 4, 8, 16, 32, 64, 128) and set(full.cuda_graphs) == {False, True}
     assert {"off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"} == set(full.compile_modes)
     quick = default_plan("cpu", quick=True)
     assert quick.compile_modes == ("off", "default") and quick.batches == (1, 2, 4) and True in quick.cuda_graphs
+    assert quick.rounds >= 3 and quick.timed_frames >= 12 and quick.check and quick.check_tolerance == 0.25
+    gpu = default_plan("cuda")
+    assert gpu.quantize == ("off", "int8") and max(gpu.batches) >= 64 and default_plan("cpu").quantize == ("off",)
 
 
 def test_bad_options_are_one_line_errors(capsys):
@@ -121,7 +177,8 @@ def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("profiles")
     cmd = [str(ROOT / ".venv" / "bin" / "csm-runtime"), "autotune", "--model", "tiny-random", "--quick", "--device", "cpu",
            "--cpu-threads", "1", "--compile", "off", "--batches", "1,2", "--stop-rtf", "1000", "--warmup-frames", "1",
-           "--timed-frames", "3", "--out", str(out), "--json"]  # fmt: skip
+           "--timed-frames", "3", "--rounds", "2", "--check-rounds", "2", "--check-frames", "6",
+           "--check-tolerance", "1000", "--out", str(out), "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, json.loads(proc.stdout), proc.stderr
@@ -148,8 +205,74 @@ def test_sweep_records_gpu_candidates_as_skipped_on_cpu(swept):
     assert [c.batch for c in measured] == [1, 2]
     for c in measured:
         m = c.measurement
-        assert m.frames_timed == 3 and m.rtf > 0 and set(m.ttfa_ms) == {1, 2} and m.ttfa_ms[2] > m.ttfa_ms[1]
+        assert m.frames_timed == 6 and m.rtf > 0 and set(m.ttfa_ms) == {1, 2} and m.ttfa_ms[2] > m.ttfa_ms[1]
         assert m.ms_per_frame_p95 >= m.ms_per_frame_p50 and not m.cuda_graphs_active
+        assert m.rounds == 2 and len(m.round_ms_per_frame) == 2 and m.spread >= 0
+        assert m.rtf == pytest.approx(sum(m.round_ms_per_frame) / 160, rel=5e-3)  # median of 2 rounds / 80 ms
+        # a request joining a busy batch waits half a step on average; an idle server admits it at once
+        assert m.admission_wait_ms == (pytest.approx(m.rtf * 40, rel=5e-3) if c.batch > 1 else 0)
+
+
+def test_sweep_serves_the_choice_over_http_and_records_what_it_delivered(swept):
+    out, summary, stderr = swept
+    p = load_profile(summary["profile"])
+    d = p.delivery
+    assert d is not None and d.ok and summary["delivery"]["ok"] and "delivery check: RTF predicted" in stderr
+    assert (
+        d.streams == p.chosen.settings.max_streams and d.rounds == 2 and len(d.round_rtf) == len(d.round_ttfa_ms) == 2
+    )
+    assert d.predicted_rtf == p.chosen.measurement.rtf and d.delivered_rtf > 0 and d.delivered_ttfa_ms > 0
+    assert d.predicted_ttfa_ms == p.chosen.measurement.ttfa_ms[p.chosen.settings.first_chunk_frames]
+    assert d.rtf_error == pytest.approx(d.delivered_rtf / d.predicted_rtf - 1, abs=1e-3)
+    assert p.sweep.rounds == 2 and p.sweep.load_avg and not list(out.glob(".*checking*"))
+
+
+def test_a_delivery_that_misses_the_prediction_fails_loudly_and_writes_no_profile(tmp_path):
+    out = tmp_path / "profiles"
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "csm-runtime"),
+        "autotune",
+        "--model",
+        "tiny-random",
+        "--quick",
+        "--device",
+        "cpu",
+        "--cpu-threads",
+        "1",
+        "--compile",
+        "off",
+        "--batches",
+        "1",
+        "--warmup-frames",
+        "1",
+        "--timed-frames",
+        "2",
+        "--rounds",
+        "1",
+        "--check-rounds",
+        "1",
+        "--check-frames",
+        "4",
+        "--check-tolerance",
+        "1e-9",
+        "--check-attempts",
+        "2",
+        "--no-plot",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    slug = detect_device("cpu").slug
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert last.startswith(
+        "Error: the served setting float32/off/no-graphs/b1 does not deliver what the profile predicts"
+    )
+    assert "RTF predicted" in last and f"{slug}.rejected.yaml" in last
+    assert not (out / f"{slug}.yaml").exists()
+    rejected = load_profile(out / f"{slug}.rejected.yaml")
+    assert rejected.delivery is not None and not rejected.delivery.ok and rejected.delivery.reason in last
+    assert rejected.delivery.attempts == 2 and len(rejected.delivery.earlier) == 1  # missed twice before failing
 
 
 def test_chosen_is_the_rules_best_among_the_measured(swept):
@@ -203,7 +326,10 @@ def test_deploy_autotune_on_a_local_rental(tmp_path, deploy_home):
         ledger.record_rented(row.id, "local-test")
     rid = str(row.id)
     out = tmp_path / "profiles"
-    sweep = "--device cpu --cpu-threads 1 --compile off --batches 1 --warmup-frames 1 --timed-frames 2"
+    sweep = (
+        "--device cpu --cpu-threads 1 --compile off --batches 1 --warmup-frames 1 --timed-frames 2 --rounds 1 "
+        "--check-rounds 1 --check-frames 4 --check-tolerance 1000"
+    )
     res = subprocess.run(
         [*deploy, "autotune", rid, "--quick", "--model", "tiny-random", "--runtime", str(ROOT / ".venv" / "bin" / "csm-runtime"),
          "--sweep-args", sweep, "--out", str(out), "--json"],
