@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.request
 
+import paramiko
 import pytest
 
 from deploy.errors import HostKeyMismatchError, RemoteError
@@ -35,9 +37,24 @@ def test_tofu_pins_then_mismatch_is_refused(sshd, key):
     assert ok.run("echo pinned", stream=False).stdout.strip() == "pinned"
     ok.close()
     other = "ssh-ed25519 " + keygen_pub_other(key)
-    bad = RemoteHost(sshd.host, sshd.port, sshd.user, key, pinned_key=other)
-    with pytest.raises(HostKeyMismatchError):
-        wait_for_ssh(lambda: bad, deadline=time.monotonic() + 5, what="box")
+    _assert_refused_for_its_key(sshd, key, other)
+
+
+def _assert_refused_for_its_key(sshd, login_key, pin: str) -> None:
+    """A pin that is not the box's key: refused on the first try (no retries, nothing re-pinned), with the key the
+    box really presented seen and named, and it is not the pinned one."""
+    made, repinned = [], []
+
+    def make():
+        made.append(RemoteHost(sshd.host, sshd.port, sshd.user, login_key, pinned_key=pin, on_new_key=repinned.append))
+        return made[-1]
+
+    with pytest.raises(HostKeyMismatchError) as err:
+        wait_for_ssh(make, deadline=time.monotonic() + 30, what="box", poll_s=0.1)
+    (bad,) = made
+    assert bad.seen_key == sshd.host_key_pub != pin and repinned == []
+    assert f"presented host key {sshd.host_key_pub.split()[0]} " in str(err.value)
+    assert "another key is pinned for it in the ledger" in str(err.value)
 
 
 def keygen_pub_other(key) -> str:
@@ -45,6 +62,35 @@ def keygen_pub_other(key) -> str:
     if not other.exists():
         keygen(other)
     return (other.parent / "other.pub").read_text().split()[1]
+
+
+def test_a_key_of_another_type_pinned_is_a_mismatch_too(sshd, key, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "rsa")], check=True)
+    rsa = " ".join((tmp_path / "rsa.pub").read_text().split()[:2])
+    _assert_refused_for_its_key(sshd, key, rsa)
+
+
+def test_the_host_key_is_checked_before_the_login(sshd, key, tmp_path):
+    """A wrong pin is refused even with a login key the box does not accept, and the right pin with that login key
+    is an authentication error, never a host-key one: the two failures cannot be taken for each other."""
+    stranger = tmp_path / "stranger"
+    keygen(stranger)  # never authorized on the box
+    _assert_refused_for_its_key(sshd, stranger, "ssh-ed25519 " + keygen_pub_other(key))
+
+    right_pin = RemoteHost(sshd.host, sshd.port, sshd.user, stranger, pinned_key=sshd.host_key_pub)
+    with pytest.raises(paramiko.AuthenticationException):
+        right_pin.open()
+    assert right_pin.seen_key == sshd.host_key_pub  # the key was checked, and it matched
+    right_pin.close()
+    with pytest.raises(RemoteError) as err:
+        wait_for_ssh(
+            lambda: RemoteHost(sshd.host, sshd.port, sshd.user, stranger, pinned_key=sshd.host_key_pub),
+            deadline=time.monotonic() + 1,
+            what="box",
+            poll_s=0.2,
+        )
+    assert not isinstance(err.value, HostKeyMismatchError)
+    assert "did not answer before the deadline" in str(err.value) and "AuthenticationException" in str(err.value)
 
 
 def test_run_put_detached_forward(sshd, key, tmp_path):

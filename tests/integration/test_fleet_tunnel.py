@@ -92,5 +92,21 @@ def test_a_host_key_that_is_not_the_pinned_one_opens_no_tunnel(sshd, deploy_home
     tok = tmp_path / "tok"
     tok.write_text("some-token-0123456789")
     replica, rental = _replica(deploy_home, sshd, free_port(), tok, other)
-    with pytest.raises(RemoteError, match="SSH tunnel to replica .* exited"):
-        tunnels.ensure(deploy_home / "gateway" / "default", replica.name, rental, settings.ssh_key_path, timeout=10)
+    directory = deploy_home / "gateway" / "default"
+    with pytest.raises(RemoteError, match="SSH tunnel to replica .* exited: Host key verification failed"):
+        tunnels.ensure(directory, replica.name, rental, settings.ssh_key_path, timeout=10)
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in (directory / f"tunnel-{replica.name}.log").read_text()
+
+
+def test_the_pinned_host_key_with_a_login_the_box_refuses_is_a_login_error(sshd, deploy_home, tmp_path):
+    """The control for the test above: the same tunnel with the right pin but a key the box never authorized fails
+    on the login, so a tunnel that failed for any reason cannot pass for a refused host key."""
+    settings = load_settings()
+    ensure_ssh_key(settings)  # made, never authorized on the box
+    tok = tmp_path / "tok"
+    tok.write_text("some-token-0123456789")
+    replica, rental = _replica(deploy_home, sshd, free_port(), tok, sshd.host_key_pub)
+    directory = deploy_home / "gateway" / "default"
+    with pytest.raises(RemoteError, match=r"SSH tunnel to replica .* exited: .*Permission denied \(publickey\)"):
+        tunnels.ensure(directory, replica.name, rental, settings.ssh_key_path, timeout=10)
+    assert "Host key verification failed" not in (directory / f"tunnel-{replica.name}.log").read_text()
