@@ -94,6 +94,8 @@ def explain(exc: BaseException, repo: str, revision: str | None = None) -> str |
             f"no model repository {repo!r} on the Hub ({site}), or it is private and the token cannot see it: "
             "check the model id"
         )
+    if first(LocalEntryNotFoundError) is not None:
+        return None  # offline or unreachable, and not cached (an EntryNotFoundError too): the loader's words say so
     if (entry := first(EntryNotFoundError)) is not None:
         return f"{repo} on the Hub lacks a file the loader needs: {str(entry).strip().splitlines()[-1]}"
     if (http := first(HfHubHTTPError)) is not None and _status(http) == 401:
@@ -104,8 +106,6 @@ def explain(exc: BaseException, repo: str, revision: str | None = None) -> str |
     if (tls := first(SSLError)) is not None:
         why = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in str(tls) else type(tls).__name__
         return f"the Hub at {site} presented a TLS certificate this machine does not trust ({why}) for {repo}"
-    if first(LocalEntryNotFoundError) is not None:
-        return f"cannot reach the Hub ({site}) and {repo} is not in the local cache: check the network"
     return None
 
 

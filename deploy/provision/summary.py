@@ -109,7 +109,7 @@ def client_lines(info: dict[str, Any]) -> list[str]:
         f"  python:     {imports}client = openai.OpenAI(base_url={endpoint + '/v1'!r}, "
         f"api_key=open({str(token_file)!r}).read().strip(){verify})"
     )
-    body = '{"model": "tts-1", "input": "Hello there.", "voice": "alloy"}'
+    body = '{"model": "tts-1", "input": "Hello there.", "voice": "alloy", "response_format": "wav"}'
     lines.append(
         f'  curl:       curl {cacert}-H "Authorization: Bearer $(cat {shlex.quote(str(token_file))})" '
         f"-H 'Content-Type: application/json' -d '{body}' {endpoint}/v1/audio/speech -o hello.wav"
