@@ -19,11 +19,12 @@ class SshProvider(Provider):
     owns_boxes = False  # teardown stops the server provision started there, then releases the ledger row
 
     def __init__(self, host: str, port: int = 22, user: str = "root", rate_usd_h: float = 0.0):
-        self.host, self.port, self.user, self.rate = host, int(port), user, rate_usd_h
+        # `address`, not `host`: Provider.host() is the method that connects to a rental
+        self.address, self.port, self.user, self.rate = host, int(port), user, rate_usd_h
 
     @property
     def box_id(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
+        return f"{self.user}@{self.address}:{self.port}"
 
     @classmethod
     def from_settings(cls, settings: DeploySettings, **options: Any) -> SshProvider:
@@ -41,7 +42,7 @@ class SshProvider(Provider):
         return self.box_id  # the box exists already; the ledger row is the "rental"
 
     def _box(self) -> Box:
-        return Box(self.name, self.box_id, State.RUNNING, "running", None, self.host, self.port, self.user, self.rate)
+        return Box(self.name, self.box_id, State.RUNNING, "running", None, self.address, self.port, self.user, self.rate)
 
     def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
         return self._box()  # "running" is all we can say; the connect step waits for SSH itself

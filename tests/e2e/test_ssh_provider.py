@@ -25,20 +25,13 @@ from pathlib import Path
 import pytest
 
 from deploy.ledger import Ledger
-from deploy.providers.ssh import SshProvider
 from deploy.provision.box_steps import ensure_ssh_key
 from deploy.remote.host import free_port
 from deploy.settings import load_settings
 from tests.conftest import ROOT, require_binary
 from tests.fakes.ssh_rental import running, stop_group, wait_gone
 
-# SshProvider keeps the box's address in `self.host`, which hides Provider.host(), the method every step that
-# connects calls: provision stops at `connect` ("'str' object is not callable"), teardown cannot reach the server.
-HOST_METHOD_SHADOWED = isinstance(SshProvider("box.example").host, str)
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(HOST_METHOD_SHADOWED, strict=True, reason="deploy/providers/ssh.py: self.host hides host()"),
-]
+pytestmark = pytest.mark.slow
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
