@@ -9,6 +9,7 @@ made, so `deploy --help` stays fast.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -84,6 +85,19 @@ def check_copy(host: Host, remote: str, tmp: Path, local: Path) -> str:
         raise RemoteError(f"{host.name}: checksum mismatch copying {remote} back")
     tmp.replace(local)
     return mine
+
+
+def fingerprint(key_text: str) -> str:
+    """`ssh-ed25519 AAAA...` -> `SHA256:...`, as OpenSSH prints a host key."""
+    blob = base64.b64decode(key_text.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def mismatch(name: str, presented: str, pinned: str) -> str:
+    return (
+        f"{name} presented host key {presented.split()[0]} {fingerprint(presented)}, but the ledger pins "
+        f"{pinned.split()[0]} {fingerprint(pinned) if pinned else '?'} for it: refusing to connect"
+    )
 
 
 def free_port() -> int:
@@ -166,10 +180,7 @@ class RemoteHost:
                 text = f"{key.get_name()} {key.get_base64()}"
                 me.seen_key = text
                 if me.pinned_key is not None and me.pinned_key != text:
-                    raise HostKeyMismatchError(
-                        f"{me.name} presented host key {key.get_name()} {key.get_base64()[:16]}… but another key is "
-                        "pinned for it in the ledger: refusing to connect"
-                    )
+                    raise HostKeyMismatchError(mismatch(me.name, text, me.pinned_key))
                 if me.pinned_key is None:
                     me.pinned_key = text
                     if on_new_key is not None:
@@ -178,7 +189,8 @@ class RemoteHost:
         if pinned_key:
             ktype, b64 = pinned_key.split(" ", 1)
             with contextlib.suppress(Exception):  # an unknown key type: the policy still compares the text
-                self.conn.client.get_host_keys().add(entry, ktype, paramiko.PKey.from_type_string(ktype, b64.encode()))
+                key = paramiko.PKey.from_type_string(ktype, base64.b64decode(b64))
+                self.conn.client.get_host_keys().add(entry, ktype, key)
         self.conn.client.set_missing_host_key_policy(_Policy())
 
     def open(self) -> None:
@@ -187,9 +199,13 @@ class RemoteHost:
         try:
             self.conn.open()
         except paramiko.BadHostKeyException as exc:
-            raise HostKeyMismatchError(
-                f"{self.name} presented a host key different from the one pinned in the ledger: refusing to connect"
-            ) from exc
+            self.seen_key = f"{exc.key.get_name()} {exc.key.get_base64()}"
+            raise HostKeyMismatchError(mismatch(self.name, self.seen_key, self.pinned_key or "")) from exc
+        finally:  # the key the box presented, checked before any login (also when the login then fails)
+            transport = self.conn.client.get_transport()
+            key = transport.get_remote_server_key() if transport is not None else None
+            if key is not None and self.seen_key is None:
+                self.seen_key = f"{key.get_name()} {key.get_base64()}"
 
     def run(
         self,

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 
 from deploy.errors import HostKeyMismatchError, RemoteError
-from deploy.remote.host import RemoteHost, wait_for_ssh
+from deploy.remote.host import RemoteHost, fingerprint, wait_for_ssh
 from deploy.remote.local_host import LocalHost
 from tests.fakes.http_once import serve_once
 from tests.fakes.sshd import keygen
@@ -53,8 +53,9 @@ def _assert_refused_for_its_key(sshd, login_key, pin: str) -> None:
         wait_for_ssh(make, deadline=time.monotonic() + 30, what="box", poll_s=0.1)
     (bad,) = made
     assert bad.seen_key == sshd.host_key_pub != pin and repinned == []
-    assert f"presented host key {sshd.host_key_pub.split()[0]} " in str(err.value)
-    assert "another key is pinned for it in the ledger" in str(err.value)
+    assert f"presented host key {sshd.host_key_pub.split()[0]} {fingerprint(sshd.host_key_pub)}, " in str(err.value)
+    assert f"but the ledger pins {pin.split()[0]} {fingerprint(pin)} for it" in str(err.value)
+    assert fingerprint(sshd.host_key_pub) != fingerprint(pin)
 
 
 def keygen_pub_other(key) -> str:
