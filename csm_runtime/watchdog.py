@@ -119,10 +119,11 @@ def poll_server(url: str, token: str, *, timeout: float = 10.0, cafile: str | No
     import ssl
 
     request = urllib.request.Request(url.rstrip("/") + "/metrics", headers={"Authorization": f"Bearer {token}"})
-    context = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
-    if context is not None and cafile:
-        context.check_hostname = False  # the pinned certificate itself is what is trusted, whatever name it carries
     try:
+        # inside the try: a server that has not written its certificate yet is one that does not answer yet
+        context = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
+        if context is not None and cafile:
+            context.check_hostname = False  # the pinned certificate itself is what is trusted, whatever its name
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return parse_activity(response.read().decode(errors="replace"))
     except (OSError, urllib.error.URLError, ValueError):
