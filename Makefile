@@ -8,7 +8,7 @@ DEPLOY := $(VENV)/bin/deploy
 GPU ?= 4090
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: setup system-packages test lint demo provision bench image clean help
+.PHONY: setup system-packages test lint demo provision bench image clean help gpu-check fetch-gpu-wheels
 
 help:
 	@echo "make demo        run provision -> autotune -> serve -> generate -> teardown -> cost on this machine (CPU)"
@@ -16,6 +16,8 @@ help:
 	@echo "make setup       build .venv (project + pinned runtime) and .venv-vastai (the vastai CLI alone)"
 	@echo "make provision GPU=4090   rent a vast.ai GPU and serve CSM-1B on it"
 	@echo "make bench       run the benchmarks in bench/ (numbers + JSON in bench/results/)"
+	@echo "make gpu-check   the whole GPU check in one command (correctness, benchmark, autotune) -> \$$OUT"
+	@echo "make fetch-gpu-wheels   the pinned cp312 wheels gpu-check installs on a machine with no internet (.whl/)"
 
 # Stamps make setup idempotent: a venv is rebuilt only when its pins change.
 $(VENV)/.stamp: requirements/runtime.txt requirements/control.txt requirements/dev.txt pyproject.toml
@@ -51,6 +53,14 @@ provision: setup
 
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
+
+# Runs on a GPU machine as it is (its own python3 and torch; the wheels of .whl/ fill in the rest): no setup here.
+# Its CPU dry run (GPU_CHECK_DRY_RUN=1) is part of `make test` (tests/integration/test_gpu_check.py).
+gpu-check:
+	bash scripts/gpu_check.sh
+
+fetch-gpu-wheels: setup
+	bash scripts/fetch_gpu_wheels.sh
 
 image:
 	docker build -f docker/Dockerfile -t csm-runtime:dev .

@@ -1,10 +1,14 @@
 """Generator benchmark: transformers `generate` vs our frame loop (eager, compiled), and batched vs sequential.
 
-Every measurement runs in its own child process (same script, `--worker`), so peak RSS and compile caches belong
+CPU: every measurement runs in its own child process (same script, `--worker`), so peak RSS and compile caches belong
 to one configuration. Same text, same model, greedy, fixed length. Prints a table, writes bench/results/generator.json.
+`--device cuda` (what `make gpu-check` runs): one process, the weights built once, a grid of compile x CUDA graphs x
+batch (the sweep's own round: b streams, then a request joining them for TTFA) plus `generate` at batch 1, written
+to bench/results/generator-cuda.json.
 
     .venv/bin/python bench/bench_generator.py                      # tiny-random + csm-1b-random (bf16), ~15 min
     .venv/bin/python bench/bench_generator.py --models tiny-random --batches 1,4,8
+    python bench/bench_generator.py --device cuda --batches 1,8,32,64     # csm-1b-random bf16 on the GPU
 
 Numbers: ms/frame = steady-state model time per frame (prefill excluded; our "step" column adds the Mimi decode);
 TTFA = request start -> first audio chunk (HF: -> first frame of codes, it has no streaming audio); RTF = wall time /
@@ -24,8 +28,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away."
-TEXTS = [TEXT, "Hello there, how are you today?", "Streaming speech, one frame at a time.", "A fourth request.",
-         "Numbers: one, two, three, four.", "The sixth voice speaks.", "Seven is a lucky number.", "Eight, finally."]  # fmt: skip
+TEXTS = [
+    TEXT,
+    "Hello there, how are you today?",
+    "Streaming speech, one frame at a time.",
+    "A fourth request.",
+    "Numbers: one, two, three, four.",
+    "The sixth voice speaks.",
+    "Seven is a lucky number.",
+    "Eight, finally.",
+]
 DTYPES = {"tiny-random": "float32", "csm-1b-random": "bfloat16"}
 
 
@@ -81,9 +93,8 @@ def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
     from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)
-    gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512,
-                         compile=compile_mode)  # fmt: skip
-    report = gen.warmup()
+    gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512, compile=compile_mode)
+    report = gen.warmup(sampling=(False,))
     model_times = []
     inner = gen._run_frame
 
@@ -122,9 +133,10 @@ def work_throughput(model: str, frames: int, threads: int, batch: int, compile_m
     texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
     out = {"impl": f"throughput-b{batch}", "batch": batch}
     for label, slots in (("batched", batch), ("sequential", 1)):
-        gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=slots, max_seq_len=512,
-                             compile=compile_mode)  # fmt: skip
-        gen.warmup()
+        gen = load_generator(
+            model, device="cpu", dtype=DTYPES[model], max_streams=slots, max_seq_len=512, compile=compile_mode
+        )
+        gen.warmup(sampling=(False,))
         t0 = time.perf_counter()
         done = 0
         if label == "batched":
@@ -142,6 +154,187 @@ def work_throughput(model: str, frames: int, threads: int, batch: int, compile_m
     out["speedup"] = out["batched_frames_per_s"] / out["sequential_frames_per_s"]
     out["rss_gib"] = _rss_gib()
     return out
+
+
+# ---- in-process grid (GPU) -----------------------------------------------------------------------------------------
+_FACTORIES: dict = {}
+_COMPILED: dict = {}
+
+
+def _factory(model: str, device: str):
+    from csm_runtime.engine.loader import GeneratorFactory
+    from csm_runtime.settings import RuntimeSettings
+
+    key = (model, device)
+    if key not in _FACTORIES:
+        _FACTORIES.clear()  # one model in memory
+        _FACTORIES[key] = GeneratorFactory(RuntimeSettings(model=model, device=device))
+    return _FACTORIES[key]
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hf_generate_row(model: str, dtype: str, device: str, frames: int) -> dict:
+    """transformers `generate` (greedy, fixed length) on the same device and weights: ms/frame after the first."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from csm_runtime.settings import RuntimeSettings
+
+    settings = RuntimeSettings(model=model, device=device, dtype=dtype, max_streams=1, max_seq_len=512)
+    gen = _factory(model, device).build(settings)
+    m = gen.loaded.model
+    ids = torch.tensor([gen.prompt.text_rows(TEXT, 0)], device=gen.device)
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            _sync(device)
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    saved = m.config.codebook_eos_token_id
+    m.config.codebook_eos_token_id = -1  # fixed length, as in NOTES.md
+    try:
+
+        def run(n):
+            clock = Clock()
+            _sync(device)
+            t0 = time.perf_counter()
+            m.generate(input_ids=ids, max_new_tokens=n, do_sample=False, depth_decoder_do_sample=False, streamer=clock)
+            return t0, clock.times[1:]  # the first put() is the prompt
+
+        run(2)  # warm-up
+        t0, times = run(frames)
+    finally:
+        m.config.codebook_eos_token_id = saved
+        gen.close()
+    per_frame = (times[-1] - times[0]) * 1000 / (len(times) - 1)
+    return {
+        "impl": "hf-generate",
+        "setting": f"{dtype} eager",
+        "batch": 1,
+        "ms_per_frame": round(per_frame, 3),
+        "rtf": round(per_frame / 80, 4),
+        "ttfa_ms": round((times[0] - t0) * 1000, 2),
+        "frames": frames,
+    }
+
+
+def codec_ms(gen, device: str, reps: int = 10) -> float:
+    """One Mimi decode step over the generator's current slots (it decodes every slot, busy or not)."""
+    import torch
+
+    codes = torch.zeros(gen.codec.slots, 32, 1, dtype=torch.long, device=gen.device)
+    gen.codec.decode_step(codes)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        gen.codec.decode_step(codes)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000 / reps
+
+
+def grid_rows(model, dtype, device, compile_mode, graphs, batches, frames, keep=lambda row: None) -> list[dict]:
+    """One generator (max_streams = the largest batch), warmed up (compile, graph capture per bucket), then one
+    sweep round per batch: ms/frame over `frames` steps with b streams, TTFA of a request joining them."""
+    import statistics
+
+    import torch
+
+    from csm_runtime.settings import RuntimeSettings
+    from csm_runtime.tuning.plan import Plan
+    from csm_runtime.tuning.sweep import measure_round
+
+    if _COMPILED.setdefault("mode", compile_mode) != compile_mode:  # compiled code is reused across graphs on/off
+        torch._dynamo.reset()
+        _COMPILED["mode"] = compile_mode
+    settings = RuntimeSettings(
+        model=model,
+        device=device,
+        dtype=dtype,
+        compile=compile_mode,
+        cuda_graphs=graphs,
+        max_streams=max(batches),
+        max_seq_len=512,
+    )
+    gen = _factory(model, device).build(settings)
+    label = f"{dtype} compile {compile_mode}{' + graphs' if graphs else ''}"
+    rows = []
+    try:
+        warm = gen.warmup()
+        plan = Plan(
+            dtypes=(dtype,),
+            compile_modes=(compile_mode,),
+            cuda_graphs=(graphs,),
+            batches=tuple(batches),
+            first_chunk_frames=(1, 2),
+            warmup_frames=4,
+            timed_frames=frames,
+            rounds=1,
+        )
+        for b in batches:
+            r = measure_round(gen, b, plan)
+            mean = statistics.fmean(r.step_ms)
+            row = {
+                "impl": "ours",
+                "setting": label,
+                "batch": b,
+                "ms_per_frame": round(mean, 3),
+                "ms_per_frame_p50": round(statistics.median(r.step_ms), 3),
+                "rtf": round(mean / 80, 4),
+                "ttfa_ms": round(r.ttfa_ms.get(1, float("nan")), 2),
+                "prefill_ms": round(r.prefill_ms, 2),
+                "codec_ms": round(codec_ms(gen, device), 3),
+                "peak_memory_mb": round(r.peak_memory_mb, 1),
+                "compile_s": warm.get("compile_s"),
+                "prepare_s": warm.get("prepare_s"),
+                "cuda_graphs": warm.get("cuda_graphs"),
+                "frames": frames,
+            }
+            keep(row)
+            rows.append(row)
+    finally:
+        gen.close()
+    return rows
+
+
+def main_device(args) -> int:
+    """`--device cuda`: the in-process grid + transformers at batch 1, one table, bench/results/generator-cuda.json."""
+    import os as _os
+
+    batches = tuple(int(x) for x in args.batches.split(","))
+    model, dtype = args.models.split(",")[0], args.dtype
+    rows = [hf_generate_row(model, dtype, args.device, 16)]
+    for compile_mode in args.compile.split(","):
+        for graphs in (False, True):
+            try:
+                rows += grid_rows(model, dtype, args.device, compile_mode, graphs, batches, args.frames_real)
+            except Exception as exc:  # noqa: BLE001 - one failing setting is a row, not the end of the table
+                rows.append({"impl": "ours", "setting": f"compile {compile_mode} graphs {graphs}", "error": str(exc)})
+    print(f"{'impl':12} {'setting':38} {'B':>3} {'ms/frame':>9} {'RTF':>6} {'TTFA ms':>8} {'codec ms':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['impl']:12} {r['setting']:38} ERROR {r['error'][:80]}")
+            continue
+        print(
+            f"{r['impl']:12} {r['setting']:38} {r['batch']:>3} {r['ms_per_frame']:>9.2f} {r['rtf']:>6.3f} "
+            f"{r['ttfa_ms']:>8.1f} {fmt(r.get('codec_ms'), '.2f'):>8}"
+        )
+    out = Path(args.out.replace("generator.json", f"generator-{args.device.split(':')[0]}.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "load_avg": _os.getloadavg()}, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 # ---- driver -----------------------------------------------------------------------------------------------------
@@ -167,6 +360,10 @@ def main() -> int:
     ap.add_argument("--models", default="tiny-random,csm-1b-random")
     ap.add_argument("--frames-tiny", type=int, default=24)
     ap.add_argument("--frames-real", type=int, default=6)
+    ap.add_argument("--throughput-frames-real", type=int, default=24, help="frames per stream, csm-1b-random")
+    ap.add_argument("--device", default="cpu", help="cpu (child processes) | cuda (in-process grid)")
+    ap.add_argument("--dtype", default="bfloat16", help="with --device cuda")
+    ap.add_argument("--compile", default="off,default", help="with --device cuda: compile modes of the grid")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per child (this CPU is shared)")
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--throughput-models", default="tiny-random,csm-1b-random")
@@ -174,6 +371,8 @@ def main() -> int:
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench/results/generator.json"))
     args = ap.parse_args()
+    if args.device != "cpu":
+        return main_device(args)
     if args.worker:
         spec = json.loads(args.worker)
         kind = spec.pop("kind")
@@ -193,10 +392,18 @@ def main() -> int:
         print(f"# {model} done", file=sys.stderr, flush=True)
     tput = []
     for model in [m for m in args.throughput_models.split(",") if m]:
-        frames = args.frames_tiny if model == "tiny-random" else max(3, args.frames_real // 2)
+        frames = args.frames_tiny if model == "tiny-random" else args.throughput_frames_real
         for b in [int(x) for x in args.batches.split(",") if x]:
-            tput.append(child("throughput", model=model, frames=frames, threads=args.threads, batch=b,
-                              compile_mode=args.throughput_compile))  # fmt: skip
+            tput.append(
+                child(
+                    "throughput",
+                    model=model,
+                    frames=frames,
+                    threads=args.threads,
+                    batch=b,
+                    compile_mode=args.throughput_compile,
+                )
+            )
             print(f"# throughput {model} b{b} done", file=sys.stderr, flush=True)
 
     print(f"\nper-frame latency (CPU, {args.threads} torch thread(s), shared 2-core box; greedy, same text)")
@@ -207,26 +414,38 @@ def main() -> int:
         if "error" in r:
             print(f"{r['model']:15} {r['impl']:15} ERROR {r['error']}")
             continue
-        print(f"{r['model']:15} {r['impl']:15} {fmt(r['ms_per_frame']):>9} {fmt(r.get('step_ms_per_frame')):>8} "
-              f"{fmt(r['ttfa_ms']):>8} {fmt(r['rtf'], '.2f'):>7} {fmt(r.get('compile_s')):>9} {fmt(r['rss_gib'], '.2f'):>8}")  # fmt: skip
+        print(
+            f"{r['model']:15} {r['impl']:15} {fmt(r['ms_per_frame']):>9} {fmt(r.get('step_ms_per_frame')):>8} "
+            f"{fmt(r['ttfa_ms']):>8} {fmt(r['rtf'], '.2f'):>7} {fmt(r.get('compile_s')):>9} {fmt(r['rss_gib'], '.2f'):>8}"
+        )
     for model in models:
         by = {r["impl"]: r for r in rows if r.get("model") == model and "error" not in r}
         for impl in ("ours-eager", "ours-compiled"):
             if impl in by and "hf-generate" in by:
-                print(f"  {model}: {impl} is {by['hf-generate']['ms_per_frame'] / by[impl]['ms_per_frame']:.2f}x "
-                      "faster per frame than HF generate")  # fmt: skip
+                print(
+                    f"  {model}: {impl} is {by['hf-generate']['ms_per_frame'] / by[impl]['ms_per_frame']:.2f}x "
+                    "faster per frame than HF generate"
+                )
     print("\nthroughput: B streams batched in one generator vs the same B requests one after another (max_streams=1)")
     print(f"{'model':15} {'B':>2} {'frames':>6} {'batched f/s':>11} {'sequential f/s':>14} {'speedup':>8}")
     for r in tput:
         if "error" in r:
             print(f"{r['model']:15} {r['batch']:>2} ERROR {r['error']}")
             continue
-        print(f"{r['model']:15} {r['batch']:>2} {r['frames']:>6} {r['batched_frames_per_s']:>11.2f} "
-              f"{r['sequential_frames_per_s']:>14.2f} {r['speedup']:>7.2f}x")  # fmt: skip
+        print(
+            f"{r['model']:15} {r['batch']:>2} {r['frames']:>6} {r['batched_frames_per_s']:>11.2f} "
+            f"{r['sequential_frames_per_s']:>14.2f} {r['speedup']:>7.2f}x"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"latency": rows, "throughput": tput, "threads": args.threads, "cpu_count": os.cpu_count(),
-               "note": "shared 2-core CPU; other helpers ran tests concurrently"}  # fmt: skip
+    payload = {
+        "latency": rows,
+        "throughput": tput,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_avg_after": os.getloadavg(),
+        "note": "shared 2-core CPU; other jobs may run concurrently",
+    }
     out.write_text(json.dumps(payload, indent=2))
     print(f"\nwrote {out}")
     return 0
