@@ -80,7 +80,8 @@ def create_app(
     app = FastAPI(
         title="csm-runtime",
         version="0.1.0",
-        description="OpenAI-compatible streaming speech (Sesame CSM). Every route but /health needs the bearer token.",
+        description="OpenAI-compatible streaming speech (Sesame CSM). Every operation here but /health needs the "
+        "bearer token (the playground page at / is public and not part of the API).",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
