@@ -51,7 +51,9 @@ def replica_url(settings: DeploySettings, fleet: Fleet, r: Replica) -> str | Non
 
 
 def render_for(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> tuple[str, list[str], list[str]]:
-    """(config text, server names, secrets to scrub) for the fleet's active replicas."""
+    """(config text, server names, secrets to scrub) for the fleet's active replicas (a replica whose rental was
+    ended outside the fleet, `deploy teardown ID`, leaves it here)."""
+    store.retire_closed(fleet)
     g = fleet.gateway
     token_path, token = gw.client_token(settings.home_path, fleet.name)
     active = store.replicas(fleet, (ACTIVE,))
