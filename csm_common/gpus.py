@@ -20,6 +20,15 @@ class Gpu:
     vast_name: str  # what vast.ai's offers call it: `RTX 4090`
     slug: str  # profile file name: `rtx-4090`
     nvml_patterns: tuple[str, ...]  # regexes matched against pynvml's device name
+    # A family newer than the default image's CUDA (Blackwell, sm_120): the driver must support `min_cuda`, kernels
+    # need torch >= `min_torch` built for it, and a box of it starts from `image` (PyTorch 2.7 release: "install
+    # PyTorch with CUDA 12.8"; cu126 and older wheels have no sm_120 kernels).
+    min_cuda: float | None = None
+    min_torch: str | None = None
+    image: str | None = None
+
+
+BLACKWELL = {"min_cuda": 12.8, "min_torch": "2.7", "image": "pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime"}
 
 
 GPUS: tuple[Gpu, ...] = (
@@ -27,7 +36,7 @@ GPUS: tuple[Gpu, ...] = (
     Gpu("3090ti", "RTX 3090 Ti", "rtx-3090-ti", (r"RTX 3090 Ti",)),
     Gpu("4080", "RTX 4080", "rtx-4080", (r"RTX 4080\b(?! SUPER)",)),
     Gpu("4090", "RTX 4090", "rtx-4090", (r"RTX 4090",)),
-    Gpu("5090", "RTX 5090", "rtx-5090", (r"RTX 5090",)),
+    Gpu("5090", "RTX 5090", "rtx-5090", (r"RTX 5090",), **BLACKWELL),
     Gpu("A4000", "RTX A4000", "rtx-a4000", (r"RTX A4000",)),
     Gpu("A5000", "RTX A5000", "rtx-a5000", (r"RTX A5000",)),
     Gpu("A6000", "RTX A6000", "rtx-a6000", (r"RTX A6000",)),
@@ -64,6 +73,11 @@ def resolve(name: str) -> Gpu:
     if gpu is None:
         raise UnknownGpuError(f"unknown GPU {name!r}; known: {', '.join(known_aliases())}")
     return gpu
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """`2.6.0+cu124` -> (2, 6, 0): for comparing a pin with a family's floor."""
+    return tuple(int(p) for p in re.findall(r"\d+", text.split("+", 1)[0])[:3])
 
 
 def slugify(text: str) -> str:

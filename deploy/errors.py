@@ -23,6 +23,11 @@ class OfferUnavailableError(DeployError):
     """The provider refused to rent this offer (taken meanwhile); nothing was rented, try the next one."""
 
 
+class RequestRefusedError(DeployError):
+    """The provider refused a rent for a reason every other offer would meet too (no credit, bad arguments, too many
+    requests for too long): the search stops at once with the provider's words."""
+
+
 class StepFailedError(DeployError):
     """A provision step failed; `step` names it, `retry_next_offer` says whether another box may help."""
 

@@ -16,6 +16,10 @@ from typing import Any
 from csm_common.envconfig import ConfigError, from_env
 
 ENV_PREFIX = "DEPLOY_"
+# A stock CUDA 12.4 PyTorch image, whose torch 2.6.0 meets the runtime pin, so bootstrap mode (deploy/provision/
+# layout.py) installs only the light packages into a venv that sees it. A GPU family that needs a newer CUDA
+# (csm_common/gpus.py `image`) starts from its own image when this default is in force.
+DEFAULT_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"
 
 
 class SettingsError(ValueError):
@@ -26,18 +30,20 @@ class SettingsError(ValueError):
 class DeploySettings:
     home: str = "~/.csm-deploy"  # DEPLOY_HOME: the ledger, the SSH key and every other piece of local state
     label_prefix: str = "csm-deploy"  # every rental is labelled `<prefix>:<attempt>:<row>` so orphans can be found
-    # container image rented boxes start from: a stock CUDA 12.4 PyTorch image, whose torch 2.6.0 meets the runtime
-    # pin, so bootstrap mode (deploy/provision/layout.py) installs only the light packages into a venv that sees it
-    image: str = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"
+    image: str = DEFAULT_IMAGE  # the container image rented boxes start from
     disk_gb: float = 40.0
     max_offers: int = 3  # offers tried in order before provision gives up
     max_price: float | None = None  # USD per hour
     min_reliability: float = 0.98
     min_cuda: float = 12.4
-    ready_timeout_s: float = 600.0  # rent -> `running`
+    min_inet_down: float = 200.0  # Mb/s: vast offers below this pull a multi-GB image for many minutes
+    # rent -> `running`: vast pulls the image first ("typically 1-5 minutes"; large CUDA images on slow hosts take
+    # far longer; SkyPilot waits 30 min). A box that can never run (error status, `unknown`) fails at once anyway.
+    ready_timeout_s: float = 1800.0
     ssh_timeout_s: float = 180.0  # `running` -> SSH answers
     poll_interval_s: float = 5.0
     vast_timeout_s: float = 120.0  # one vastai CLI call
+    vast_retry_s: float = 60.0  # how long a vastai call that failed on a 429/5xx/timeout keeps being retried
     ssh_user: str = "root"
     ssh_key: str | None = None  # private key; default <home>/id_ed25519, created on first use
     check_command: str = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || uname -a"

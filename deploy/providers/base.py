@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from csm_common.gpus import Gpu
 from deploy.errors import UsageError
-from deploy.providers.records import Box, Offer
+from deploy.providers.records import Box, Charge, Offer
 
 if TYPE_CHECKING:
     from deploy.ledger import Ledger, Rental
@@ -44,8 +44,9 @@ class RentRequest:
     image: str
     disk_gb: float
     ssh_public_key: str | None = None  # public half only; the private key never leaves this machine
-    onstart: str | None = None
+    onstart: str | None = None  # a shell script the box runs each time its container starts (never a secret)
     ports: tuple[int, ...] = ()  # box ports to expose on a public address, where the provider can (vast: `-p`)
+    user: str | None = None  # the container's user, where the image's own would break SSH (vast: `--user root`)
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,17 @@ class Provider(ABC):
         Raises OfferUnavailableError when the offer was taken meanwhile (nothing was created)."""
 
     @abstractmethod
-    def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
+    def wait_ready(
+        self, provider_id: str, *, deadline: float, poll_s: float, log: Log, seen: Callable[[Box], None] | None = None
+    ) -> Box:
         """Poll until the box runs and has an SSH endpoint, or raise ProviderError at the monotonic deadline or at
-        once on a terminal state."""
+        once on a terminal state. `seen(box)` is called with every look at the box (the ledger takes the provider's
+        own start time from the first, even when the box then never runs)."""
 
     @abstractmethod
-    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> None:
-        """Destroy and return only once the provider confirms it is gone."""
+    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> float | None:
+        """Destroy and return only once the provider confirms it is gone: with the unix time its billing stopped
+        (the accepted destroy call), or None when the provider cannot say (the caller takes "now")."""
 
     @abstractmethod
     def list_owned(self, label_prefix: str) -> list[Box]:
@@ -118,11 +123,15 @@ class Provider(ABC):
         """Where the server's `port` on the box answers from here without a tunnel; None: only through SSH."""
         return None
 
+    def box_started_at(self, host: Host) -> float | None:
+        """When the box's container started, as the box recorded it (unix time; None: it does not record it)."""
+        return None
+
     def ended_at(self, provider_id: str) -> float | None:
         """When the provider says a gone instance stopped billing (None: it does not say)."""
         return None
 
-    def charges(self, start: float, end: float) -> dict[str, float]:
+    def charges(self, start: float, end: float) -> dict[str, Charge]:
         """What the provider billed per instance id between two unix times."""
         raise NotImplementedError(f"{self.name} reports no charges of its own")
 

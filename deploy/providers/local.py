@@ -86,17 +86,20 @@ class LocalProvider(Provider):
         label = (path / "label").read_text().strip() if (path / "label").exists() else None
         return Box(self.name, provider_id, State.RUNNING, "running", label, price_usd_h=self.rate)
 
-    def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
+    def wait_ready(
+        self, provider_id: str, *, deadline: float, poll_s: float, log: Log, seen: Callable[[Box], None] | None = None
+    ) -> Box:
         box = self._box(provider_id)
         if box is None:
             raise ProviderError(f"local rental {provider_id} has no work dir")
         return box
 
-    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> None:
+    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> float | None:
         path = self.workdir(provider_id)
         if path.is_dir():
             LocalHost(path).stop_all()
             (path / _DESTROYED).touch()
+        return None
 
     def list_owned(self, label_prefix: str) -> list[Box]:
         if not self.root.is_dir():

@@ -33,6 +33,7 @@ class Offer:
     gpu_ram_gb: float | None = None
     location: str = ""
     host_id: str = ""  # what goes on the skip list when a box from this host fails
+    storage_usd_gb_month: float | None = None  # vast bills the disk apart from the GPU, from create to destroy
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,8 +56,23 @@ class Box:
     detail: str = ""  # the provider's status message, for errors
     public_ip: str | None = None  # the address a mapped port answers on (vast: public_ipaddr)
     ports: dict[int, int] = field(default_factory=dict, compare=False)  # port in the box -> port on public_ip
+    direct_ssh: bool = False  # ssh_host/ssh_port are the box's own address (vast: `22/tcp` mapped), not a proxy
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["state"] = self.state.value
         return d
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What the provider billed one instance (vast's charge rows for `instance-<id>`, summed): the total, and where it
+    itemises, the parts (`gpu`, `disk`, `bandwidth`). `start`/`end`: the span the rows cover (unix time)."""
+
+    amount: float
+    start: float | None = None
+    end: float | None = None
+    items: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"amount": self.amount, "start": self.start, "end": self.end, "items": dict(self.items)}

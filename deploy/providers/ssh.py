@@ -42,12 +42,16 @@ class SshProvider(Provider):
         return self.box_id  # the box exists already; the ledger row is the "rental"
 
     def _box(self) -> Box:
-        return Box(self.name, self.box_id, State.RUNNING, "running", None, self.address, self.port, self.user, self.rate)
+        return Box(
+            self.name, self.box_id, State.RUNNING, "running", None, self.address, self.port, self.user, self.rate
+        )
 
-    def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
+    def wait_ready(
+        self, provider_id: str, *, deadline: float, poll_s: float, log: Log, seen: Callable[[Box], None] | None = None
+    ) -> Box:
         return self._box()  # "running" is all we can say; the connect step waits for SSH itself
 
-    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> None:
+    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> float | None:
         raise NotImplementedError("an SSH host you brought is not ours to destroy; teardown only closes its ledger row")
 
     def list_owned(self, label_prefix: str) -> list[Box]:

@@ -1,4 +1,12 @@
-"""vast.ai, through the vastai CLI wrapper in deploy/providers/vastai_cli.py (the only code that runs it)."""
+"""vast.ai, through the vastai CLI wrapper in deploy/providers/vastai_cli.py (the only code that runs it).
+
+What vast really does and what we do about it is in docs/provisioning.md#what-the-flow-asks-of-vastai; in short:
+offers are filtered on download speed, open ports and the GPU family's CUDA floor; a create asks for direct SSH and
+for no stopped instance when the machine cannot start one; an offer is "taken" only on 404/410 or vast's
+`no_such_ask`, any other refusal stops the search; a create whose answer is lost is found again by its label; a box
+is ready only when `actual_status` says running; a destroyed instance is gone when vast says so and its listing
+agrees.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,42 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from deploy.errors import OfferUnavailableError, ProviderError
+from deploy.errors import OfferUnavailableError, ProviderError, RequestRefusedError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
-from deploy.providers.records import TERMINAL, Box, Offer, State
+from deploy.providers.records import TERMINAL, Box, Charge, Offer, State
 from deploy.providers.vastai_cli import VastCli, VastError, api_key_source, charges_by_instance
 
 if TYPE_CHECKING:
+    from deploy.remote.host import Host
     from deploy.settings import DeploySettings
 
-# HTTP statuses on create that mean "this offer, not you": try the next one.
-_OFFER_GONE = {400, 404, 409, 410}
+CREDIT_HINT = "add credit at https://cloud.vast.ai/billing/"
+RUNNING_FILE = ".csm-deploy-running"  # in the box's home: the unix time its container first started
+INSTANCE_ENV_FILE = ".csm-deploy-instance.env"  # in the box's home: csm_runtime/watchdog.py INSTANCE_ENV_FILE
+# What every vast box runs when its container starts (vast runs the onstart after its own sshd setup; readable back
+# in `show instance`, so never a secret in it):
+# - when the container first started, by the box's clock (the GPU bills from `running`),
+# - ~/.no_auto_tmux: vast's SSH images wrap every SSH session in tmux unless it exists, and without a terminal
+#   `ssh box cmd` then runs nothing (vast-ai/base-image README; docs guides/instances/connect/ssh),
+# - vast's instance-scoped credentials, which only the container's PID 1 environment holds, saved 0600 for the box's
+#   watchdog (an SSH session does not inherit them); the values go to the file, never to the output.
+# The start time is the onstart shell's own process start (uptime-based, 10 ms steps), not the time a later
+# command gets to run on a busy box; plain `date` where /proc cannot say.
+STARTED = (
+    'awk -v now="$(date +%s.%N)" -v hz="$(getconf CLK_TCK)" \'NR==FNR {up=$1; next} '
+    '{sub(/.*\\) /, ""); split($0, f, " "); printf "%.3f\\n", now - (up - f[20] / hz)}\' '
+    "/proc/uptime /proc/$$/stat"
+)
+ONSTART = (
+    f"[ -s ~/{RUNNING_FILE} ] || {{ {STARTED} || date +%s.%N; }} > ~/{RUNNING_FILE}; "
+    "touch ~/.no_auto_tmux; "
+    f"(umask 077; env | grep -E '^CONTAINER_(ID|API_KEY)=' > ~/{INSTANCE_ENV_FILE}; chmod 600 ~/{INSTANCE_ENV_FILE})"
+)
+
+
+def offer_gone(exc: VastError) -> bool:
+    """vast's "this offer is no longer rentable": 404 (no_such_ask), 410 (no_such_ask, with cancel_unavail)."""
+    return exc.status_code in (404, 410) or "no_such_ask" in exc.detail
 
 
 class VastProvider(Provider):
@@ -24,19 +58,29 @@ class VastProvider(Provider):
     maps_ports = True
     can_self_destroy = True  # CONTAINER_API_KEY in the container destroys that one instance
 
-    def __init__(self, cli: VastCli | None = None, *, timeout_s: float = 120.0):
-        self._cli, self.timeout_s = cli, timeout_s
+    def __init__(
+        self,
+        cli: VastCli | None = None,
+        *,
+        timeout_s: float = 120.0,
+        retry_s: float = 60.0,
+        min_inet_down: float | None = None,
+    ):
+        self._cli, self.timeout_s, self.retry_s = cli, timeout_s, retry_s
+        self.min_inet_down = min_inet_down
 
     @property
     def cli(self) -> VastCli:
         """The CLI wrapper, found on first use (so a bad option is reported before a missing CLI)."""
         if self._cli is None:
-            self._cli = VastCli(timeout_s=self.timeout_s)
+            self._cli = VastCli(timeout_s=self.timeout_s, retry_s=self.retry_s)
         return self._cli
 
     @classmethod
     def from_settings(cls, settings: DeploySettings, **options: Any) -> VastProvider:
-        return cls(timeout_s=settings.vast_timeout_s)
+        return cls(
+            timeout_s=settings.vast_timeout_s, retry_s=settings.vast_retry_s, min_inet_down=settings.min_inet_down
+        )
 
     @classmethod
     def configured(cls, settings: DeploySettings) -> bool:
@@ -45,12 +89,14 @@ class VastProvider(Provider):
     def search(self, query: OfferQuery) -> list[Offer]:
         if query.gpu is None:
             raise ProviderError("vast needs --gpu to search offers")
+        floors = [c for c in (query.min_cuda, query.gpu.min_cuda) if c is not None]
         return self.cli.search_offers(
             query.gpu.vast_name,
             max_price=query.max_price,
             min_reliability=query.min_reliability,
-            min_cuda=query.min_cuda,
+            min_cuda=max(floors) if floors else None,
             disk_gb=query.disk_gb,
+            min_inet_down=self.min_inet_down,
             limit=query.limit,
         )
 
@@ -61,60 +107,139 @@ class VastProvider(Provider):
                 image=request.image,
                 disk_gb=request.disk_gb,
                 label=request.label,
-                onstart=request.onstart,
+                onstart=ONSTART + (f"; {request.onstart}" if request.onstart else ""),
                 ports=request.ports,
+                user=request.user,
             )
         except VastError as exc:
-            if exc.status_code in _OFFER_GONE:
-                raise OfferUnavailableError(f"offer {offer.id} was not rentable: {exc}") from exc
-            raise
+            iid = self._after_failed_create(offer, request, exc)
         on_created(iid)
         if request.ssh_public_key:
             self.cli.attach_ssh(iid, request.ssh_public_key)
         return iid
 
-    def wait_ready(self, provider_id: str, *, deadline: float, poll_s: float, log: Log) -> Box:
+    def _after_failed_create(self, offer: Offer, request: RentRequest, exc: VastError) -> str:
+        """A create that errored: the offer was taken (next offer), vast refused us (stop), or the answer was lost
+        (5xx, timeout, unreadable): then the instance may exist, and carries our label."""
+        if offer_gone(exc):
+            raise OfferUnavailableError(f"offer {offer.id} was not rentable: {exc}") from exc
+        code = exc.status_code
+        if code == 429:
+            raise RequestRefusedError(f"vast kept refusing the create as too frequent: {exc}") from exc
+        if code is not None and 400 <= code < 500:
+            hint = f" ({CREDIT_HINT})" if "credit" in exc.detail.lower() or code in (402, 411) else ""
+            raise RequestRefusedError(f"vast refused the create of offer {offer.id}: {exc}{hint}") from exc
+        try:
+            match = [b for b in self.cli.show_instances() if b.label == request.label]
+        except VastError as listing:
+            raise ProviderError(
+                f"create of offer {offer.id} failed ({exc}) and the listing failed too ({listing}): an instance "
+                f"labelled {request.label} may exist; `deploy status` finds it, `deploy teardown --all` ends it"
+            ) from exc
+        if not match:
+            raise ProviderError(f"create of offer {offer.id} failed ({exc}) and no instance carries our label") from exc
+        return match[0].id
+
+    def wait_ready(
+        self, provider_id: str, *, deadline: float, poll_s: float, log: Log, seen: Callable[[Box], None] | None = None
+    ) -> Box:
         last = "not polled yet"
         while True:
             try:
-                box = self.cli.show_instance(provider_id)
+                box, last = self._poll(provider_id, deadline, seen or (lambda _box: None))
             except VastError as exc:
                 if exc.status_code in (401, 403):
                     raise
-                box, last = None, f"poll failed: {exc}"  # transient: keep polling until the deadline
-            else:
-                if box is None:
-                    raise ProviderError(f"vast instance {provider_id} disappeared while we waited for it to run")
-                last = f"{box.raw_status or 'no status'}{': ' + box.detail if box.detail else ''}"
-                if box.state is State.RUNNING and box.ssh_host and box.ssh_port:
-                    log(f"vast instance {provider_id}: running (1/1 ready)")
-                    return box
-                if box.state in TERMINAL:
-                    raise ProviderError(f"vast instance {provider_id} stopped coming up: {last}")
+                box, last = None, f"poll failed: {exc}"  # still failing after its retries: poll on to the deadline
+            if box is not None and box.state is State.RUNNING:
+                log(f"vast instance {provider_id}: running (1/1 ready)")
+                return box
+            if box is not None and box.state in TERMINAL:
+                raise ProviderError(f"vast instance {provider_id} will not run: {last}")
             if time.monotonic() >= deadline:
                 raise ProviderError(f"vast instance {provider_id} was not running before the deadline (last: {last})")
-            log(f"vast instance {provider_id}: {last} (0/1 ready)")
+            log(f"vast instance {provider_id}: {last} (0/1 ready, {deadline - time.monotonic():.0f} s left)")
             time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
 
-    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> None:
+    def _poll(self, provider_id: str, deadline: float, seen: Callable[[Box], None]) -> tuple[Box | None, str]:
+        """One look at a box we wait for: (the box when it runs with an SSH endpoint or can never run, else None,
+        and what it said). Raises when it is gone."""
+        box = self.cli.show_instance(provider_id, deadline=deadline)
+        if box is not None and box.state is not State.GONE:
+            seen(box)
+        if box is None or box.state is State.GONE:
+            if self._gone(provider_id, box):
+                raise ProviderError(f"vast instance {provider_id} disappeared while we waited for it to run")
+            return None, "vast did not show the instance, though its listing has it"
+        said = f"{box.raw_status}{': ' + box.detail if box.detail else ''}"
+        if box.state is State.RUNNING and not (box.ssh_host and box.ssh_port):
+            return None, f"{said} (no SSH endpoint yet)"
+        return (box if box.state is State.RUNNING or box.state in TERMINAL else None), said
+
+    def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> float | None:
+        """Destroy (retried on 429/5xx by the wrapper; 404 = gone already), then confirm it is gone: the listing no
+        longer has it (or lists it destroyed); where vast gives no readable listing, `show instance` saying gone
+        (404, null, an empty record, destroyed) stands. Returns when vast stopped billing: the end of its charge
+        rows where they fall within the destroy call (vastai exits a second or more after vast answered), else when
+        the accepted call returned; for one that was already gone, where its charges end (None if they do not say)."""
+        asked = time.time()
+        answered: float | None = None
         try:
-            self.cli.destroy_instance(provider_id)
+            self.cli.destroy_instance(provider_id, deadline=deadline)
+            answered = time.time()
         except VastError as exc:
             if exc.status_code != 404:  # already gone is what we wanted
                 raise
         while True:
-            box = self.cli.show_instance(provider_id)
-            if box is None or box.state is State.GONE:
-                return
+            try:
+                if self._confirmed_gone(provider_id, deadline):
+                    break
+                last = "still listed"
+            except VastError as exc:
+                if exc.status_code in (401, 403) or time.monotonic() >= deadline:
+                    raise
+                last = str(exc)
             if time.monotonic() >= deadline:
-                raise ProviderError(f"vast instance {provider_id} still listed ({box.raw_status}) after destroy")
+                raise ProviderError(f"vast instance {provider_id} is still there ({last}) after its destroy")
             time.sleep(poll_s)
+        billed_to = self._ended_or_none(provider_id)
+        if answered is None:
+            return billed_to
+        return billed_to if billed_to is not None and asked <= billed_to <= answered else answered
+
+    def _confirmed_gone(self, provider_id: str, deadline: float) -> bool:
+        try:
+            listed = {b.id for b in self.cli.show_instances(deadline=deadline) if b.state is not State.GONE}
+        except VastError as exc:
+            if exc.transient:
+                raise
+            box = self.cli.show_instance(provider_id, deadline=deadline)  # no readable listing: show's word
+            return box is None or box.state is State.GONE
+        return provider_id not in listed
+
+    def _gone(self, provider_id: str, box: Box | None) -> bool:
+        """`show instance` said gone: true unless the listing still has the id. A listing vast (or vastai) cannot
+        give in a readable form leaves show's word standing; a transient failure is raised (the caller retries)."""
+        try:
+            listed = {b.id for b in self.cli.show_instances() if b.state is not State.GONE}
+        except VastError as exc:
+            if exc.transient:
+                raise
+            return True
+        return provider_id not in listed
+
+    def _ended_or_none(self, provider_id: str) -> float | None:
+        try:
+            return self.ended_at(provider_id)
+        except VastError:
+            return None
 
     def list_owned(self, label_prefix: str) -> list[Box]:
         return [b for b in self.cli.show_instances() if (b.label or "").startswith(label_prefix + ":")]
 
     def get(self, provider_id: str) -> Box | None:
-        return self.cli.show_instance(provider_id)
+        box = self.cli.show_instance(provider_id)
+        return None if box is None or box.state is State.GONE else box
 
     def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
         """The public address vast mapped the server's port to (`ports`, `public_ipaddr`); the server binds 0.0.0.0
@@ -123,12 +248,19 @@ class VastProvider(Provider):
             return None
         return DirectAddress(box.public_ip, box.ports[port], "0.0.0.0")
 
-    def ended_at(self, provider_id: str) -> float | None:
-        """The end of the instance's last charge row (vast bills until the destroy)."""
-        now = time.time()
-        rows = [r for r in self.cli.charges(now - 30 * 86400, now + 60) if r.get("source") == f"instance-{provider_id}"]
-        ends = [float(r["end"]) for r in rows if isinstance(r.get("end"), (int, float))]
-        return max(ends) if ends else None
+    def box_started_at(self, host: Host) -> float | None:
+        """The time our onstart wrote when the container first started (the box's clock)."""
+        res = host.run(f"cat ~/{RUNNING_FILE} 2>/dev/null || true", stream=False, check=False, timeout=30)
+        try:
+            return float(res.stdout.strip().splitlines()[0])
+        except (ValueError, IndexError):
+            return None
 
-    def charges(self, start: float, end: float) -> dict[str, float]:
+    def ended_at(self, provider_id: str) -> float | None:
+        """The end of the instance's charge rows (vast bills until the destroy)."""
+        now = time.time()
+        charge = charges_by_instance(self.cli.charges(now - 30 * 86400, now + 60)).get(str(provider_id))
+        return charge.end if charge else None
+
+    def charges(self, start: float, end: float) -> dict[str, Charge]:
         return charges_by_instance(self.cli.charges(start, end))

@@ -1,52 +1,92 @@
 """The only module that runs the `vastai` CLI. It returns typed records and raises `VastError` with the CLI's words.
 
 The CLI lives in its own virtual environment (its pins clash with moshi's), so it is a subprocess, always `--raw`.
-Its quirks, handled here once: it exits 0 on HTTP errors and prints `{"error": true, ...}` on stderr; a listing it
-cannot parse must never read as "no instances"; `destroy` without `-y` silently aborts. The API key is never put on
-its command line (it reads VAST_API_KEY or its own key file), so it cannot leak through `ps` or our logs.
+Its quirks, handled here once (docs/provisioning.md#what-the-flow-asks-of-vastai has the sources):
+- it exits 0 on HTTP errors and prints `{"error": true, "status_code": N, "msg": ...}` on stderr (only the status and
+  `msg` survive; a 429 has `msg: null`); a listing it cannot parse must never read as "no instances";
+- `destroy` without `-y` silently aborts; `attach ssh` prints a Python repr (`{'success': False, ...}` included);
+- `show instance` answers 404, `{"instances": null}` or a record vastai itself crashes on once an instance is gone;
+- vast rate-limits each endpoint (vast_pacing.py): calls go through one gate, and calls that are safe to repeat are
+  retried on 429, 5xx and timeouts with a bounded backoff; a create only on 429 (vast did not process it).
+The API key is never put on its command line (it reads VAST_API_KEY or its own key file), so it cannot leak through
+`ps` or our logs; the instance-scoped key a create returns is never kept or printed.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.providers.records import Box, Offer, State
+from deploy.providers.records import Box, Charge, Offer, State
+from deploy.providers.vast_pacing import GATE, PACES, RETRY_STATUSES, Backoff, Gate, Pace
 
-# vast's `actual_status` -> our three states; anything unseen counts as still pending.
+# vast's `actual_status` -> our states. null (None) is "being provisioned": pending, never cur_state's word (which
+# says `running` as soon as the GPU is allocated). Anything unseen counts as still pending.
 STATUS_TABLE: dict[str, State] = {
     "running": State.RUNNING,
     "created": State.PENDING,
     "loading": State.PENDING,
     "scheduling": State.PENDING,
     "rebooting": State.PENDING,
+    "restarting": State.PENDING,
     "stopped": State.STOPPED,
-    "exited": State.STOPPED,
-    "offline": State.FAILED,
+    "exited": State.STOPPED,  # the container crashed: it will not run by itself
+    "unknown": State.FAILED,  # no heartbeat from the host
+    "offline": State.FAILED,  # the host disconnected
     "frozen": State.FAILED,
     "error": State.FAILED,
+    "destroyed": State.GONE,
+    "terminated": State.GONE,
 }
+GONE_WORDS = frozenset({"destroyed", "terminated"})  # in intended_status or actual_status; cur_state `unloaded`
+# A `status_msg` with one of these while created/loading means the container will never start (vast's own
+# self-test fails at once on them; dstack on "OCI runtime create failed"; a pull of a missing tag: "manifest unknown").
+ERROR_WORDS = (
+    "error",
+    "failed",
+    "failure",
+    "exception",
+    "traceback",
+    "oci runtime",
+    "permission denied",
+    "manifest unknown",
+)
+MIN_DIRECT_PORTS = 2  # a direct SSH port and the server's
 
 
 def map_status(raw: str | None) -> State:
     return STATUS_TABLE.get((raw or "").lower(), State.PENDING)
 
 
-class VastError(DeployError):
-    """The vastai CLI reported an error, or said something we cannot parse. `status_code` is the HTTP status."""
+def status_msg_error(msg: str | None) -> bool:
+    """Whether a status message says the container cannot start."""
+    low = (msg or "").lower()
+    return any(word in low for word in ERROR_WORDS)
 
-    def __init__(self, message: str, *, status_code: int | None = None, command: str = ""):
+
+class VastError(DeployError):
+    """The vastai CLI reported an error, or said something we cannot parse. `status_code` is the HTTP status;
+    `timed_out`: no answer within the call's timeout (the request may or may not have reached vast)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, command: str = "", timed_out: bool = False):
         self.status_code = status_code
         self.command = command
+        self.timed_out = timed_out
+        self.detail = message
         prefix = f"vastai {command}: " if command else "vastai: "
         super().__init__(prefix + message)
+
+    @property
+    def transient(self) -> bool:
+        """vast was busy or broken for a moment (429, 5xx) or did not answer: the same call may work later."""
+        return self.timed_out or self.status_code in RETRY_STATUSES
 
 
 def find_vastai() -> str:
@@ -92,16 +132,66 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 class VastCli:
-    """Thin, typed calls over `vastai ... --raw`. One instance per command run; cheap to make."""
+    """Typed calls over `vastai ... --raw`, paced by the process's gate and retried where that is safe. Cheap to make.
 
-    def __init__(self, binary: str | None = None, *, timeout_s: float = 120.0):
+    `retry_s`: how long one call keeps being retried after its first transient failure (DEPLOY_VAST_RETRY_S)."""
+
+    def __init__(
+        self, binary: str | None = None, *, timeout_s: float = 120.0, retry_s: float = 60.0, gate: Gate | None = None
+    ):
         self.binary = binary or find_vastai()
         self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.gate = gate or GATE
         self.calls: list[tuple[str, float]] = []  # (command, seconds): what bench/ reads
+        self.retries: list[tuple[str, str]] = []  # (command, why): every retry, for bench/ and tests
 
-    def run(self, *args: str, expect_output: bool = True) -> Any:
-        """Run one command; return its parsed JSON (None when `expect_output` is False and it printed nothing)."""
+    # --- one call -------------------------------------------------------------------------------------------------
+    def call(self, *args: str, repeatable: bool = True, deadline: float | None = None) -> str:
+        """Run one command through the gate; return its stdout. A transient failure (429, 5xx, timeout) is tried
+        again with backoff for `retry_s` (never past `deadline`) when `repeatable`; otherwise only a 429 is (vast
+        refused it unprocessed). The last error is raised with how long it was tried."""
         command = " ".join(args[:2])
+        pace = PACES.get(command, Pace())
+        backoff = Backoff(self.retry_s, deadline=deadline)
+        while True:
+            try:
+                with self.gate.turn(command, pace):
+                    return self._once(args, command)
+            except VastError as exc:
+                if not exc.transient or not (repeatable or exc.status_code == 429):
+                    raise
+                if exc.status_code == 429:
+                    self.gate.hold(command, max(pace.interval_s, 1.0))
+                delay = backoff.next_delay(max(pace.interval_s, 1.0) if exc.status_code == 429 else 1.0)
+                if delay is None:
+                    if backoff.tries <= 1:
+                        raise
+                    raise VastError(
+                        f"{exc.detail} (tried {backoff.tries} times over {backoff.spent_s():.0f} s)",
+                        status_code=exc.status_code,
+                        command=command,
+                        timed_out=exc.timed_out,
+                    ) from None
+                self.retries.append((command, exc.detail))
+                time.sleep(delay)
+
+    def run(
+        self, *args: str, expect_output: bool = True, repeatable: bool = True, deadline: float | None = None
+    ) -> Any:
+        """`call`, parsed as JSON (None when `expect_output` is False and it printed nothing)."""
+        command = " ".join(args[:2])
+        out = self.call(*args, repeatable=repeatable, deadline=deadline).strip()
+        if not out:
+            if expect_output:
+                raise VastError("printed nothing where JSON was expected", command=command)
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise VastError(f"unparseable output: {_short(out)}", command=command) from None
+
+    def _once(self, args: tuple[str, ...], command: str) -> str:
         env = dict(os.environ, VASTAI_NO_UPDATE_CHECK="1")
         started = time.monotonic()
         try:
@@ -114,7 +204,7 @@ class VastCli:
                 env=env,
             )
         except subprocess.TimeoutExpired:
-            raise VastError(f"no answer within {self.timeout_s:.0f} s", command=command) from None
+            raise VastError(f"no answer within {self.timeout_s:.0f} s", command=command, timed_out=True) from None
         except OSError as exc:
             raise VastError(f"cannot run {self.binary}: {exc.strerror}", command=command) from None
         finally:
@@ -122,26 +212,20 @@ class VastCli:
         err = _error_from_stderr(proc.stderr)
         if err is not None:
             code = err.get("status_code") or None
-            msg = str(err.get("msg") or err.get("error"))
+            msg = err.get("msg")
             if code == 401:
-                msg = f"vast.ai rejected the API key (HTTP 401: {msg}); set VAST_API_KEY or run `vastai set api-key`"
+                text = f"vast.ai rejected the API key (HTTP 401: {msg}); set VAST_API_KEY or run `vastai set api-key`"
+            elif code == 429:
+                text = f"HTTP 429: {msg or 'API requests too frequent'} (vast's rate limit)"
             elif code:
-                msg = f"HTTP {code}: {msg}"
+                text = f"HTTP {code}: {msg or '(no message)'}"
             else:
-                msg = f"unreadable answer from vast.ai ({msg})"
-            raise VastError(msg, status_code=code, command=command)
+                text = f"unreadable answer from vast.ai ({msg or err.get('error')})"
+            raise VastError(text, status_code=code, command=command)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no message)"]
             raise VastError(f"exit {proc.returncode}: {_short(lines[-1])}", command=command)
-        out = proc.stdout.strip()
-        if not out:
-            if expect_output:
-                raise VastError("printed nothing where JSON was expected", command=command)
-            return None
-        try:
-            return json.loads(out)
-        except ValueError:
-            raise VastError(f"unparseable output: {_short(out)}", command=command) from None
+        return proc.stdout
 
     # --- offers -------------------------------------------------------------------------------------------------
     def search_offers(
@@ -152,8 +236,11 @@ class VastCli:
         min_reliability: float | None = None,
         min_cuda: float | None = None,
         disk_gb: float | None = None,
+        min_inet_down: float | None = None,
+        min_direct_ports: int | None = MIN_DIRECT_PORTS,
         limit: int = 20,
     ) -> list[Offer]:
+        """Every filter is a field of vast's offer table (an unknown one may be ignored by vast, or refused)."""
         query = [f"gpu_name={vast_gpu_name.replace(' ', '_')}", "num_gpus=1", "rentable=true"]
         if min_reliability is not None:
             query.append(f"reliability>={min_reliability}")
@@ -163,6 +250,10 @@ class VastCli:
             query.append(f"disk_space>={disk_gb}")
         if max_price is not None:
             query.append(f"dph<={max_price}")
+        if min_inet_down:
+            query.append(f"inet_down>={min_inet_down:g}")
+        if min_direct_ports:
+            query.append(f"direct_port_count>={int(min_direct_ports)}")
         args = ["search", "offers", " ".join(query), "-o", "dph", "--limit", str(limit)]
         if disk_gb is not None:
             args += ["--storage", str(disk_gb)]
@@ -182,60 +273,75 @@ class VastCli:
         label: str,
         onstart: str | None = None,
         ports: tuple[int, ...] = (),
+        user: str | None = None,
+        deadline: float | None = None,
     ) -> str:
-        """`ports`: box ports to map to public ones, as docker's `-p P:P` in the create's env field (the CLI parses
-        `--env` into `{"-p P:P": "1"}`); vast picks the public port and reports it in the instance's `ports`."""
-        args = [
-            "create",
-            "instance",
-            str(offer_id),
-            "--image",
-            image,
-            "--disk",
-            str(disk_gb),
-            "--label",
-            label,
-            "--ssh",
-        ]
+        """SSH launch mode with direct SSH (`--ssh --direct`: runtype `ssh_direc ssh_proxy`; `--ssh` alone is the
+        proxy, which maps no port), `--cancel-unavail` (else a placement that fails leaves a stopped instance that
+        bills its disk). `ports`: box ports to map to public ones, as docker's `-p P:P` in the env field (vastai
+        sends `{"-p P:P": "1"}`); vast picks the public port and reports it in `ports`. `user`: the container user
+        (root for an image whose Dockerfile ends with another USER: vast's injected sshd needs root).
+        Raises VastError; only a 429 is retried (any other failure may or may not have created an instance)."""
+        args = ["create", "instance", str(offer_id), "--image", image, "--disk", str(disk_gb), "--label", label]
+        args += ["--ssh", "--direct", "--cancel-unavail"]
+        if user:
+            args += ["--user", user]
         if onstart:
             args += ["--onstart-cmd", onstart]
         if ports:
             args += ["--env", " ".join(f"-p {int(p)}:{int(p)}" for p in ports)]
-        res = self.run(*args)
+        res = self.run(*args, repeatable=False, deadline=deadline)
         if not isinstance(res, dict) or not res.get("success") or not res.get("new_contract"):
-            raise VastError(
-                f"create did not return an instance id: {_short(json.dumps(res))}", command="create instance"
-            )
+            keys = sorted(res) if isinstance(res, dict) else type(res).__name__
+            raise VastError(f"create did not return an instance id (answer keys: {keys})", command="create instance")
         return str(res["new_contract"])
 
-    def attach_ssh(self, instance_id: str, public_key: str) -> None:
-        # `attach ssh` ignores --raw on success (prints a Python dict); errors still come as JSON on stderr.
+    def attach_ssh(self, instance_id: str, public_key: str, *, tries: int = 4) -> None:
+        """Add our public key to the instance. vastai prints the answer as a Python repr (`{'success': True}`), even
+        with --raw; a `{'success': False, ...}` is retried (same box) with backoff, then raised with vast's msg."""
         key = public_key.strip()
         if not key.startswith("ssh-"):
             raise VastError("refusing to attach something that is not an SSH public key", command="attach ssh")
-        try:
-            self.run("attach", "ssh", str(instance_id), key, expect_output=False)
-        except VastError as exc:
-            if "unparseable output" not in str(exc):
-                raise
+        backoff = Backoff(self.retry_s)
+        for attempt in range(1, tries + 1):
+            answer = _literal(self.call("attach", "ssh", str(instance_id), key))
+            if isinstance(answer, dict) and answer.get("success") is True:
+                return
+            why = answer.get("msg") or answer.get("error") if isinstance(answer, dict) else None
+            why = str(why or f"unreadable answer {_short(repr(answer))}")
+            delay = backoff.next_delay(1.0)
+            if attempt == tries or delay is None:
+                raise VastError(f"vast did not add our SSH key after {attempt} tries: {why}", command="attach ssh")
+            self.retries.append(("attach ssh", why))
+            time.sleep(delay)
 
-    def show_instances(self) -> list[Box]:
-        rows = self.run("show", "instances")
+    def show_instances(self, *, deadline: float | None = None) -> list[Box]:
+        rows = self.run("show", "instances", deadline=deadline)
         if not isinstance(rows, list) or not all(isinstance(r, dict) and "id" in r for r in rows):
             raise VastError(f"malformed instance listing: {_short(json.dumps(rows))}", command="show instances")
         return [_box(r) for r in rows]
 
-    def show_instance(self, instance_id: str) -> Box | None:
-        res = self.run("show", "instance", str(instance_id))
-        if isinstance(res, dict) and "instances" in res and res["instances"] is None:
+    def show_instance(self, instance_id: str, *, deadline: float | None = None) -> Box | None:
+        """The instance, or None where vast says it is gone: 404, `{"instances": null}`, an empty or non-object
+        record (vastai crashes with a KeyError on `{"instances": {}}`). A record whose status words say destroyed
+        comes back with State.GONE. Callers confirm "gone" against the listing (`show instances`)."""
+        try:
+            res = self.run("show", "instance", str(instance_id), deadline=deadline)
+        except VastError as exc:
+            if exc.status_code == 404 or (exc.status_code is None and "KeyError" in exc.detail):
+                return None
+            raise
+        if isinstance(res, dict) and "instances" in res and not res["instances"]:
             return None
-        if not isinstance(res, dict) or "id" not in res:
+        if not isinstance(res, dict) or not res:
+            return None
+        if "id" not in res:
             raise VastError(f"malformed instance record: {_short(json.dumps(res))}", command="show instance")
         return _box(res)
 
-    def destroy_instance(self, instance_id: str) -> None:
+    def destroy_instance(self, instance_id: str, *, deadline: float | None = None) -> None:
         # `-y` matters: without it the CLI reads stdin, prints "Aborted." and exits 0 having done nothing.
-        self.run("destroy", "instance", str(instance_id), "-y", expect_output=False)
+        self.run("destroy", "instance", str(instance_id), "-y", expect_output=False, deadline=deadline)
 
     # --- billing ------------------------------------------------------------------------------------------------
     def charges(self, start: float, end: float) -> list[dict[str, Any]]:
@@ -254,6 +360,22 @@ class VastCli:
             if not token:
                 break
         return rows
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _literal(text: str) -> Any:
+    """A Python literal as vastai prints it (`attach ssh`), else JSON, else the text itself."""
+    text = text.strip()
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            continue
+    return text
 
 
 def _num(value: Any) -> float | None:
@@ -276,7 +398,8 @@ def _offer(r: dict[str, Any]) -> Offer:
         gpu_ram_gb=(_num(r.get("gpu_ram")) or 0) / 1024 or None,
         location=str(r.get("geolocation") or ""),
         host_id=str(r.get("host_id") or r.get("machine_id") or ""),
-        extra={"machine_id": r.get("machine_id")},
+        storage_usd_gb_month=_num(r.get("storage_cost")),
+        extra={"machine_id": r.get("machine_id"), "inet_down": r.get("inet_down")},
     )
 
 
@@ -297,34 +420,70 @@ def _ports(raw: Any) -> dict[int, int]:
     return mapped
 
 
+def _state(r: dict[str, Any]) -> State:
+    """The record's state from `actual_status` alone (None: provisioning), GONE where any status word says the
+    instance was destroyed, FAILED where a pending one's status message says it can never start."""
+    words = {str(r.get(k) or "").lower() for k in ("intended_status", "actual_status")}
+    if words & GONE_WORDS or str(r.get("cur_state") or "").lower() == "unloaded":
+        return State.GONE
+    state = map_status(r.get("actual_status"))
+    if state is State.PENDING and status_msg_error(r.get("status_msg")):
+        return State.FAILED
+    return state
+
+
 def _box(r: dict[str, Any]) -> Box:
-    raw = r.get("actual_status") or r.get("cur_state") or ""
-    port = r.get("ssh_port")
+    """One instance record. SSH goes to the box's own address when vast mapped `22/tcp` (a direct runtype), else
+    to vast's proxy (`ssh_host:ssh_port`), as `vastai ssh-url` does."""
+    ports = _ports(r.get("ports"))
+    public_ip = str(r.get("public_ipaddr") or "").strip() or None
+    direct = 22 in ports and public_ip is not None
+    ssh_host, ssh_port = (public_ip, ports[22]) if direct else (r.get("ssh_host"), r.get("ssh_port"))
+    raw = r.get("actual_status")
     return Box(
         provider="vast",
         id=str(r["id"]),
-        state=map_status(raw),
-        raw_status=str(raw),
+        state=_state(r),
+        raw_status=str(raw) if raw else "provisioning",
         label=r.get("label"),
-        ssh_host=r.get("ssh_host"),
-        ssh_port=int(port) if port else None,
+        ssh_host=ssh_host,
+        ssh_port=int(ssh_port) if ssh_port else None,
         price_usd_h=_num(r.get("dph_total")),
         gpu_name=str(r.get("gpu_name") or ""),
         started_at=_num(r.get("start_date")),
         detail=str(r.get("status_msg") or ""),
-        public_ip=str(r.get("public_ipaddr") or "").strip() or None,
-        ports=_ports(r.get("ports")),
+        public_ip=public_ip,
+        ports=ports,
+        direct_ssh=direct,
     )
 
 
-def charges_by_instance(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """vast charge rows (`source` = "instance-<id>") summed per instance id."""
-    out: dict[str, float] = defaultdict(float)
+_ITEM_NAMES = {"gpu": "gpu", "disk": "disk", "bwd": "bandwidth", "bwu": "bandwidth"}
+
+
+def charges_by_instance(rows: list[dict[str, Any]]) -> dict[str, Charge]:
+    """vast charge rows (`source` = "instance-<id>") summed per instance id, with their items (`gpu`, `disk`,
+    `bwd` + `bwu` as `bandwidth`) where vast itemises them, and the span they cover."""
+    out: dict[str, Charge] = {}
     for row in rows:
         source = str(row.get("source") or "")
-        if source.startswith("instance-"):
-            try:
-                out[source.split("-", 1)[1]] += float(row.get("amount") or 0.0)
-            except ValueError:
-                continue
-    return dict(out)
+        amount = _num(row.get("amount"))
+        if not source.startswith("instance-") or amount is None:
+            continue
+        iid = source.split("-", 1)[1]
+        items: dict[str, float] = {}
+        for item in row.get("items") or []:
+            name = _ITEM_NAMES.get(str((item or {}).get("type") or ""), "other") if isinstance(item, dict) else None
+            value = _num(item.get("amount")) if isinstance(item, dict) else None
+            if name and value is not None:
+                items[name] = items.get(name, 0.0) + value
+        start, end = _num(row.get("start")), _num(row.get("end"))
+        seen = out.get(iid)
+        if seen is not None:
+            for name, value in seen.items.items():
+                items[name] = items.get(name, 0.0) + value
+            amount += seen.amount
+            start = min(x for x in (start, seen.start) if x is not None) if (start or seen.start) else None
+            end = max(x for x in (end, seen.end) if x is not None) if (end or seen.end) else None
+        out[iid] = Charge(amount, start, end, items)
+    return out
