@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,7 +18,10 @@ def cost(
     provider_charges: Annotated[bool, typer.Option(help="Ask vast for its own charges to compare.")] = True,
     json_: c.Json = False,
 ) -> None:
-    """What the rentals cost: rate x time per rental (open ones up to now) and in total, beside vast's own charges.
+    """What the rentals cost, per rental (open ones up to now) and in total, beside vast's own charges.
+
+    vast bills the GPU while the box runs and the disk from create to destroy (both shown); its own amount also
+    holds bandwidth, which only vast counts. A rental vast has no charge row for yet shows as pending.
 
     Examples:
       deploy cost
@@ -37,7 +40,7 @@ def cost(
     with c.open_ledger() as ledger:
         rentals = ledger.rentals(since=start)
     theirs, note = None, None
-    if provider_charges and by == "instance":
+    if provider_charges:
         theirs, note = _provider_charges(rentals, start, now)
     report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs)
     report.provider_note = note
@@ -48,14 +51,14 @@ def cost(
         return
     if fleets:
         emit_tables(fleets)
+    caption = _caption(report)
     if by == "day":
-        rows = [(x.key, f"{x.hours:.3f}", output.fmt_usd(x.usd), "yes" if x.open else "") for x in report.lines]
-        output.emit_table(
-            "cost by UTC day",
-            ("day", "GPU hours", "ours", "open"),
-            rows,
-            caption=f"total {output.fmt_usd(report.total_usd)}",
-        )
+        rows = [
+            (x.key, f"{x.hours:.3f}", output.fmt_usd(x.usd), _theirs(x), _diff(x), "yes" if x.open else "")
+            for x in report.lines
+        ]
+        cols = ("day", "hours", "ours", "vast", "vast-ours", "open")
+        output.emit_table("cost by UTC day", cols, rows, caption=caption)
         return
     rows = [
         (
@@ -65,25 +68,59 @@ def cost(
             x.gpu_name,
             f"{x.rate_usd_h:.3f}",
             f"{x.hours:.3f}",
+            output.fmt_usd(x.gpu_usd),
+            output.fmt_usd(x.disk_usd),
             output.fmt_usd(x.usd),
-            output.fmt_usd(x.theirs_usd),
-            output.fmt_usd(x.diff_usd),
+            _theirs(x),
+            output.fmt_usd(x.theirs_items.get("bandwidth")),
+            _diff(x),
             "yes" if x.open else "",
         )
         for x in report.lines
     ]
-    cols = ("ID", "provider", "instance", "gpu", "USD/h", "hours", "ours", "vast", "vast-ours", "open")
+    cols = (
+        "ID",
+        "provider",
+        "instance",
+        "gpu",
+        "USD/h",
+        "hours",
+        "GPU",
+        "disk",
+        "ours",
+        "vast",
+        "vast bw",
+        "vast-ours",
+    )
+    output.emit_table("cost by rental", (*cols, "open"), rows, caption=caption)
+
+
+def _theirs(line) -> str:
+    from deploy.costs.billing import PENDING
+
+    return "pending" if line.theirs == PENDING else output.fmt_usd(line.theirs_usd)
+
+
+def _diff(line) -> str:
+    return "" if line.theirs_usd is None else output.fmt_usd(line.diff_usd)
+
+
+def _caption(report) -> str:
     caption = f"total {output.fmt_usd(report.total_usd)}"
     if report.theirs_total_usd is not None:
-        caption += f"; vast says {output.fmt_usd(report.theirs_total_usd)}"
-    output.emit_table("cost by rental", cols, rows, caption=caption)
+        caption += f"; vast says {output.fmt_usd(report.theirs_total_usd)} (its amount includes bandwidth)"
+    if report.pending:
+        caption += f"; vast has no charge rows yet for {report.pending} line(s): pending"
+    if report.provider_note:
+        caption += f"; {report.provider_note}"
+    return caption
 
 
-def _provider_charges(rentals, start: float | None, now: float) -> tuple[dict[str, dict[str, float]], str | None]:
+def _provider_charges(rentals, start: float | None, now: float) -> tuple[dict[str, dict[str, Any]], str | None]:
     """What each provider that reports charges says it billed, per instance id."""
     from deploy.errors import DeployError
 
-    theirs: dict[str, dict[str, float]] = {}
+    theirs: dict[str, dict[str, Any]] = {}
     notes = []
     for name in sorted({r.provider for r in rentals if r.started_at}):
         earliest = min(r.started_at for r in rentals if r.provider == name and r.started_at)

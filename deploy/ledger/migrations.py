@@ -92,3 +92,16 @@ def m002_fleets(db: sqlite3.Connection) -> None:
         CREATE INDEX replicas_fleet ON replicas(fleet_id, state);
         """,
     )
+
+
+@migration
+def m003_split_billing(db: sqlite3.Connection) -> None:
+    """What a provider that bills the GPU and the disk apart needs (vast: GPU while running, disk from create to
+    destroy): when the box started running, and what its disk costs per hour."""
+    _script(
+        db,
+        """
+        ALTER TABLE rentals ADD COLUMN running_at REAL;
+        ALTER TABLE rentals ADD COLUMN disk_usd_h REAL
+        """,
+    )

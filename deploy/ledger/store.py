@@ -59,10 +59,17 @@ class Rental:
     started_at: float | None
     ended_at: float | None
     meta: dict[str, Any]
+    running_at: float | None = None  # when the box started running (a provider that bills the GPU from then)
+    disk_usd_h: float | None = None  # the disk's own rate, billed from create to destroy; None: rate x time
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+    @property
+    def split_billing(self) -> bool:
+        """Billed as the GPU while running plus the disk for the whole life (vast), not rate x time."""
+        return self.disk_usd_h is not None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -140,15 +147,29 @@ class Ledger:
         gpu: str | None = None,
         gpu_name: str | None = None,
         rate_usd_h: float = 0.0,
+        disk_usd_h: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Rental:
-        """The row that exists before the create call; its label is what the rental will carry."""
+        """The row that exists before the create call; its label is what the rental will carry. `disk_usd_h`: the
+        disk's own hourly rate where the provider bills it apart (its GPU rate is then `rate_usd_h - disk_usd_h`)."""
         now = self.clock()
         self.db.execute("BEGIN IMMEDIATE")
         cur = self.db.execute(
-            "INSERT INTO rentals (attempt_id, provider, offer_id, host_id, gpu, gpu_name, rate_usd_h, status,"
-            " created_at, meta) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (attempt_id, provider, offer_id, host_id, gpu, gpu_name, rate_usd_h, INTENT, now, json.dumps(meta or {})),
+            "INSERT INTO rentals (attempt_id, provider, offer_id, host_id, gpu, gpu_name, rate_usd_h, disk_usd_h,"
+            " status, created_at, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                attempt_id,
+                provider,
+                offer_id,
+                host_id,
+                gpu,
+                gpu_name,
+                rate_usd_h,
+                disk_usd_h,
+                INTENT,
+                now,
+                json.dumps(meta or {}),
+            ),
         )
         rid = cur.lastrowid
         self.db.execute("UPDATE rentals SET label=? WHERE id=?", (f"{label_prefix}:{attempt_id}:{rid}", rid))
@@ -168,6 +189,11 @@ class Ledger:
         """The provider's own start time for the rental's cost clock (it replaces our create-call time)."""
         self._update(rid, started_at=started_at)
         self.event(rid, "clock", f"billing clock from {source}: {started_at:.3f}")
+
+    def set_running(self, rid: int, running_at: float, source: str) -> None:
+        """When the box started running (the GPU's billing start where it is billed apart), and how we know."""
+        self._update(rid, running_at=running_at)
+        self.event(rid, "running", f"running since {running_at:.3f} ({source})")
 
     def record_connection(self, rid: int, *, ssh_host: str | None, ssh_port: int | None, ssh_user: str | None) -> None:
         self._update(rid, ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)
@@ -215,6 +241,7 @@ class Ledger:
             "host_key",
             "started_at",
             "ended_at",
+            "running_at",
             "meta",
             "label",
         }

@@ -1,7 +1,10 @@
 """The box steps every provision runs: rent -> wait_running -> connect -> check.
 
 `rent` writes the intent row (with the label the rental will carry) before the create call and the provider's id
-right after it; a create that errors may still have gone through, so the box is looked for by its label.
+right after it; a create that errors may still have gone through, so the box is looked for by its label. The cost
+clock: the rental starts at the provider's own start time (else the create call), the box runs (where the GPU bills
+apart from the disk) from when the box itself says its container started, else from the first poll that saw it
+running.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ import time
 from pathlib import Path
 
 from deploy import ledger as L
-from deploy.errors import OfferUnavailableError, UsageError
+from deploy.errors import OfferUnavailableError, RequestRefusedError, UsageError
 from deploy.providers import RentRequest
+from deploy.providers.records import Box
 from deploy.provision.context import Context, Step
+from deploy.provision.options import is_runtime_image
 from deploy.settings import DeploySettings
+
+HOURS_PER_MONTH = 30 * 24  # vast prices storage per GB per month
 
 
 def ensure_ssh_key(settings: DeploySettings) -> str:
@@ -38,6 +45,8 @@ def ensure_ssh_key(settings: DeploySettings) -> str:
 def step_rent(ctx: Context) -> None:
     """Intent row first (with the label the rental will carry), then the create call, then the id."""
     s, o, opts = ctx.settings, ctx.offer, ctx.options
+    image = opts.rent_image
+    disk_rate = None if o.storage_usd_gb_month is None else o.storage_usd_gb_month * opts.disk_gb / HOURS_PER_MONTH
     ctx.rental = ctx.ledger.record_intent(
         attempt_id=ctx.attempt_id,
         provider=ctx.provider.name,
@@ -47,15 +56,18 @@ def step_rent(ctx: Context) -> None:
         gpu=opts.gpu.alias if opts.gpu else None,
         gpu_name=o.gpu_name,
         rate_usd_h=o.price_usd_h,
-        meta={"image": opts.image, "disk_gb": opts.disk_gb},
+        disk_usd_h=disk_rate,
+        meta={"image": image, "disk_gb": opts.disk_gb},
     )
     label = ctx.rental.label or ""
     request = RentRequest(
         label=label,
-        image=opts.image,
+        image=image,
         disk_gb=opts.disk_gb,
         ssh_public_key=ensure_ssh_key(s) if ctx.provider.uses_ssh else None,
         ports=_public_ports(ctx),
+        # our own image ends with a non-root USER (docker/Dockerfile); SSH launch needs root in the container
+        user="root" if is_runtime_image(image) else None,
     )
     asked_at = ctx.ledger.clock()  # the clock starts at the create call unless the provider says otherwise
 
@@ -64,8 +76,9 @@ def step_rent(ctx: Context) -> None:
 
     try:
         provider_id = ctx.provider.rent(o, request, on_created=created)
-    except OfferUnavailableError as exc:
-        ctx.ledger.close_rental(ctx.rental_id, L.NOT_CREATED, str(exc))
+    except (OfferUnavailableError, RequestRefusedError) as exc:  # refused: nothing was created
+        if ctx.refresh().provider_id is None:
+            ctx.ledger.close_rental(ctx.rental_id, L.NOT_CREATED, str(exc))
         raise
     except BaseException:
         if ctx.refresh().provider_id is None:  # the create may have gone through before the error: by its label
@@ -101,12 +114,25 @@ def _adopt_by_label(ctx: Context, label: str, asked_at: float) -> None:
 
 def step_wait_running(ctx: Context) -> None:
     deadline = time.monotonic() + ctx.options.ready_timeout_s
+    clock_from = {"start": None}
+
+    def seen(box: Box) -> None:
+        """The provider's own start time, from the first look (a box that never runs still billed from then)."""
+        if box.started_at and clock_from["start"] != box.started_at:
+            clock_from["start"] = box.started_at
+            ctx.ledger.set_started(ctx.rental_id, box.started_at, f"{ctx.provider.name}'s start time")
+
     box = ctx.provider.wait_ready(
-        str(ctx.refresh().provider_id), deadline=deadline, poll_s=ctx.settings.poll_interval_s, log=ctx.log
+        str(ctx.refresh().provider_id),
+        deadline=deadline,
+        poll_s=ctx.settings.poll_interval_s,
+        log=ctx.log,
+        seen=seen,
     )
     ctx.box = box
-    if box.started_at:
-        ctx.ledger.set_started(ctx.rental_id, box.started_at, f"{ctx.provider.name}'s start time")
+    seen(box)
+    if ctx.refresh().running_at is None:
+        ctx.ledger.set_running(ctx.rental_id, ctx.ledger.clock(), "the first poll that saw it running")
     ctx.ledger.record_connection(
         ctx.rental_id, ssh_host=box.ssh_host, ssh_port=box.ssh_port, ssh_user=box.ssh_user or ctx.settings.ssh_user
     )
@@ -122,6 +148,23 @@ def step_connect(ctx: Context) -> None:
         poll_s=ctx.settings.poll_interval_s,
         log=ctx.log,
     )
+    _refine_running(ctx)
+
+
+def _refine_running(ctx: Context) -> None:
+    """The box's own record of when its container started (vast: the onstart writes it), where it is earlier than
+    the poll that saw it running and not before the rental itself started."""
+    assert ctx.host is not None
+    rental = ctx.refresh()
+    try:
+        since = ctx.provider.box_started_at(ctx.host)
+    except Exception:  # noqa: BLE001 - a missing or odd file: the poll's time stands
+        since = None
+    start = rental.started_at or rental.created_at
+    if since is None or since < start - 1.0 or since > ctx.ledger.clock():
+        return
+    if rental.running_at is None or since < rental.running_at:
+        ctx.ledger.set_running(ctx.rental_id, max(since, start), "the box's own clock when its container started")
 
 
 def step_check(ctx: Context) -> None:

@@ -23,6 +23,7 @@ from deploy.errors import (
     NoOffersError,
     OfferUnavailableError,
     ProvisionCancelled,
+    RequestRefusedError,
     StepFailedError,
 )
 from deploy.ledger import Ledger
@@ -110,7 +111,7 @@ def provision(
             _after_failure(ctx, reason, log)
             if stopped:
                 raise
-            if not (step and step.retry_next_offer):
+            if not (step and step.retry_next_offer) or isinstance(exc, RequestRefusedError):
                 raise StepFailedError(name, str(exc), retry_next_offer=False) from exc
             log(f"offer {offer.id} failed at {name}; trying the next one")
         finally:

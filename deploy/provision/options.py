@@ -12,8 +12,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from csm_common.gpus import Gpu, resolve
+from csm_common.gpus import Gpu, resolve, version_tuple
 from deploy.errors import UsageError
+from deploy.settings import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
     from deploy.providers import Provider
@@ -156,11 +157,29 @@ class ProvisionOptions:
     disk_gb: float = 40.0
     image: str = ""
     max_offers: int = 3
-    ready_timeout_s: float = 600.0
+    ready_timeout_s: float = 1800.0
     ssh_timeout_s: float = 180.0
     keep_on_failure: bool = False
     runtime: RuntimeOptions | None = None  # None: box only (rent, wait_running, connect, check)
     ssh: dict[str, Any] = field(default_factory=dict)  # the ssh provider's host/port/user
+
+    def __post_init__(self) -> None:
+        if self.runtime is not None and self.gpu is not None and self.gpu.min_torch:
+            pinned = runtime_torch()
+            if pinned and version_tuple(pinned) < version_tuple(self.gpu.min_torch):
+                raise UsageError(
+                    f"the {self.gpu.vast_name} needs PyTorch >= {self.gpu.min_torch} built for CUDA "
+                    f"{self.gpu.min_cuda:g} (its kernels are missing from older wheels); the runtime is pinned to torch "
+                    f"{pinned}: choose another GPU, or --no-runtime to rent the box alone"
+                )
+
+    @property
+    def rent_image(self) -> str:
+        """The image to rent with: a GPU family that needs a newer CUDA than the default image starts from its own
+        (csm_common/gpus.py), unless another image was chosen."""
+        if self.gpu is not None and self.gpu.image and self.image == DEFAULT_IMAGE:
+            return self.gpu.image
+        return self.image
 
     @classmethod
     def from_settings(cls, settings: DeploySettings, **given: Any) -> ProvisionOptions:
@@ -194,3 +213,18 @@ class ProvisionOptions:
         values["gpu"] = resolve(values["gpu"]) if values.get("gpu") else None
         values["runtime"] = RuntimeOptions.from_dict(values["runtime"]) if values.get("runtime") else None
         return cls(**values)
+
+
+def runtime_torch() -> str | None:
+    """The torch version the runtime's lock pins (requirements/runtime.txt), None without a source checkout."""
+    from deploy.provision.layout import LOCK_FILE
+
+    try:
+        lines = LOCK_FILE.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if name.strip().lower() == "torch" and version:
+            return version.strip()
+    return None

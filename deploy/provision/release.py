@@ -16,6 +16,7 @@ from deploy import ledger as L
 from deploy.errors import DeployError
 from deploy.ledger import Ledger, Rental
 from deploy.providers import Provider
+from deploy.providers.records import State
 from deploy.provision.server import stop_server
 from deploy.settings import DeploySettings
 
@@ -34,13 +35,27 @@ def destroy_rental(
         ledger.close_rental(rental.id, L.NOT_CREATED, reason)
         return L.NOT_CREATED
     ledger.event(rental.id, "destroying", reason)
+    if rental.split_billing and rental.running_at is None:
+        _note_running(provider, ledger, rental)
     try:
-        provider.destroy(rental.provider_id, deadline=time.monotonic() + timeout_s, poll_s=poll_s)
+        ended = provider.destroy(rental.provider_id, deadline=time.monotonic() + timeout_s, poll_s=poll_s)
     except NotImplementedError as exc:
         ledger.close_rental(rental.id, L.RELEASED, f"{reason} ({exc})")
         return L.RELEASED
-    ledger.close_rental(rental.id, L.DESTROYED, reason)
+    ledger.close_rental(rental.id, L.DESTROYED, reason, ended_at=ended)  # where the provider stopped billing
     return L.DESTROYED
+
+
+def _note_running(provider: Provider, ledger: Ledger, rental: Rental) -> None:
+    """A rental whose GPU bills apart and whose running start was never seen (a provision killed while it waited)
+    that runs now: its GPU is counted from the rental's start, an upper bound, rather than not at all."""
+    try:
+        box = provider.get(str(rental.provider_id))
+    except DeployError:
+        return
+    if box is not None and box.state is State.RUNNING:
+        since = rental.started_at or rental.created_at
+        ledger.set_running(rental.id, since, "running when torn down, since unknown: counted from the start")
 
 
 def end_rental(

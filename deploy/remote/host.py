@@ -296,7 +296,12 @@ def wait_for_ssh(
     poll_s: float = 1.0,
     log: Callable[[str], None] = lambda _m: None,
 ) -> RemoteHost:
-    """Open SSH until it answers or the monotonic `deadline` passes; host-key mismatches fail at once."""
+    """Open SSH until a command really runs or the monotonic `deadline` passes; host-key mismatches fail at once.
+
+    The probe echoes a fresh nonce and requires it on stdout: a session that exits 0 without running the command
+    (a login hook, vast's tmux auto-attach before the box's onstart has turned it off) must not pass."""
+    import secrets
+
     import paramiko
 
     last = "no attempt"
@@ -304,11 +309,16 @@ def wait_for_ssh(
     while True:
         tries += 1
         host = make_host()
+        nonce = f"csm-deploy-probe-{secrets.token_hex(8)}"
         try:
             host.open()
-            host.run("true", stream=False, timeout=30)
-            log(f"{what}: SSH answers (1/1 ready) after {tries} tries")
-            return host
+            res = host.run(f"echo {nonce}", stream=False, timeout=30, check=False)
+            if nonce in res.stdout.split():
+                log(f"{what}: SSH answers (1/1 ready) after {tries} tries")
+                return host
+            said = " ".join((res.stderr or res.stdout).split())[:200] or "nothing"
+            last = f"the probe did not run (exit {res.exit_code}, said: {said})"
+            host.close()
         except HostKeyMismatchError:
             host.close()
             raise
