@@ -63,9 +63,7 @@ def coerce(kind: str, raw: Any, what: str) -> Any:
         raise ConfigError(f"{what}={raw!r} is not {expected}") from None
 
 
-def from_env(
-    cls: type, prefix: str, environ: Mapping[str, str], *, also_known: Iterable[str] = ()
-) -> dict[str, Any]:
+def from_env(cls: type, prefix: str, environ: Mapping[str, str], *, also_known: Iterable[str] = ()) -> dict[str, Any]:
     """The fields `environ` sets for dataclass `cls`, parsed; unknown `<prefix>*` variables raise ConfigError.
 
     `also_known`: whole variable names with the prefix that are read elsewhere (e.g. `DEPLOY_DEBUG`)."""
@@ -78,7 +76,7 @@ def from_env(
         name = key[len(prefix) :].lower()
         if name not in types:
             known = [prefix + n.upper() for n in types] + sorted(allowed)
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
             hint = f" (did you mean {close[0]}?)" if close else f" (`--show-config` lists the {prefix}* settings)"
             raise ConfigError(f"unknown setting {key}{hint}")
         values[name] = coerce(types[name], raw, key)
