@@ -13,12 +13,17 @@ on this machine do, through two relays (tests/fakes/tcp_relay.py). Runs as root;
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import secrets
 import signal
 import ssl
 import subprocess
 import sys
+import sysconfig
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,24 +33,75 @@ import pytest
 
 from deploy.ledger import Ledger
 from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, run_deploy, unknown_running
-from tests.e2e.test_e2e_provision import (
-    BASE_PYTHON,
-    SITE_PACKAGES,
-    BoxEmulator,
-    box_prefix,
-    files_containing,
-    kill_box_processes,
-    rows,
-)
 from tests.fakes.hub import FakeHub, build_csm_checkpoint, make_tls_files
-from tests.fakes.netns_box import create_box, netns_available
+from tests.fakes.netns_box import NetnsBox, create_box, netns_available
 from tests.fakes.server_fixtures import free_port
 from tests.fakes.tcp_relay import Relay
+from tests.fakes.vast import VastEmulator
 
 pytestmark = pytest.mark.slow
 GATED = "acme/csm-gated"
 TOKEN = f"hf_{secrets.token_hex(17)}"
 THROTTLE_BPS = 12_000_000  # the ~58 MB checkpoint takes a few seconds: long enough to watch it come
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # this checkout's .venv: the box's "prepared" environment
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+# --- the box: a network namespace with its own home over /root, one sshd -------------------------------------------
+
+
+def box_prefix(box: NetnsBox, home: Path) -> list[str]:
+    """Run a command in the namespace with `home` mounted over /root (keeping what the box needs from /root)."""
+    keep = sorted(
+        {Path(p).parts[2] for p in (BASE_PYTHON, SITE_PACKAGES, str(ROOT)) if Path(p).parts[1:2] == ("root",)}
+    )
+    lines = ["set -e"]
+    for name in keep:
+        lines += [f"mkdir -p {home}/{name}", f"mount --bind /root/{name} {home}/{name}"]
+    lines += [f"mount --rbind {home} /root", 'exec "$@"']
+    return [*box.exec_prefix(), "unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(lines), "box"]
+
+
+def kill_box_processes(box: NetnsBox, keep: set[int]) -> None:
+    """What destroying a container does to what runs in it; every pid in the namespace was started by this test."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        out = subprocess.run(["ip", "netns", "pids", box.name], capture_output=True, text=True).stdout
+        for pid in (int(p) for p in out.split() if int(p) not in keep):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(0.5)
+
+
+class BoxEmulator(VastEmulator):
+    """The emulator, plus: destroying an instance ends what runs on the box."""
+
+    def __init__(self, *, on_destroy, **kwargs):
+        super().__init__(**kwargs)
+        self.on_destroy = on_destroy
+
+    def route(self, method, path, query, body, headers):
+        result = super().route(method, path, query, body, headers)
+        if method == "DELETE" and result[0] == 200 and re.fullmatch(r"/api/v0/instances/\d+/", path):
+            self.on_destroy()
+        return result
+
+
+def rows(home: Path):
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        return ledger.rentals()
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+    return hits
+
+
+# --- fixtures ------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
