@@ -30,13 +30,21 @@ def test_create_asks_for_the_port_mapping_and_the_box_reports_it(vast_env, vast)
     cli = VastCli()
     mapped = cli.create_instance("1001", image="img", disk_gb=10, label="t:a:1", ports=(8000,))
     plain = cli.create_instance("1002", image="img", disk_gb=10, label="t:a:2")
-    # what vastai 1.9.1 sent for `--env "-p 8000:8000"`: {"-p 8000:8000": "1"} in the create body's env
-    assert vast.instances[int(mapped)]["ports"] == {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}
-    assert vast.instances[int(plain)]["ports"] == {}
+    # what vastai 1.9.1 sent for `--env "-p 8000:8000"`: {"-p 8000:8000": "1"} in the create body's env; with
+    # `--ssh --direct` vast also maps the box's SSH port (22/tcp)
+    ssh_port = str(vast.box(int(mapped)).port)
+    assert vast.instances[int(mapped)]["ports"] == {
+        "8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}],
+        "22/tcp": [{"HostIp": "0.0.0.0", "HostPort": ssh_port}],
+    }
+    assert list(vast.instances[int(plain)]["ports"]) == ["22/tcp"]
     vast.advance(5)
     box = cli.show_instance(mapped)
-    assert box.state is State.RUNNING and box.public_ip == vast.ssh_host and box.ports == {8000: 41000}
-    assert cli.show_instance(plain).ports == {}
+    assert (
+        box.state is State.RUNNING and box.public_ip == vast.ssh_host and box.ports == {8000: 41000, 22: int(ssh_port)}
+    )
+    assert box.direct_ssh and (box.ssh_host, box.ssh_port) == (vast.public_ipaddr, int(ssh_port))
+    assert cli.show_instance(plain).ports == {22: vast.box(int(plain)).port}
 
 
 def test_port_table_parsing_keeps_tcp_and_skips_junk():

@@ -65,10 +65,10 @@ def test_sigterm_during_parallel_provision_rolls_each_replica_back(vast, vast_en
 
     for offer in (1001, 1002, 1003, 1004):
         vast.stick_loading(offer)
-    env = {**vast_env, "DEPLOY_READY_TIMEOUT_S": "3"}
+    env = {**vast_env, "DEPLOY_READY_TIMEOUT_S": "120"}  # vast paces creates 4.5 s apart: both must still be waiting
     proc = subprocess.Popen([str(DEPLOY_BIN), "provision", "--gpu", "4090", "--replicas", "2", "--no-runtime"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:
         with Ledger(deploy_home / "ledger.sqlite3") as ledger:
             before = ledger.rentals()  # the two racing for offer 1001 may leave a `not_created` row too
@@ -77,7 +77,7 @@ def test_sigterm_during_parallel_provision_rolls_each_replica_back(vast, vast_en
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     with Ledger(deploy_home / "ledger.sqlite3") as ledger:

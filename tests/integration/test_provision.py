@@ -30,7 +30,7 @@ def test_happy_path_through_the_console_script(deploy_cli, vast, sshd, deploy_ho
     assert row.provider_id in vast.running_ids()
     assert row.label == f"csm-deploy:{row.attempt_id}:{row.id}"
     assert vast.instances[int(row.provider_id)]["label"] == row.label  # the rental carries our label
-    assert row.host_key == sshd.host_key_pub  # pinned on first use
+    assert row.host_key == vast.box(int(row.provider_id)).host_key_pub  # the box's own sshd, pinned on first use
     # progress went to stderr, the result alone to stdout
     assert "rent" in res.stderr
 

@@ -1,6 +1,7 @@
 """The emulator's strict behaviours (tests/fakes/vast/realism.py), each shown through the REAL vastai CLI 1.9.1:
 what an operator's `vastai` prints when vast.ai is unkind. vast.ai itself is the one thing emulated; the boxes are
-real sshds in private mount namespaces. Sources for each behaviour: /work/notes/vast_behaviour.md."""
+real sshds in private mount namespaces. Sources for each behaviour: docs/provisioning.md, "What the flow asks of
+vast.ai"."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""What a correct `deploy` must do when vast.ai behaves as it really does: one test per point of
-/work/notes/vast_behaviour.md, each against the emulator with that one realistic behaviour on (so each test turns
-green on its own when deploy learns that point), through the real console script and the real vastai CLI.
-
-deploy does not handle these yet: every test is `xfail(strict=True)`; when one starts passing, drop its marker.
+"""What `deploy` does when vast.ai behaves as it really does: one test per point of docs/provisioning.md
+"What the flow asks of vast.ai", each against the emulator (strict: vast as it is, plus the options a test names),
+through the real console script and the real vastai CLI.
 """
 
 from __future__ import annotations
@@ -17,10 +15,6 @@ from tests.conftest import run_deploy, unknown_running
 from tests.fakes.vast import MANIFEST_UNKNOWN, OCI_FAILURE, VastEmulator
 from tests.fakes.vast.boxes import namespaces_available
 from tests.fakes.vast.realism import DOCUMENTED_RATE_LIMITS
-
-
-def todo(point: str):
-    return pytest.mark.xfail(strict=True, reason=f"deploy does not handle {point} yet")
 
 
 def options(**kw):
@@ -60,7 +54,6 @@ def instances_on(vast, offer: int) -> list[dict]:
 
 
 # 1. tmux auto-attach: without ~/.no_auto_tmux (made by onstart) no command sent over SSH runs.
-@todo("vast's tmux auto-attach (onstart must create ~/.no_auto_tmux; the probe must see its own output)")
 @options(boxes=True, auto_tmux=True)
 def test_1_ssh_commands_run_despite_auto_tmux(deploy_cli, vast, deploy_home):
     res, out = provision(deploy_cli, "--ssh-timeout", "6", "--max-offers", "1")
@@ -71,7 +64,6 @@ def test_1_ssh_commands_run_despite_auto_tmux(deploy_cli, vast, deploy_home):
 
 
 # 2. actual_status is null while pulling, cur_state already "running", SSH endpoint already listed.
-@todo("a null actual_status (cur_state is running before the box is)")
 @options(boxes=True, null_status_s=8.0, early_ssh_endpoint=True)
 def test_2_waits_for_actual_status_running_not_cur_state(deploy_cli, vast, deploy_home):
     res, out = provision(deploy_cli, "--ssh-timeout", "2", "--max-offers", "1")
@@ -80,7 +72,6 @@ def test_2_waits_for_actual_status_running_not_cur_state(deploy_cli, vast, deplo
 
 
 # 3. Per-endpoint rate limits, 429 without Retry-After; the CLI's own two retries come 0.15 s and 0.23 s apart.
-@todo("vast's rate limits (429 with no Retry-After on create)")
 @options(rate_limits=DOCUMENTED_RATE_LIMITS, searches_per_minute=10, retry_after_header=False)
 def test_3_a_rate_limited_create_is_retried_on_the_same_offer(deploy_cli, vast, deploy_home):
     vast.refuse(1001)  # that refusal is a create too: the next create comes within vast's 4.5 s
@@ -91,7 +82,6 @@ def test_3_a_rate_limited_create_is_retried_on_the_same_offer(deploy_cli, vast, 
 
 
 # 4. After destroy, show instance may answer 404 (or a payload vastai cannot read): that is "gone".
-@todo("show instance answering 404 / an empty record after destroy")
 @pytest.mark.parametrize("vast", [{"gone_after_destroy": "404"}, {"gone_after_destroy": "empty"}], indirect=True)
 def test_4_teardown_treats_404_after_destroy_as_gone(deploy_cli, vast, deploy_home):
     res, _ = provision(deploy_cli)
@@ -103,7 +93,6 @@ def test_4_teardown_treats_404_after_destroy_as_gone(deploy_cli, vast, deploy_ho
 
 
 # 5. `attach ssh` can answer {'success': False} (a Python repr on stdout, exit 0).
-@todo("attach ssh answering success: false")
 @options()
 def test_5_a_failed_attach_is_retried_on_the_same_box(deploy_cli, vast, deploy_home):
     vast.attach_fails(1)
@@ -121,7 +110,6 @@ NEVER_RUNS = {
 }
 
 
-@todo("error status_msgs and the `unknown` status (they never reach running)")
 @pytest.mark.parametrize("case", sorted(NEVER_RUNS))
 def test_6_a_box_that_cannot_run_is_given_up_at_once(deploy_cli, vast, deploy_home, case):
     arrange, words = NEVER_RUNS[case]
@@ -134,7 +122,6 @@ def test_6_a_box_that_cannot_run_is_given_up_at_once(deploy_cli, vast, deploy_ho
     assert vast.count("GET", rf"^/api/v0/instances/{first.provider_id}/$") <= 3  # no waiting it out
 
 
-@todo("a healthy image pull longer than 600 s")
 def test_6_the_default_ready_timeout_outlasts_a_slow_pull(vast_env):
     env = {k: v for k, v in vast_env.items() if k != "DEPLOY_READY_TIMEOUT_S"}
     res = run_deploy(["--show-config"], env)
@@ -142,7 +129,6 @@ def test_6_the_default_ready_timeout_outlasts_a_slow_pull(vast_env):
     assert timeout >= 1800  # SkyPilot waits 30 min, vast's own self-test 15 min, docs: "typically 1-5 minutes"
 
 
-@todo("filtering offers on inet_down")
 def test_6_offers_are_filtered_on_download_speed(deploy_cli, vast, deploy_home):
     slow = vast.add_offer(id=1000, dph_total=0.30, inet_down=50.0)
     res, out = provision(deploy_cli)
@@ -152,7 +138,6 @@ def test_6_offers_are_filtered_on_download_speed(deploy_cli, vast, deploy_home):
 
 
 # 7. The CLI sends cancel_unavail: false unless told: a failed placement leaves a stopped instance billing disk.
-@todo("cancel_unavail (vastai sends false by default)")
 def test_7_create_asks_to_cancel_instead_of_leaving_a_stopped_instance(deploy_cli, vast, deploy_home):
     vast.unplaceable(1001)
     res, out = provision(deploy_cli, "--max-offers", "2")
@@ -162,7 +147,6 @@ def test_7_create_asks_to_cancel_instead_of_leaving_a_stopped_instance(deploy_cl
 
 
 # 8. `--ssh` alone is runtype ssh_proxy: no port is mapped; direct needs --direct and an offer with open ports.
-@todo("ssh_proxy vs direct (runtype and direct_port_count)")
 @options(direct_ports_only=True)
 def test_8_rents_direct_on_an_offer_with_open_ports(deploy_cli, vast, deploy_home):
     closed = vast.add_offer(id=1000, dph_total=0.30, direct_port_count=0)
@@ -175,7 +159,6 @@ def test_8_rents_direct_on_an_offer_with_open_ports(deploy_cli, vast, deploy_hom
 
 
 # 9. An RTX 5090 (Blackwell, sm_120) needs CUDA 12.8 and PyTorch >= 2.7.
-@todo("the RTX 5090's CUDA 12.8 / PyTorch 2.7 floor")
 def test_9_an_rtx_5090_gets_cuda_12_8_and_an_image_that_has_it(deploy_cli, vast, deploy_home):
     old = vast.add_offer(id=5001, gpu_name="RTX 5090", dph_total=0.60, cuda_max_good=12.6, gpu_ram=32607)
     new = vast.add_offer(id=5002, gpu_name="RTX 5090", dph_total=0.70, cuda_max_good=12.8, gpu_ram=32607)
@@ -188,7 +171,6 @@ def test_9_an_rtx_5090_gets_cuda_12_8_and_an_image_that_has_it(deploy_cli, vast,
 
 
 # 10. A 400 that is about the account (credit), not the offer, stops at once with vast's words.
-@todo("telling account errors (credit) from 'offer taken'")
 def test_10_an_account_error_is_not_an_offer_taken(deploy_cli, vast, deploy_home):
     vast.no_credit()
     res, _ = provision(deploy_cli, "--max-offers", "3")
@@ -198,7 +180,6 @@ def test_10_an_account_error_is_not_an_offer_taken(deploy_cli, vast, deploy_home
 
 
 # 11. GPU bills from running, disk from create until destroy, bandwidth per byte; charges' amount is their sum.
-@todo("vast's billing split (GPU from running, disk from create)")
 @options(split_billing=True)
 def test_11_cost_of_a_box_that_never_ran_is_its_disk(deploy_cli, vast, deploy_home):
     vast.stick_loading(1001)
@@ -216,7 +197,6 @@ def test_11_cost_of_a_box_that_never_ran_is_its_disk(deploy_cli, vast, deploy_ho
 
 # 12. SSH/Jupyter launch modes replace the image's entrypoint and need root for vast's sshd; an image whose
 #     Dockerfile ends with `USER 10001` (docker/Dockerfile) gets no SSH unless the create says user root.
-@todo("a non-root image in SSH launch mode")
 @options(boxes=True)
 def test_12_a_non_root_image_still_gets_ssh(deploy_cli, vast, deploy_home):
     vast.image_user("example/csm-runtime:1", "10001")

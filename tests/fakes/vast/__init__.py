@@ -8,8 +8,9 @@
     offers.py    the default offers and `search offers`
     billing.py   rate x time, or vast's GPU / disk / bandwidth split, and each instance's billed lifetime
 
-By default the emulator is kinder than vast.ai (what the suite was written against); /work/notes/vast_behaviour.md
-says what real vast does and which option shows it.
+By default the emulator behaves as vast.ai does (`strict=True`: every realistic behaviour of realism.py on);
+`strict=False` is a kinder vast, for tests about something else. docs/provisioning.md#what-the-flow-asks-of-vastai
+says what real vast does, with sources, and which option shows it.
 """
 
 from tests.fakes.vast.emulator import VastEmulator, closed_port

@@ -20,11 +20,12 @@ from typing import Any
 
 from tests.fakes.vast import billing
 from tests.fakes.vast.api import ApiServer
-from tests.fakes.vast.boxes import Box
+from tests.fakes.vast.boxes import Box, BoxSetup
 from tests.fakes.vast.faults import Fault, RateLimiter
 from tests.fakes.vast.offers import default_offers
 from tests.fakes.vast.realism import Realism
 
+DESTROY_GRACE_S = 0.3  # from a destroy to its container stopping
 STATUS_MSG = {None: None, "created": "scheduling", "loading": "pulling image", "running": "success, running"}
 
 
@@ -49,16 +50,19 @@ class VastEmulator(ApiServer):
         running_after_s: float = 0.6,
         public_ipaddr: str | None = None,
         same_host_port: bool = False,
-        strict: bool = False,
+        strict: bool = True,
         box_root: Path | None = None,
+        box_setup: BoxSetup | None = None,
         **realism: Any,
     ):
         """`public_ipaddr`: what instances report as their public address (default: ssh_host); `same_host_port`:
         a `-p P:P` mapping gets public port P (a box of our own, where the server's port is reachable as is) instead
-        of a high port like vast's. `strict`: every realistic behaviour of realism.py on; `**realism`: any of those
-        options by name (they win over `strict`). `box_root`: where boxes live (default: a temporary directory)."""
+        of a high port like vast's. `strict` (the default): every realistic behaviour of realism.py on, vast as it
+        is; `strict=False`: the kind emulator; `**realism`: any of those options by name (they win over `strict`).
+        `box_root`: where boxes live (default: a temporary directory); `box_setup`: where and how they run."""
         super().__init__()
         self.realism = (Realism.strict() if strict else Realism()).with_options(**realism)
+        self.box_setup = box_setup or BoxSetup()
         self.api_key = api_key
         self.ssh_host = ssh_host
         self.ssh_port = ssh_port
@@ -299,6 +303,7 @@ class VastEmulator(ApiServer):
 
     def _create(self, offer_id: int, body: dict[str, Any]) -> int:
         offer = self.offers.pop(offer_id)
+        disk_gb = float(body.get("disk") or 0)
         iid = self.next_id
         self.next_id += 1
         runtype = body.get("runtype", "ssh" if body.get("args") is None else "args")
@@ -327,7 +332,8 @@ class VastEmulator(ApiServer):
             "_unplaced": offer_id in self.unplaceable_offers,
             "_stops": [],
             "_transfer": (0.0, 0.0),
-            "_gpu_rate": offer["dph_total"],
+            # dph_total is the all-in hourly price while running: the disk's share of it bills apart (from create)
+            "_gpu_rate": max(0.0, offer["dph_total"] - offer.get("storage_cost", 0.15) * disk_gb / 720),
             "_storage_cost": offer.get("storage_cost", 0.15),
             "_inet_down_cost": offer.get("inet_down_cost", 0.005),
             "_inet_up_cost": offer.get("inet_up_cost", 0.01),
@@ -353,12 +359,19 @@ class VastEmulator(ApiServer):
         user = body.get("user") or self.image_users.get(str(body.get("image")), "root")
         ssh = runtype != "args" and user == "root" and inst["_offer"] not in self.dead_ssh
         onstart = None if runtype == "args" else body.get("onstart")  # args: `onstart` is the entrypoint override
-        return Box(self.box_root / str(iid), env=env, onstart=onstart, auto_tmux=self.realism.auto_tmux, ssh=ssh)
+        return Box(
+            self.box_root / str(iid),
+            env=env,
+            onstart=onstart,
+            auto_tmux=self.realism.auto_tmux,
+            ssh=ssh,
+            setup=self.box_setup,
+        )
 
     def _destroy(self, inst: dict[str, Any]) -> None:
+        """Billing stops now; the box's container stops a moment later (the ticker), as on vast, so a box that
+        destroys itself still reads vast's answer."""
         inst["_destroyed_at"] = self.now()
-        if inst["_box"] is not None:
-            inst["_box"].stop()
 
     def _set_state(self, inst: dict[str, Any], state: str) -> None:
         """PUT {"state": "stopped" | "running"}: stop keeps the disk (and its bill), start runs it again."""
@@ -376,14 +389,17 @@ class VastEmulator(ApiServer):
                 box = inst["_box"]
                 if box is None:
                     continue
-                runs = inst["_destroyed_at"] is None and self._status(inst)["actual_status"] == "running"
+                destroyed = inst["_destroyed_at"]
+                if destroyed is not None and self.now() - destroyed < DESTROY_GRACE_S:
+                    continue
+                runs = destroyed is None and self._status(inst)["actual_status"] == "running"
                 if runs and not box.running:
                     box.start()
                 elif not runs and box.running:
                     box.stop()
 
     def _tick_forever(self) -> None:
-        while not self._stopping.wait(0.05):
+        while not self._stopping.wait(0.02):
             self.tick()
 
     def start(self) -> str:

@@ -1,9 +1,8 @@
 """Which of vast.ai's less forgiving behaviours the emulator shows, and the documented numbers behind them.
 
-Every field defaults to the emulator's kind behaviour (what the suite was written against). `Realism.strict()` turns
-every realistic behaviour on; an emulator built with `strict=True` starts from that, and any option passed
-explicitly wins. Sources for each number: /work/notes/vast_behaviour.md (docs.vast.ai, vast-cli 1.9.1, SkyPilot,
-dstack).
+Every field defaults to a kind behaviour; `Realism.strict()` turns every realistic behaviour on. The emulator is
+built strict unless told `strict=False`, and any option passed explicitly wins. Sources for each number:
+docs/provisioning.md#what-the-flow-asks-of-vastai (docs.vast.ai, vast-cli 1.9.1, SkyPilot, dstack).
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""`kill -9` of `deploy provision` at every step boundary, then `deploy status` and `deploy teardown --all --yes`:
+whatever the emulator (strict: vast as it is) runs is an open ledger row at every moment, and nothing runs and no row
+is open at the end.
+
+The kill comes when the ledger records that a step begins (`step:<name>`, written before the step runs): the
+steps before it are done. Box steps run with `--no-runtime`; the runtime steps with image mode on a box whose
+"image" ships this checkout's environment as /opt/venv (nothing to build or install), tiny-random, no sweep, the
+server behind an SSH tunnel on a free port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from deploy.ledger import Ledger
+from deploy.remote.host import free_port
+from tests.conftest import DEPLOY_BIN, ROOT, unknown_running
+from tests.fakes.vast import VastEmulator
+from tests.fakes.vast.boxes import namespaces_available, this_venv_as_image
+
+BOX_STEPS = ("rent", "wait_running", "connect", "check")
+RUNTIME_STEPS = ("push", "install", "autotune", "start", "ready")
+
+
+@pytest.fixture
+def vast(sshd, tmp_path):
+    """Strict emulator whose boxes carry this checkout's venv as the image's /opt/venv."""
+    if reason := namespaces_available():
+        pytest.skip(reason)
+    emu = VastEmulator(ssh_host=sshd.host, box_root=tmp_path / "boxes", box_setup=this_venv_as_image(ROOT / ".venv"))
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+def rows(home):
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        return ledger.rentals()
+
+
+def began(home, step: str) -> bool:
+    """Whether the ledger says `step` began (read-only, so the provision's writes are never blocked)."""
+    path = home / "ledger.sqlite3"
+    if not path.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT 1 FROM events WHERE kind=?", (f"step:{step}",)).fetchone() is not None
+    except sqlite3.OperationalError:  # the file exists before its first table
+        return False
+
+
+def provision_args(step: str) -> list[str]:
+    args = ["provision", "--gpu", "4090", "--max-offers", "1"]
+    if step in BOX_STEPS:
+        return [*args, "--no-runtime"]
+    runtime = ["--runtime", "--image", "example/csm-runtime:test", "--model", "tiny-random", "--no-autotune"]
+    return [*args, *runtime, "--tunnel", "--server-port", str(free_port()), "--runtime-timeout", "120"]
+
+
+@pytest.mark.parametrize("step", BOX_STEPS + RUNTIME_STEPS)
+def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(step, vast, vast_env, deploy_home):
+    proc = subprocess.Popen(
+        [str(DEPLOY_BIN), *provision_args(step)], env=vast_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not began(deploy_home, step):
+            if proc.poll() is not None:
+                raise AssertionError(f"provision ended before {step}: {proc.communicate()[1].decode()[-3000:]}")
+            assert time.monotonic() < deadline, f"{step} never began"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: only the ledger knows what was rented
+        proc.communicate()
+    before = {r.provider_id for r in rows(deploy_home) if r.provider_id}
+    assert unknown_running(vast, deploy_home) == set()
+
+    status = subprocess.run([str(DEPLOY_BIN), "status", "--json"], env=vast_env, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr[-2000:]
+    shown = {(e["rental"] or {}).get("provider_id") or (e["live"] or {}).get("id") for e in json.loads(status.stdout)}
+    assert vast.running_ids() <= shown and unknown_running(vast, deploy_home) == set()
+
+    down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert vast.running_ids() == set()
+    assert all(not r.is_open for r in rows(deploy_home))
+    assert before == {str(i) for i in vast.instances}  # every instance ever created was in the ledger
