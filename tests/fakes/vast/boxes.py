@@ -54,10 +54,12 @@ if [ "__AUTO_TMUX__" = 1 ] && [ -z "$TMUX" ] && [ ! -f /root/.no_auto_tmux ]; th
     echo "open terminal failed: not a terminal" >&2
     exit 1
 fi
-case "$SSH_ORIGINAL_COMMAND" in
+command=$SSH_ORIGINAL_COMMAND
+unset SSH_ORIGINAL_COMMAND  # sshd's ForceCommand variable: a real box's sessions have no such thing
+case "$command" in
     "") exec /bin/bash -l ;;
     /usr/lib/openssh/sftp-server*) exec /usr/lib/openssh/sftp-server ;;
-    *) exec /bin/bash -c "$SSH_ORIGINAL_COMMAND" ;;
+    *) exec /bin/bash -c "$command" ;;
 esac
 """
 
