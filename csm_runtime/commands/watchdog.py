@@ -18,7 +18,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="csm-runtime watchdog", description=__doc__.splitlines()[0])
     p.add_argument("--server", required=True, help="the server's URL on this box, e.g. http://127.0.0.1:8000")
     p.add_argument("--token-file", required=True, help="the server's bearer token file (for its /metrics)")
-    p.add_argument("--idle-destroy-after", type=float, metavar="SECONDS", help="no request (or a dead server) this long")
+    p.add_argument(
+        "--idle-destroy-after", type=float, metavar="SECONDS", help="no request (or a dead server) this long"
+    )
     p.add_argument("--max-hours", type=float, help="destroy once the box ran this many hours")
     p.add_argument("--max-spend", type=float, metavar="USD", help="destroy once the box cost this much (needs --rate)")
     p.add_argument("--rate", type=float, default=0.0, metavar="USD_PER_HOUR", help="what the box costs per hour")

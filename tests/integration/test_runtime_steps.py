@@ -168,8 +168,17 @@ def test_cost_of_an_hour_of_audio():
         "profile": profile,
     }
     rental = SimpleNamespace(
-        id=3, provider="vast", provider_id="7000001", gpu_name="RTX 4090", rate_usd_h=0.40, meta=meta, label="x",
-        ssh_host=None, ssh_user=None, ssh_port=None, status="ready",
+        id=3,
+        provider="vast",
+        provider_id="7000001",
+        gpu_name="RTX 4090",
+        rate_usd_h=0.40,
+        meta=meta,
+        label="x",
+        ssh_host=None,
+        ssh_user=None,
+        ssh_port=None,
+        status="ready",
     )
     ctx = SimpleNamespace(check_output="", timings={"rent": 1.0}, runtime=RuntimeOptions(), profile=None)
     info = summary(rental, ctx)
