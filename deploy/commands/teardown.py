@@ -63,7 +63,8 @@ def teardown(
             try:
                 ended = end_rental(provider_for(rental, s), ledger, rental, s, reason="teardown", log=output.progress)
             except (DeployError, OSError) as exc:
-                failed.append(f"rental {rental.id}: {exc}")
+                billing = f"{rental.provider} {rental.provider_id}" if rental.provider_id else "an unconfirmed rental"
+                failed.append(f"rental {rental.id} ({billing} may still bill; its row stays open): {exc}")
                 continue
             row = {
                 "id": rental.id,
@@ -79,7 +80,8 @@ def teardown(
             server = f" (server on the box: {d['server']})" if d.get("server") else ""
             output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}{server}")
     if failed:
-        raise DeployError("teardown failed for " + "; ".join(failed) + " (run it again)")
+        again = f"deploy teardown {rental_id}" if rental_id is not None else "deploy teardown --all --yes"
+        raise DeployError("teardown failed for " + "; ".join(failed) + f" (run it again: `{again}`)")
     if rec is not None and rec.warnings:
         raise DeployError(
             f"the ledger's rentals were torn down, but {'; '.join(rec.warnings)}: boxes it does not know may still "

@@ -5,6 +5,9 @@ Two ways a rental bills:
 - vast's split (the rental has `disk_usd_h`): the disk from the provider's start (create) to the confirmed destroy,
   the GPU (`rate_usd_h - disk_usd_h`, since vast's `dph_total` includes the disk) only while the box ran (from
   `running_at`). A box that never ran costs its disk alone.
+The end is when the accepted destroy returned (the ledger's `ended_at`), narrowed to the end of the provider's charge
+rows where that falls between the destroy's request (`meta["destroy_asked_at"]`) and its answer: vastai exits a
+second or more after vast took the destroy.
 Where the provider reports its own charges (vast's charges endpoint), they are shown beside ours: their amount also
 holds bandwidth, which only vast counts; an instance vast has no charge row for yet is "pending", never $0.
 Pure functions over `Rental` rows, so they are tested directly.
@@ -12,6 +15,7 @@ Pure functions over `Rental` rows, so they are tested directly.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -147,6 +151,19 @@ def split_days(start: float, end: float) -> list[tuple[str, float]]:
     return out
 
 
+def billed_until(rental: Rental, charge: Charge | None) -> Rental:
+    """The rental with its end narrowed to where the provider's charges end, when they end within its destroy."""
+    asked = rental.meta.get("destroy_asked_at")
+    end = charge.end if charge is not None else None
+    if rental.ended_at is None or end is None or not isinstance(asked, (int, float)):
+        return rental
+    return dataclasses.replace(rental, ended_at=end) if asked <= end <= rental.ended_at else rental
+
+
+def _charge(charges: dict[str, dict[str, Charge]], rental: Rental) -> Charge | None:
+    return (charges.get(rental.provider) or {}).get(rental.provider_id or "")
+
+
 def _theirs(line: CostLine, charges: dict[str, Charge] | None, provider_id: str | None) -> None:
     if charges is None or not provider_id:
         return
@@ -170,6 +187,7 @@ def cost_report(
         raise ValueError(f"--by must be instance or day, not {by!r}")
     report = CostReport(by=by, since=since, now=now)
     charges = provider_charges or {}
+    rentals = [billed_until(r, _charge(charges, r)) for r in rentals]
     if by == "instance":
         for r in rentals:
             if interval(r, now=now, since=since) is None:

@@ -179,10 +179,9 @@ class VastProvider(Provider):
     def destroy(self, provider_id: str, *, deadline: float, poll_s: float = 1.0) -> float | None:
         """Destroy (retried on 429/5xx by the wrapper; 404 = gone already), then confirm it is gone: the listing no
         longer has it (or lists it destroyed); where vast gives no readable listing, `show instance` saying gone
-        (404, null, an empty record, destroyed) stands. Returns when vast stopped billing: the end of its charge
-        rows where they fall within the destroy call (vastai exits a second or more after vast answered), else when
-        the accepted call returned; for one that was already gone, where its charges end (None if they do not say)."""
-        asked = time.time()
+        (404, null, an empty record, destroyed) stands. Returns when the accepted destroy call returned (vastai
+        exits a second or more after vast answered: `deploy cost` narrows it to the end of vast's charge rows), or
+        for one that was already gone, where its charges end (None if they do not say)."""
         answered: float | None = None
         try:
             self.cli.destroy_instance(provider_id, deadline=deadline)
@@ -202,10 +201,7 @@ class VastProvider(Provider):
             if time.monotonic() >= deadline:
                 raise ProviderError(f"vast instance {provider_id} is still there ({last}) after its destroy")
             time.sleep(poll_s)
-        billed_to = self._ended_or_none(provider_id)
-        if answered is None:
-            return billed_to
-        return billed_to if billed_to is not None and asked <= billed_to <= answered else answered
+        return answered if answered is not None else self._ended_or_none(provider_id)
 
     def _confirmed_gone(self, provider_id: str, deadline: float) -> bool:
         try:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from deploy import ledger as L
-from deploy.errors import OfferUnavailableError, RequestRefusedError, UsageError
+from deploy.errors import OfferUnavailableError, ProvisionCancelled, RequestRefusedError, UsageError
 from deploy.providers import RentRequest
 from deploy.providers.records import Box
 from deploy.provision.context import Context, Step
@@ -117,7 +117,10 @@ def step_wait_running(ctx: Context) -> None:
     clock_from = {"start": None}
 
     def seen(box: Box) -> None:
-        """The provider's own start time, from the first look (a box that never runs still billed from then)."""
+        """The provider's own start time, from the first look (a box that never runs still billed from then); a
+        cancelled provision stops waiting at the next look (the ready deadline is long: vast pulls the image)."""
+        if ctx.cancel is not None and ctx.cancel.is_set():
+            raise ProvisionCancelled("cancelled while waiting for the box to run")
         if box.started_at and clock_from["start"] != box.started_at:
             clock_from["start"] = box.started_at
             ctx.ledger.set_started(ctx.rental_id, box.started_at, f"{ctx.provider.name}'s start time")

@@ -86,7 +86,7 @@ def provision(
             raise ProvisionCancelled("provision cancelled before the next offer")
         tried += 1
         runtime = options.runtime.for_provider(provider) if options.runtime else None
-        ctx = Context(settings, options, provider, ledger, attempt_id, offer, log, runtime=runtime)
+        ctx = Context(settings, options, provider, ledger, attempt_id, offer, log, runtime=runtime, cancel=cancel)
         log(f"offer {tried}/{options.max_offers}: {offer.id} {offer.gpu_name} at {offer.price_usd_h:.3f} USD/h")
         step: Step | None = None
         try:

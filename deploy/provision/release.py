@@ -35,6 +35,7 @@ def destroy_rental(
         ledger.close_rental(rental.id, L.NOT_CREATED, reason)
         return L.NOT_CREATED
     ledger.event(rental.id, "destroying", reason)
+    ledger.update_meta(rental.id, destroy_asked_at=ledger.clock())  # billing cannot have stopped before this
     if rental.split_billing and rental.running_at is None:
         _note_running(provider, ledger, rental)
     try:

@@ -116,3 +116,14 @@ def test_charges_by_instance_keeps_vasts_items_and_span():
     (seven,) = charges_by_instance(rows).values()
     assert seven.items == pytest.approx({"gpu": 0.3, "disk": 0.01, "bandwidth": 0.05})
     assert (seven.start, seven.end) == (10, 20)
+
+
+def test_the_end_is_narrowed_to_vasts_own_only_within_the_destroy_call():
+    import dataclasses
+
+    closed = dataclasses.replace(rental(1, T0, T0 + 3600, 1.0), meta={"destroy_asked_at": T0 + 3597})
+    within = {"vast": {"1": Charge(0.9992, T0, T0 + 3597.5)}}  # vast took the destroy 2.5 s before vastai exited
+    assert cost_report([closed], now=T0 + 7200, provider_charges=within).lines[0].usd == pytest.approx(3597.5 / 3600)
+    early = {"vast": {"1": Charge(0.5, T0, T0 + 1800)}}  # rows not brought up to date yet: not an end to trust
+    assert cost_report([closed], now=T0 + 7200, provider_charges=early).lines[0].usd == pytest.approx(1.0)
+    assert cost_report([rental(1, T0, T0 + 3600, 1.0)], now=T0 + 7200, provider_charges=within).lines[0].usd == 1.0
