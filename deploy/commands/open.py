@@ -23,8 +23,8 @@ import typer
 
 from deploy import output
 from deploy.commands import options as c
-from deploy.commands.tunnel import _check_free, _hold, _interrupt
 from deploy.errors import UsageError
+from deploy.remote.tunnels import check_port_free, hold_open, interrupt
 
 
 def open_(
@@ -73,15 +73,15 @@ def open_(
             _show(rental_id, str(meta["endpoint"]), token, token_file, cacert, browser, json_, access)
             return
         if local_port is not None:
-            _check_free(local_port)
+            check_port_free(local_port)
         host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         with forward(host, int(meta["port"]), local_port) as port:
             scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
             _show(rental_id, f"{scheme}://127.0.0.1:{port}", token, token_file, cacert, browser, json_, TUNNEL)
             output.progress(f"holding the SSH tunnel to rental {rental_id} open for the page; Ctrl-C ends it")
-            _hold(host)
+            hold_open(host)
     except KeyboardInterrupt:
         output.progress("tunnel closed")
     finally:

@@ -5,15 +5,14 @@ endpoint is printed as is."""
 from __future__ import annotations
 
 import signal
-import socket
-import time
 from typing import Annotated
 
 import typer
 
 from deploy import output
 from deploy.commands import options as c
-from deploy.errors import RemoteError, UsageError
+from deploy.errors import UsageError
+from deploy.remote.tunnels import check_port_free, hold_open, interrupt
 
 
 def tunnel(
@@ -50,9 +49,9 @@ def tunnel(
             _emit(json_, url=url, token_file=meta.get("token_file"), access=access, cacert=cacert)
             return
         if local_port is not None:
-            _check_free(local_port)
+            check_port_free(local_port)
         host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
     try:
         with forward(host, int(meta["port"]), local_port) as port:
             scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
@@ -61,7 +60,7 @@ def tunnel(
             output.progress(
                 f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it"
             )
-            _hold(host)
+            hold_open(host)
     except KeyboardInterrupt:
         output.progress("tunnel closed")
     finally:
@@ -75,24 +74,3 @@ def _emit(json_: bool, *, url: str, token_file: str | None, access: str | None, 
         output.emit_json(info)
     else:
         output.emit_text(f"url:        {url}\ntoken file: {token_file}" + (f"\ncacert:     {cacert}" if cacert else ""))
-
-
-def _check_free(port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            raise UsageError(f"--local-port {port} is already in use on this machine") from None
-
-
-def _hold(host) -> None:
-    """Until Ctrl-C; a dropped SSH connection ends it with an error instead of a tunnel that silently refuses."""
-    while True:
-        time.sleep(0.5)
-        transport = host.conn.transport
-        if transport is None or not transport.is_active():
-            raise RemoteError("the SSH connection to the box dropped: the tunnel is closed")
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

@@ -55,11 +55,7 @@ class DirectAddress:
 
     host: str
     port: int
-    bind: str  # 127.0.0.1 (this machine) or 0.0.0.0 (a mapped public port)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    bind: str  # 127.0.0.1 (this machine: plain HTTP) or 0.0.0.0 (a mapped public port: HTTPS, the runtime's rule)
 
 
 class Provider(ABC):

@@ -66,7 +66,7 @@ def put_hub_token(ctx: Context) -> None:
             os.unlink(local)
     ctx.host.run(f"chmod 600 {q}", stream=False)
     ctx.hub_token = box_file
-    ctx.ledger.update_meta(ctx.rental_id, hf_token=found.source)
+    ctx.ledger.update_meta(ctx.rental_id, hf_token=found.source, hf_token_file=box_file)  # where, never what
     ctx.event("hub_token", f"from {found.source} to {box_file} (0600)")
     ctx.log(f"Hub token ({found.source}) put on the box: {box_file}, mode 0600")
 

@@ -2,12 +2,13 @@
 we do not own, destroy (or release) the box, confirm, and close the ledger row with the reason.
 
 On a provider that owns its boxes (vast, local) destroy ends the server with the box. On one that does not (an SSH
-host you brought) the server provision started there is stopped first; if the box cannot be reached the row stays
-open (the server may still run) and the error says so.
+host you brought) the server provision started there is stopped and the Hub token it put there deleted first; if the
+box cannot be reached the row stays open (the server may still run) and the error says so.
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,27 +69,34 @@ def end_rental(
     reason: str,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Ended:
-    """Stop our server where destroying the box would not, then `destroy_rental`."""
+    """On a box we do not own, stop our server and delete the Hub token we put there (destroying the box would
+    have done both); then `destroy_rental`."""
     server = None
-    if not provider.owns_boxes and rental.meta.get("server_pid"):
-        server = _stop_server(provider, ledger, rental, settings)
-        log(f"server on {rental.provider_id}: {server}")
+    if not provider.owns_boxes and (rental.meta.get("server_pid") or rental.meta.get("hf_token_file")):
+        server = _clean_box(provider, ledger, rental, settings)
+        if server:
+            log(f"server on {rental.provider_id}: {server}")
     return Ended(destroy_rental(provider, ledger, rental, reason=reason), server)
 
 
-def _stop_server(provider: Provider, ledger: Ledger, rental: Rental, settings: DeploySettings) -> str:
-    pid = rental.meta["server_pid"]
+def _clean_box(provider: Provider, ledger: Ledger, rental: Rental, settings: DeploySettings) -> str | None:
+    pid = rental.meta.get("server_pid")
+    what = f"the server (pid {pid})" if pid else "the Hub token file"
     try:
         host = provider.host(rental, settings, ledger)
         try:
-            outcome = stop_server(host, rental.meta)
+            outcome = stop_server(host, rental.meta) if pid else None
+            if token_file := rental.meta.get("hf_token_file"):
+                host.run(f"rm -f {shlex.quote(str(token_file))}", stream=False)
+                ledger.event(rental.id, "hub_token_removed", str(token_file))
         finally:
             host.close()
     except (DeployError, OSError, EOFError) as exc:
-        raise DeployError(
-            f"could not stop the server (pid {pid}) on {rental.provider_id}: {exc}; on the box: kill -- -{pid}"
-        ) from exc
+        kill = f"; on the box: kill -- -{pid}" if pid else ""
+        raise DeployError(f"could not stop {what} on {rental.provider_id}: {exc}{kill}") from exc
     except Exception as exc:  # noqa: BLE001 - paramiko and socket errors from an unreachable box
-        raise DeployError(f"could not reach {rental.provider_id} to stop the server (pid {pid}): {exc}") from exc
+        raise DeployError(f"could not reach {rental.provider_id} to stop {what}: {exc}") from exc
+    if outcome is None:
+        return None
     ledger.event(rental.id, "server_stopped", f"pid {pid}: {outcome}")
     return f"pid {pid} {outcome}"

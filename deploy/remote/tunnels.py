@@ -120,3 +120,27 @@ def forward(host, remote_port: int, local_port: int | None = None) -> Iterator[i
         raise
     with contextlib.suppress(ThreadException):
         manager.__exit__(None, None, None)
+
+
+# ---- a tunnel held in the foreground (`deploy tunnel`, `deploy open`) ----
+def check_port_free(port: int) -> None:
+    """A clear refusal now, rather than a forward that fails once the SSH connection is up."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"--local-port {port} is already in use on this machine") from None
+
+
+def hold_open(host) -> None:
+    """Until Ctrl-C; a dropped SSH connection ends it with an error instead of a tunnel that silently refuses."""
+    while True:
+        time.sleep(0.5)
+        transport = host.conn.transport
+        if transport is None or not transport.is_active():
+            raise RemoteError("the SSH connection to the box dropped: the tunnel is closed")
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: `kill` closes a foreground tunnel as cleanly as Ctrl-C."""
+    raise KeyboardInterrupt

@@ -69,3 +69,17 @@ def test_an_unreachable_box_keeps_the_row_open_and_names_the_kill(ssh_server, de
     assert res.returncode == 1
     assert "could not" in res.stderr and f"(pid {ssh_server.pid})" in res.stderr
     assert _row(ssh_server.id)[0].is_open
+
+
+def test_teardown_deletes_the_hub_token_provision_put_on_the_box(ssh_server, deploy_home, tmp_path):
+    token = tmp_path / "box-dir" / "hf-token"  # as put_hub_token leaves it: the box dir's hf-token, 0600
+    token.write_text("hf_not_a_real_token\n")
+    token.chmod(0o600)
+    with Ledger(load_settings().ledger_path) as ledger:
+        ledger.update_meta(ssh_server.id, hf_token="HF_TOKEN", hf_token_file=str(token))
+    res = _teardown(deploy_home, ssh_server.id)
+    assert res.returncode == 0, res.stderr
+    assert not token.exists()
+    with Ledger(load_settings().ledger_path) as ledger:
+        removed = [r["detail"] for r in ledger.db.execute("SELECT detail FROM events WHERE kind='hub_token_removed'")]
+    assert removed == [str(token)]
