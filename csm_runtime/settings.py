@@ -43,6 +43,7 @@ class RuntimeSettings:
     compile: str = "off"  # off | default | reduce-overhead | max-autotune-no-cudagraphs
     cuda_graphs: bool = False
     quantize: str = "off"  # off | int8 (weight-only, decoder layers: never on unless a profile or you choose it)
+    cpu_linear: str = "auto"  # auto (oneDNN packed weights when batching in float32 on a CPU) | onednn | mkl
     max_streams: int = 4  # streams batched in one decode step
     # generation
     max_audio_ms: int = 20_000

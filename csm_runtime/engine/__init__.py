@@ -8,6 +8,7 @@ prompt.py     the prompt CSM was trained on, as backbone input rows
 generator.py  StreamingGenerator: slots, prefill, batched decode, chunks; compile and CUDA graphs chosen here
 loader.py     load_generator / GeneratorFactory: generators from settings
 quant.py      weight-only int8 for the decoder layers (off unless chosen)
+cpu_linear.py float32 linears through oneDNN with packed weights, for batching on a CPU
 sentences.py  what counts as speakable; long text split into pieces
 longtext.py   one request's pieces said in order, each with the ones before as context
 hub.py        the Hub token for a gated checkpoint, one line per refusal, an access check

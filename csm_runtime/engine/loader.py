@@ -1,6 +1,6 @@
 """Building generators from settings: `load_generator` for one, `GeneratorFactory` for many that share the weights.
 
-The factory loads the CSM weights once per (model, revision, seed, dtype, quantize) and builds a Mimi module per
+The factory loads the CSM weights once per (model, revision, seed, dtype, quantize, packed linears) and builds a Mimi module per
 weights setting, then a fresh StreamingGenerator (its own rows, caches and frame step) for each settings object it is
 given. The autotune sweep builds dozens of generators this way (csm-1b-random alone takes ~13 s to build), several
 open at once when it interleaves settings: each open generator holds a Mimi of its own (Mimi's streaming state lives
@@ -14,6 +14,7 @@ import gc
 import torch
 
 from csm_runtime.engine.codec import MimiCodec, build_mimi, resolve_mimi_weights
+from csm_runtime.engine.cpu_linear import pack_linears, wants_packing
 from csm_runtime.engine.generator import StreamingGenerator
 from csm_runtime.engine.hub import read_hub_token
 from csm_runtime.engine.model import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -42,7 +43,10 @@ class GeneratorFactory:
         dtype = resolve_dtype(settings.dtype, self.device)
         if settings.quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {settings.quantize!r}")
-        model_key = (settings.model, settings.revision, settings.init_seed, dtype, settings.quantize)
+        packed = wants_packing(
+            settings.cpu_linear, self.device, dtype, settings.max_streams, settings.quantize, settings.compile
+        )
+        model_key = (settings.model, settings.revision, settings.init_seed, dtype, settings.quantize, packed)
         if self._loaded is None or self._model_key != model_key:
             self.release()  # one model in memory at a time
             self._loaded = load_model(
@@ -54,6 +58,8 @@ class GeneratorFactory:
                 token=self._token,
             )
             apply_quantize(self._loaded.model, settings.quantize)
+            if packed:
+                pack_linears(self._loaded.model, batch_hint=max(settings.max_streams, 2))
             self._model_key = model_key
         codec = MimiCodec(self._free_mimi(settings), settings.max_streams)
         self._mimis = [(m, codec if m is codec.mimi else c) for m, c in self._mimis]
