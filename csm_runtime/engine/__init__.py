@@ -5,7 +5,8 @@ model.py      build or load the CSM model and its tokenizer
 codec.py      Mimi: context audio to codes, frames to PCM with one streaming state per slot
 frame.py      the frame step: KV caches, explicit positions, device-side sampling, eager or compiled pieces
 prompt.py     the prompt CSM was trained on, as backbone input rows
-generator.py  StreamingGenerator: slots, prefill, batched decode, chunks; compile and CUDA graphs chosen here
+generator.py  StreamingGenerator: slots, prefill, batched decode, chunks
+execution.py  how a frame runs: eager or compiled pieces, one CUDA graph per bucket, prepared ahead
 loader.py     load_generator / GeneratorFactory: generators from settings
 quant.py      weight-only int8 for the decoder layers (off unless chosen)
 cpu_linear.py float32 linears through oneDNN with packed weights, for batching on a CPU

@@ -3,6 +3,8 @@
     base.py        the interface every provider implements (and the defaults most share)
     records.py     Offer, Box, State: what providers return
     vast.py        vast.ai, through vastai_cli.py (the only code that runs the `vastai` executable)
+    vast_records.py  what vast's JSON means: offers, instances, statuses, charges
+    vast_pacing.py   one gate spacing calls per endpoint, and the retry policy
     ssh.py, local.py
 
 `make_provider` builds one by name; `provider_for` the one a ledger row was rented from. Each provider module is

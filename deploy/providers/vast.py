@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from deploy.errors import OfferUnavailableError, ProviderError, RequestRefusedError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
 from deploy.providers.records import TERMINAL, Box, Charge, Offer, State
-from deploy.providers.vastai_cli import VastCli, VastError, api_key_source, charges_by_instance
+from deploy.providers.vast_records import charges_by_instance
+from deploy.providers.vastai_cli import VastCli, VastError, api_key_source
 
 if TYPE_CHECKING:
     from deploy.remote.host import Host

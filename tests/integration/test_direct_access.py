@@ -16,7 +16,8 @@ from deploy.providers.local import LocalProvider
 from deploy.providers.records import Box, Offer, State
 from deploy.providers.ssh import SshProvider
 from deploy.providers.vast import VastProvider
-from deploy.providers.vastai_cli import VastCli, _ports
+from deploy.providers.vast_records import parse_ports
+from deploy.providers.vastai_cli import VastCli
 from deploy.provision.driver import Context
 from deploy.provision.layout import BoxLayout
 from deploy.provision.options import ProvisionOptions, RuntimeOptions
@@ -55,8 +56,8 @@ def test_port_table_parsing_keeps_tcp_and_skips_junk():
         "x/tcp": [{"HostPort": "5"}],
         "7000": [{"HostPort": "not a port"}],
     }
-    assert _ports(raw) == {8000: 41234}
-    assert _ports(None) == {} and _ports([]) == {}
+    assert parse_ports(raw) == {8000: 41234}
+    assert parse_ports(None) == {} and parse_ports([]) == {}
 
 
 @pytest.mark.parametrize(

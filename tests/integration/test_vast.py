@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deploy.providers.records import State
-from deploy.providers.vastai_cli import VastCli, VastError, find_vastai, map_status
+from deploy.providers.vast_records import map_status
+from deploy.providers.vastai_cli import VastCli, VastError, find_vastai
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from deploy.costs.billing import cost_report, interval, parse_since, split_days
 from deploy.ledger import Rental
 from deploy.providers.records import Charge
-from deploy.providers.vastai_cli import charges_by_instance
+from deploy.providers.vast_records import charges_by_instance
 
 DAY = 86400.0
 T0 = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp()
