@@ -111,6 +111,8 @@ class Ledger:
 
     # --- schema -------------------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
+        """Apply the migrations not yet recorded. Several processes may open a new ledger at once (`deploy status`
+        while a provision starts): each migration is checked again under the write lock, so only one applies it."""
         self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
         done = {r[0] for r in self.db.execute("SELECT name FROM _migrations")}
         applied = []
@@ -119,6 +121,9 @@ class Ledger:
                 continue
             self.db.execute("BEGIN IMMEDIATE")
             try:
+                if self.db.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone():
+                    self.db.execute("COMMIT")  # another process applied it while we waited for the lock
+                    continue
                 fn(self.db)
                 self.db.execute("INSERT INTO _migrations VALUES (?, ?)", (fn.__name__, self.clock()))
                 self.db.execute("COMMIT")

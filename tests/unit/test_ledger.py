@@ -76,3 +76,26 @@ def test_unknown_column_update_is_refused():
     r = ledger.record_intent(attempt_id="a", provider="vast", label_prefix="p")
     with pytest.raises(AssertionError):
         ledger._update(r.id, rate_usd_h=1.0)
+
+
+def test_processes_opening_a_new_ledger_at_once_apply_each_migration_once(tmp_path):
+    """`deploy status` while a provision creates the ledger: both migrate, neither fails (a real SQLite file)."""
+    import multiprocessing
+
+    path = tmp_path / "ledger.sqlite3"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        results = pool.map(_open_and_count, [str(path)] * 24)
+    assert all(r is None for r in results), results
+    with Ledger(path) as ledger:
+        names = [r[0] for r in ledger.db.execute("SELECT name FROM _migrations")]
+    assert len(names) == len(set(names)) == len(MIGRATIONS)
+
+
+def _open_and_count(path: str) -> str | None:
+    try:
+        with Ledger(path) as ledger:
+            ledger.rentals()
+    except Exception as exc:  # noqa: BLE001 - the failure is the result
+        return repr(exc)
+    return None
