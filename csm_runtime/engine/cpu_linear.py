@@ -4,8 +4,9 @@ torch's CPU `linear` calls MKL. On this project's development CPU (AMD EPYC, AVX
 rows costs about one GEMV per row: a 2048x8192 layer takes ~6 ms for one row and ~30 ms for eight, so eight batched
 streams are barely faster than eight one after another (bench/README.md, `bench_generator.py`). oneDNN's matmul over a
 weight packed for its blocking reads the weight once for all rows: ~10 ms for eight. For a single row MKL's GEMV is
-~15-25 % faster, so `cpu_linear: auto` packs only when the generator batches (`max_streams` > 1), and only eager
-(torch.compile's inductor lowers the packed op only for weights it froze itself).
+~15-25 % faster, so `cpu_linear: auto` packs only when the generator batches (`max_streams` > 1), only eager
+(torch.compile's inductor lowers the packed op only for weights it froze itself), and only layers of at least
+1024 x 1024 (for small ones oneDNN's per-call cost outweighs the saving); `onednn` packs every one.
 
 Only float32 on a CPU: oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT, and CUDA has its own kernels. The packed
 weight replaces the plain one (no second copy). Covered: every nn.Linear in the backbone's and the depth decoder's
@@ -18,6 +19,9 @@ import torch
 from torch import Tensor, nn
 
 CPU_LINEAR_MODES = ("auto", "onednn", "mkl")
+# `auto` packs only weights at least this big (1024 x 1024): for small layers oneDNN's per-call cost outweighs what
+# packing saves (tiny-random's 128-wide layers batch faster on MKL: bench/README.md)
+AUTO_MIN_ELEMENTS = 1 << 20
 
 
 def onednn_available() -> bool:
@@ -62,19 +66,20 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN packed"
 
 
-def pack_linears(model: nn.Module, batch_hint: int = 8) -> int:
-    """Replace the frame step's nn.Linear modules (see the module docstring) with PackedLinear, in place. Returns how
-    many were replaced."""
+def pack_linears(model: nn.Module, batch_hint: int = 8, min_elements: int = 0) -> int:
+    """Replace the frame step's nn.Linear modules (see the module docstring) whose weight has at least `min_elements`
+    entries with PackedLinear, in place. Returns how many were replaced."""
+    targets = [
+        (parent, name)
+        for stack in (model.backbone_model.layers, model.depth_decoder.model.layers)
+        for parent in stack.modules()
+        for name, _ in parent.named_children()
+    ]
+    targets += [(model.depth_decoder.model, "inputs_embeds_projector"), (model, "lm_head")]
     count = 0
-    for stack in (model.backbone_model.layers, model.depth_decoder.model.layers):
-        for parent in stack.modules():
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, PackedLinear(child, batch_hint))
-                    count += 1
-    for parent, name in ((model.depth_decoder.model, "inputs_embeds_projector"), (model, "lm_head")):
+    for parent, name in targets:
         child = getattr(parent, name, None)
-        if isinstance(child, nn.Linear):
+        if isinstance(child, nn.Linear) and child.weight.numel() >= min_elements:
             setattr(parent, name, PackedLinear(child, batch_hint))
             count += 1
     return count

@@ -14,7 +14,7 @@ import gc
 import torch
 
 from csm_runtime.engine.codec import MimiCodec, build_mimi, resolve_mimi_weights
-from csm_runtime.engine.cpu_linear import pack_linears, wants_packing
+from csm_runtime.engine.cpu_linear import AUTO_MIN_ELEMENTS, pack_linears, wants_packing
 from csm_runtime.engine.generator import StreamingGenerator
 from csm_runtime.engine.hub import read_hub_token
 from csm_runtime.engine.model import LoadedModel, load_model, resolve_device, resolve_dtype
@@ -59,7 +59,8 @@ class GeneratorFactory:
             )
             apply_quantize(self._loaded.model, settings.quantize)
             if packed:
-                pack_linears(self._loaded.model, batch_hint=max(settings.max_streams, 2))
+                least = 0 if settings.cpu_linear == "onednn" else AUTO_MIN_ELEMENTS
+                pack_linears(self._loaded.model, batch_hint=max(settings.max_streams, 2), min_elements=least)
             self._model_key = model_key
         codec = MimiCodec(self._free_mimi(settings), settings.max_streams)
         self._mimis = [(m, codec if m is codec.mimi else c) for m, c in self._mimis]

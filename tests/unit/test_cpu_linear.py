@@ -51,6 +51,13 @@ def test_pack_linears_replaces_the_frame_steps_linears_only():
     assert not any(isinstance(m, nn.Linear) for m in model.backbone_model.layers.modules())
 
 
+def test_auto_packs_only_layers_big_enough_to_pay():
+    small = tiny_generator(max_streams=4)  # tiny-random's layers are 128 wide: MKL batches them faster
+    assert isinstance(small.loaded.model.lm_head, nn.Linear)
+    model = load_model("tiny-random", device=CPU, dtype=torch.float32).model
+    assert pack_linears(model, min_elements=2051 * 128) == 1  # lm_head alone: the only one of 2051 x 128
+
+
 def test_a_batched_generator_on_packed_linears_says_what_the_plain_weights_say():
     plain = tiny_generator(max_streams=4, cpu_linear="mkl")
     reference = hf_greedy_codes(plain, TEXTS[2], 1, 16)  # transformers' generate on the unpacked model
