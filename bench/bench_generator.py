@@ -46,14 +46,14 @@ def _rss_gib() -> float:
 
 
 # ---- workers (run in a child process) -------------------------------------------------------------------------
-def work_hf(model: str, frames: int, threads: int) -> dict:
+def work_hf(model: str, frames: int, threads: int, dtype: str | None = None) -> dict:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
     from csm_runtime.engine.loader import load_generator
 
     torch.set_num_threads(threads)
-    gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512)
+    gen = load_generator(model, device="cpu", dtype=dtype or DTYPES[model], max_streams=1, max_seq_len=512)
     m = gen.loaded.model
     m.config.codebook_eos_token_id = -1  # fixed length, as in NOTES.md
     ids = torch.tensor([gen.prompt.text_rows(TEXT, 0)])
@@ -86,14 +86,16 @@ def work_hf(model: str, frames: int, threads: int) -> dict:
     }
 
 
-def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
+def work_ours(model: str, frames: int, threads: int, compile_mode: str, dtype: str | None = None) -> dict:
     import torch
 
     from csm_runtime.engine.loader import load_generator
     from csm_runtime.engine.types import GenerationParams
 
     torch.set_num_threads(threads)
-    gen = load_generator(model, device="cpu", dtype=DTYPES[model], max_streams=1, max_seq_len=512, compile=compile_mode)
+    gen = load_generator(
+        model, device="cpu", dtype=dtype or DTYPES[model], max_streams=1, max_seq_len=512, compile=compile_mode
+    )
     report = gen.warmup(sampling=(False,))
     model_times = []
     inner = gen._run_frame
@@ -122,7 +124,15 @@ def work_ours(model: str, frames: int, threads: int, compile_mode: str) -> dict:
     }
 
 
-def work_throughput(model: str, frames: int, threads: int, batch: int, compile_mode: str) -> dict:
+def work_throughput(
+    model: str,
+    frames: int,
+    threads: int,
+    batch: int,
+    compile_mode: str,
+    dtype: str | None = None,
+    cpu_linear: str = "auto",
+) -> dict:
     import torch
 
     from csm_runtime.engine.loader import load_generator
@@ -131,10 +141,16 @@ def work_throughput(model: str, frames: int, threads: int, batch: int, compile_m
     torch.set_num_threads(threads)
     params = GenerationParams(max_audio_ms=frames * 80, greedy=True)
     texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
-    out = {"impl": f"throughput-b{batch}", "batch": batch}
+    out = {"impl": f"throughput-b{batch}", "batch": batch, "cpu_linear": cpu_linear}
     for label, slots in (("batched", batch), ("sequential", 1)):
         gen = load_generator(
-            model, device="cpu", dtype=DTYPES[model], max_streams=slots, max_seq_len=512, compile=compile_mode
+            model,
+            device="cpu",
+            dtype=dtype or DTYPES[model],
+            max_streams=slots,
+            max_seq_len=512,
+            compile=compile_mode,
+            cpu_linear=cpu_linear,
         )
         gen.warmup(sampling=(False,))
         t0 = time.perf_counter()
@@ -338,6 +354,10 @@ def main_device(args) -> int:
 
 
 # ---- driver -----------------------------------------------------------------------------------------------------
+def dtype_of(model: str, args) -> str:
+    return args.real_dtype if model == "csm-1b-random" else DTYPES[model]
+
+
 def child(kind: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps({"kind": kind, **kw})]
     t = time.perf_counter()
@@ -361,6 +381,7 @@ def main() -> int:
     ap.add_argument("--frames-tiny", type=int, default=24)
     ap.add_argument("--frames-real", type=int, default=6)
     ap.add_argument("--throughput-frames-real", type=int, default=24, help="frames per stream, csm-1b-random")
+    ap.add_argument("--real-dtype", default="bfloat16", help="csm-1b-random's dtype on CPU (tiny-random: float32)")
     ap.add_argument("--device", default="cpu", help="cpu (child processes) | cuda (in-process grid)")
     ap.add_argument("--dtype", default="bfloat16", help="with --device cuda")
     ap.add_argument("--compile", default="off,default", help="with --device cuda: compile modes of the grid")
@@ -368,6 +389,7 @@ def main() -> int:
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--throughput-models", default="tiny-random,csm-1b-random")
     ap.add_argument("--throughput-compile", default="off")
+    ap.add_argument("--cpu-linear", default="auto", help="the throughput runs' cpu_linear: auto | onednn | mkl")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench/results/generator.json"))
     args = ap.parse_args()
@@ -384,7 +406,7 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     for model in models:
         frames = args.frames_tiny if model == "tiny-random" else args.frames_real
-        common = {"model": model, "frames": frames, "threads": args.threads}
+        common = {"model": model, "frames": frames, "threads": args.threads, "dtype": dtype_of(model, args)}
         rows.append(child("hf", **common))
         rows.append(child("ours", compile_mode="off", **common))
         if not args.skip_compile:
@@ -402,6 +424,8 @@ def main() -> int:
                     threads=args.threads,
                     batch=b,
                     compile_mode=args.throughput_compile,
+                    dtype=dtype_of(model, args),
+                    cpu_linear=args.cpu_linear,
                 )
             )
             print(f"# throughput {model} b{b} done", file=sys.stderr, flush=True)
