@@ -90,7 +90,7 @@ LogLevel ERROR
     )
     with open(root / "sshd.log", "wb") as log:
         proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)], stderr=log)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # three test workers may be starting at once
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((listen, port), timeout=0.5):
@@ -101,5 +101,5 @@ LogLevel ERROR
             time.sleep(0.05)
     else:
         proc.kill()
-        raise RuntimeError("sshd did not listen within 10 s")
+        raise RuntimeError("sshd did not listen within 30 s")
     return Sshd(listen, port, getpass.getuser(), pub, auth, proc)
