@@ -79,31 +79,6 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
-# `make test` runs the suite on pytest-xdist workers (`-n 3 --dist loadgroup`): most tests wait on processes, SSH and
-# the emulator's rate limits more than they compute. Tests that share something outside their tmp_path stay on one
-# worker, one after another: the loopback sshd logs in as this machine's user, so a server or runtime a test starts
-# through it lives in the real home (~/csm-deploy, ~/.csm-deploy-run); the network-namespace boxes pick a free
-# 10.200.X.0/30 link by looking. Every other module runs whole on one worker, modules side by side.
-OWN_BOX_HOMES = {
-    "test_vast_emulator_strict.py",
-    "test_vast_kill.py",
-    "test_vast_real_behaviour.py",
-    "test_vast_watchdog.py",
-}
-NETNS_BOXES = {"test_e2e_hub_tls.py", "test_e2e_provision.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        name = item.path.name
-        if name in NETNS_BOXES:
-            item.add_marker(pytest.mark.xdist_group("netns"))
-        elif "sshd" in getattr(item, "fixturenames", ()) and name not in OWN_BOX_HOMES:
-            item.add_marker(pytest.mark.xdist_group("loopback-home"))
-        else:  # a module's tests in order on one worker: module-scoped fixtures are built once and read in order
-            item.add_marker(pytest.mark.xdist_group(f"module-{name}"))
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _violations:
         sys.stderr.write(f"\nnetwork guard: non-loopback connections attempted: {sorted(set(_violations))}\n")
