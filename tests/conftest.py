@@ -132,6 +132,21 @@ def vast(sshd: object) -> Iterator[object]:
 
 
 @pytest.fixture
+def vast_image_boxes(sshd: object, tmp_path: Path) -> Iterator[object]:
+    """The strict emulator whose boxes (each its own home and sshd) carry this checkout's venv as the image's
+    /opt/venv; skipped where mount namespaces are not available."""
+    from tests.fakes.vast import VastEmulator
+    from tests.fakes.vast.boxes import namespaces_available, this_venv_as_image
+
+    if reason := namespaces_available():
+        pytest.skip(reason)
+    emu = VastEmulator(ssh_host=sshd.host, box_root=tmp_path / "boxes", box_setup=this_venv_as_image(ROOT / ".venv"))
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
 def vast_env(vast: object, sshd: object, tmp_path: Path, deploy_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """Environment for the real vastai CLI and `deploy`: emulator URL, key, private HOME/XDG dirs, fast polling.
 

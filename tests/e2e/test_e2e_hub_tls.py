@@ -34,6 +34,7 @@ import pytest
 from deploy.ledger import Ledger
 from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, run_deploy, unknown_running
 from tests.fakes.hub import FakeHub, build_csm_checkpoint, make_tls_files
+from tests.fakes.ledger_view import ledger_rows as rows
 from tests.fakes.netns_box import NetnsBox, create_box, netns_available
 from tests.fakes.server_fixtures import free_port
 from tests.fakes.tcp_relay import Relay
@@ -84,11 +85,6 @@ class BoxEmulator(VastEmulator):
         if method == "DELETE" and result[0] == 200 and re.fullmatch(r"/api/v0/instances/\d+/", path):
             self.on_destroy()
         return result
-
-
-def rows(home: Path):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
 
 
 def files_containing(root: Path, needle: bytes) -> list[str]:

@@ -30,6 +30,7 @@ import pytest
 
 from deploy.ledger import Ledger
 from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, unknown_running
+from tests.fakes.ledger_view import ledger_rows as rows
 from tests.fakes.netns_box import NetnsBox, create_box, netns_available
 from tests.fakes.vast import VastEmulator
 from tests.fakes.vast.boxes import BoxSetup, keep_for_this_python
@@ -123,11 +124,6 @@ def provision_args(model: str, *extra: str) -> list[str]:
         "300",
         *extra,
     ]
-
-
-def rows(home: Path):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
 
 
 def events(home: Path, rid: int) -> list[tuple[str, str | None]]:

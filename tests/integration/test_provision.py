@@ -12,11 +12,7 @@ import time
 
 from deploy.ledger import Ledger
 from tests.conftest import DEPLOY_BIN, box_only, unknown_running
-
-
-def ledger_rows(home):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
+from tests.fakes.ledger_view import ledger_rows
 
 
 def test_happy_path_through_the_console_script(deploy_cli, vast, sshd, deploy_home):

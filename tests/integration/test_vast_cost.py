@@ -10,12 +10,7 @@ import json
 
 import pytest
 
-from deploy.ledger import Ledger
-
-
-def rows(home):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
+from tests.fakes.ledger_view import ledger_rows as rows
 
 
 def cost_lines(deploy_cli) -> dict[str, dict]:

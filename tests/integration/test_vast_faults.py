@@ -13,11 +13,7 @@ import pytest
 
 from deploy.ledger import Ledger
 from tests.conftest import DEPLOY_BIN, box_only, unknown_running
-
-
-def rows(home):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
+from tests.fakes.ledger_view import ledger_rows as rows
 
 
 def provision(deploy_cli, *args: str, env: dict | None = None):

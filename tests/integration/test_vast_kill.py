@@ -19,30 +19,17 @@ import time
 
 import pytest
 
-from deploy.ledger import Ledger
 from deploy.remote.host import free_port
-from tests.conftest import DEPLOY_BIN, ROOT, unknown_running
-from tests.fakes.vast import VastEmulator
-from tests.fakes.vast.boxes import namespaces_available, this_venv_as_image
+from tests.conftest import DEPLOY_BIN, unknown_running
+from tests.fakes.ledger_view import ledger_rows as rows
 
 BOX_STEPS = ("rent", "wait_running", "connect", "check")
 RUNTIME_STEPS = ("push", "install", "autotune", "start", "ready")
 
 
 @pytest.fixture
-def vast(sshd, tmp_path):
-    """Strict emulator whose boxes carry this checkout's venv as the image's /opt/venv."""
-    if reason := namespaces_available():
-        pytest.skip(reason)
-    emu = VastEmulator(ssh_host=sshd.host, box_root=tmp_path / "boxes", box_setup=this_venv_as_image(ROOT / ".venv"))
-    emu.start()
-    yield emu
-    emu.stop()
-
-
-def rows(home):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
+def vast(vast_image_boxes):
+    return vast_image_boxes
 
 
 def began(home, step: str) -> bool:

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from deploy.ledger import Ledger
 from tests.conftest import run_deploy, unknown_running
+from tests.fakes.ledger_view import ledger_rows as rows
 from tests.fakes.vast import MANIFEST_UNKNOWN, OCI_FAILURE, VastEmulator
 from tests.fakes.vast.boxes import namespaces_available
 from tests.fakes.vast.realism import DOCUMENTED_RATE_LIMITS
@@ -37,11 +37,6 @@ def vast(request, sshd, tmp_path):
     emu.start()
     yield emu
     emu.stop()
-
-
-def rows(home):
-    with Ledger(home / "ledger.sqlite3") as ledger:
-        return ledger.rentals()
 
 
 def provision(deploy_cli, *args: str):

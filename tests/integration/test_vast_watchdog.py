@@ -20,21 +20,13 @@ import pytest
 
 from deploy.ledger import Ledger
 from deploy.remote.host import free_port
-from tests.conftest import ROOT
-from tests.fakes.vast import VastEmulator
-from tests.fakes.vast.boxes import namespaces_available, this_venv_as_image
 
 IDLE_S = 30  # long enough for the server to load tiny-random before the idle clock runs out on a loaded machine
 
 
 @pytest.fixture
-def vast(sshd, tmp_path):
-    if reason := namespaces_available():
-        pytest.skip(reason)
-    emu = VastEmulator(ssh_host=sshd.host, box_root=tmp_path / "boxes", box_setup=this_venv_as_image(ROOT / ".venv"))
-    emu.start()
-    yield emu
-    emu.stop()
+def vast(vast_image_boxes):
+    return vast_image_boxes
 
 
 def provision(deploy_cli, *extra: str) -> dict:
