@@ -1,11 +1,13 @@
 """`kill -9` of `deploy provision` at every step boundary, then `deploy status` and `deploy teardown --all --yes`:
-whatever the emulator (strict: vast as it is) runs is an open ledger row at every moment, and nothing runs and no row
-is open at the end.
+whatever the emulator (strict: vast as it is) runs is named by an open ledger row, and nothing runs and no row is
+open at the end.
 
-The kill comes when the ledger records that a step begins (`step:<name>`, written before the step runs): the
-steps before it are done. Box steps run with `--no-runtime`; the runtime steps with image mode on a box whose
-"image" ships this checkout's environment as /opt/venv (nothing to build or install), tiny-random, no sweep, the
-server behind an SSH tunnel on a free port.
+The kill comes when the ledger records that a step begins (`step:<name>`, written before the step runs): the steps
+before it are done. Only `deploy` is killed, as `kill -9 <pid>` does: a `vastai create` it started lives on and may
+rent after the kill, so that id never reaches the ledger; the label the row gave the create call names the box until
+`status` adopts it. Box steps run with `--no-runtime`; the runtime steps with image mode on a box whose "image" ships
+this checkout's environment as /opt/venv (nothing to build or install), tiny-random, no sweep, the server behind an
+SSH tunnel on a free port.
 """
 
 from __future__ import annotations
@@ -44,6 +46,28 @@ def began(home, step: str) -> bool:
         return False
 
 
+def untracked_running(vast, home) -> set[str]:
+    """Running instances that no open ledger row names, by id or by the label it gave the create call."""
+    open_rows = [r for r in rows(home) if r.is_open]
+    ids, labels = {r.provider_id for r in open_rows}, {r.label for r in open_rows}
+    with vast.lock:
+        running = {str(i): inst.get("label") for i, inst in vast.instances.items() if inst["_destroyed_at"] is None}
+    return {i for i, label in running.items() if i not in ids and label not in labels}
+
+
+def wait_for_orphans(group: int, timeout: float = 60) -> None:
+    """Wait until no process of the killed provision's group is left (a `vastai` call it started finishes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(group, signal.SIGKILL)
+    raise AssertionError(f"processes of the killed provision still ran after {timeout:.0f} s")
+
+
 def provision_args(step: str) -> list[str]:
     args = ["provision", "--gpu", "4090", "--max-offers", "1"]
     if step in BOX_STEPS:
@@ -55,7 +79,11 @@ def provision_args(step: str) -> list[str]:
 @pytest.mark.parametrize("step", BOX_STEPS + RUNTIME_STEPS)
 def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(step, vast, vast_env, deploy_home):
     proc = subprocess.Popen(
-        [str(DEPLOY_BIN), *provision_args(step)], env=vast_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [str(DEPLOY_BIN), *provision_args(step)],
+        env=vast_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the orphans it leaves can be waited for
     )
     try:
         deadline = time.monotonic() + 240
@@ -67,16 +95,17 @@ def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(st
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # no handler runs: only the ledger knows what was rented
         proc.communicate()
-    before = {r.provider_id for r in rows(deploy_home) if r.provider_id}
-    assert unknown_running(vast, deploy_home) == set()
+        wait_for_orphans(proc.pid)
+    assert untracked_running(vast, deploy_home) == set()
 
     status = subprocess.run([str(DEPLOY_BIN), "status", "--json"], env=vast_env, capture_output=True, text=True)
     assert status.returncode == 0, status.stderr[-2000:]
     shown = {(e["rental"] or {}).get("provider_id") or (e["live"] or {}).get("id") for e in json.loads(status.stdout)}
     assert vast.running_ids() <= shown and unknown_running(vast, deploy_home) == set()
+    known = {r.provider_id for r in rows(deploy_home) if r.provider_id}
+    assert {str(i) for i in vast.instances} <= known  # every instance ever created is in the ledger: by id or label
 
     down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr[-2000:]
     assert vast.running_ids() == set()
     assert all(not r.is_open for r in rows(deploy_home))
-    assert before == {str(i) for i in vast.instances}  # every instance ever created was in the ledger
