@@ -137,7 +137,7 @@ def test_killed_between_create_and_running_then_status_and_teardown_all(vast_env
     assert status.returncode == 0, status.stderr
     (entry,) = json.loads(status.stdout)
     assert entry["kind"] == "tracked" and entry["rental"]["provider_id"] == rows[0].provider_id
-    assert entry["live"]["raw_status"] in ("created", "loading")
+    assert entry["live"]["raw_status"] in ("provisioning", "created", "loading")  # null while pulling
     assert unknown_running(vast, deploy_home) == set()
     down = deploy_cli("teardown", "--all", "--yes")
     assert down.returncode == 0, down.stderr
