@@ -100,6 +100,19 @@ def mismatch(name: str, presented: str, pinned: str) -> str:
     )
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port`, or raise RemoteError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RemoteError(f"the local end of the SSH forward (127.0.0.1:{port}) never listened") from None
+            time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,6 +291,7 @@ class RemoteHost:
         port = local_port or free_port()
         self.conn.open()
         with self.conn.forward_local(port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
+            wait_listening(port)  # Fabric binds the local end in a thread of its own, after returning control
             yield port
 
     def read_text(self, path: str, *, tail_lines: int | None = None) -> str:
