@@ -43,7 +43,7 @@ system-packages:
 	bash scripts/system_packages.sh
 
 test: setup system-packages lint
-	$(VENV)/bin/pytest -q --durations=15
+	$(VENV)/bin/pytest -q -n 3 --durations=15
 
 demo: setup
 	bash scripts/demo.sh

@@ -79,6 +79,45 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
+# `make test` runs the suite on pytest-xdist workers: most tests wait on processes, SSH and the emulator's rate
+# limits more than they compute. Every module runs whole on one worker, in order (module fixtures stay valid), and
+# modules that share something outside their tmp_path run on one worker, one after another: the loopback sshd logs
+# in as this machine's user, so a runtime or server a test starts through it lives in the real home (~/csm-deploy,
+# ~/.csm-deploy-run); the network-namespace boxes pick a free 10.200.X.0/30 link by looking. Box-only vast tests on
+# that sshd only read there, and the strict emulator's boxes each have a home of their own.
+SHARED_LOOPBACK_HOME = {
+    "test_autotune.py",
+    "test_control_remote.py",
+    "test_direct_access.py",
+    "test_fleet_tunnel.py",
+    "test_open_cmd.py",
+    "test_ssh_provider.py",
+    "test_teardown_ssh.py",
+    "test_tunnel_cmd.py",
+}
+NETNS_BOXES = {"test_e2e_hub_tls.py", "test_e2e_provision.py"}
+
+
+def worker_unit(nodeid: str) -> str:
+    """What one xdist worker runs whole: a module, or the group of modules that share state."""
+    module = Path(nodeid.split("::")[0]).name
+    if module in NETNS_BOXES:
+        return "netns"
+    return "loopback-home" if module in SHARED_LOOPBACK_HOME else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's scope scheduler, scoped by `worker_unit` (its xdist_group marks cannot rename test ids on pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_unit(nodeid)
+
+    return ByUnit(config, log)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _violations:
         sys.stderr.write(f"\nnetwork guard: non-loopback connections attempted: {sorted(set(_violations))}\n")
