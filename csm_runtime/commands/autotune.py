@@ -210,7 +210,8 @@ def autotune(args) -> dict:
         pending = out_dir / f".{facts.slug}.checking.yaml"
         dump_profile(profile, pending)  # served as `serve --profile PATH` would
         try:
-            delivery = check_delivery(profile, pending, base, plan, lambda st: lambda: factory.build(st))
+            factory.release()  # the server loads its own copy: one in memory at a time
+            delivery = check_delivery(profile, pending, base, plan)
         finally:
             pending.unlink(missing_ok=True)
         profile = profile.model_copy(update={"delivery": delivery})

@@ -1,10 +1,12 @@
 """The delivery check: serve the chosen setting with the real server and measure what a client gets over HTTP.
 
 A profile is only worth applying if it predicts what `serve --profile` then delivers. So after the sweep, autotune
-applies the profile it is about to write (apply.py, as `serve --profile PATH` does), starts the real app
-(`create_app` + uvicorn on a free loopback port, the generator built by the sweep's factory so the weights load
-once), and for `rounds` rounds: opens `streams - 1` streaming requests, waits until each is receiving audio, then
-sends the probe request and reads it with a plain HTTP client (http.client, streamed). Measured on the client side:
+runs `csm-runtime serve --profile PATH` on the profile it is about to write, in a process of its own on a free
+loopback port, as a box runs it: a server sharing the sweep's interpreter with the client's threads takes turns with
+them on one GIL and delivers half its speed (tiny-random on 2 CPU cores). The sweep's weights are dropped first, so a
+GPU holds one copy. For `rounds` rounds it opens `streams - 1` streaming requests, waits until each is receiving
+audio, then sends the probe request and reads it with a plain HTTP client (http.client, streamed). Measured on the
+client side:
 
 - TTFA: request sent -> first audio byte of the probe (predicted: the chosen row's TTFA for its first chunk, which
   includes the half step a request waits on average to join a busy batch);
@@ -20,13 +22,18 @@ never hides one; both attempts are recorded.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,28 +107,38 @@ def steady_rtf(r: Reading) -> float | None:
     return (r.last_s - r.ttfa_s) / after
 
 
-class RunningServer:
-    """The real app on a loopback port in a thread (uvicorn), until `stop()`."""
+class ServerProcess:
+    """`csm-runtime serve` with `settings` (a 0600 YAML file in `workdir`) in its own process group, until
+    `stop()`; its output goes to `workdir`/server.log, whose tail a failure quotes."""
 
-    def __init__(self, settings: RuntimeSettings, loader: Callable[[], object], profile_note: dict | None) -> None:
-        import uvicorn
-
-        from csm_runtime.server import create_app
+    def __init__(self, settings: RuntimeSettings, workdir: Path) -> None:
+        import yaml
 
         self.port = settings.port
-        app = create_app(settings, loader=loader, profile=profile_note)
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, name="delivery-check-server", daemon=True)
+        self.log_path = workdir / "server.log"
+        config = workdir / "settings.yaml"
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.as_dict().items() if v is not None}
+        config.touch(mode=0o600)
+        config.write_text(yaml.safe_dump(values, sort_keys=False))
+        self.command = [sys.executable, "-m", "csm_runtime", "serve", "--config", str(config)]
+        self.proc: subprocess.Popen | None = None
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "no log"
 
     def start(self, timeout_s: float) -> None:
-        self.thread.start()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         last = "no answer"
         while time.monotonic() < deadline:
-            if not self.thread.is_alive():
-                raise DeliveryMismatch("the server exited while starting")
+            if self.proc.poll() is not None:
+                raise DeliveryMismatch(f"the server exited ({self.proc.returncode}) while starting: {self.log_tail()}")
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 conn.request("GET", "/ready")
@@ -139,8 +156,16 @@ class RunningServer:
         raise DeliveryMismatch(f"the server was not ready after {timeout_s:.0f} s ({last})")
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def measure_delivery(port: int, streams: int, plan, text: str) -> tuple[list[float], list[float]]:
@@ -210,32 +235,30 @@ def compare(profile: Profile, plan, rtfs: list[float], ttfas: list[float]) -> De
 
 
 def check_delivery(
-    profile: Profile, profile_file: Path, base: RuntimeSettings, plan, loader_for: Callable, *, ready_timeout_s=900
+    profile: Profile, profile_file: Path, base: RuntimeSettings, plan, *, ready_timeout_s=900
 ) -> Delivery:
-    """Serve `profile_file` (already written) as `serve --profile PATH` would and compare (module docstring).
-    `loader_for(settings)` returns the server's loader (autotune passes one over the sweep's factory)."""
-    from csm_runtime.tuning.apply import apply_profile
-
+    """Serve `profile_file` (already written) with `serve --profile PATH` and compare (module docstring)."""
     streams = profile.chosen.settings.max_streams
     settings = base.replace(
         host="127.0.0.1",
         port=free_port(),
         token_file=None,
-        profile=str(profile_file),
+        profile=str(Path(profile_file).resolve()),
         queue_size=max(base.queue_size, streams),
         max_audio_ms=max(base.max_audio_ms, (2 * plan.check_frames + max(plan.first_chunk_frames) + 16) * 80),
+        shutdown_grace_s=5.0,
     )
-    settings, note = apply_profile(settings, str(profile_file))
-    server = RunningServer(settings, loader_for(settings), note.as_dict())
     earlier: list[str] = []
-    try:
-        server.start(ready_timeout_s)
-        for attempt in range(1, plan.check_attempts + 1):
-            rtfs, ttfas = measure_delivery(server.port, streams, plan, plan.prompt)
-            delivery = compare(profile, plan, rtfs, ttfas)
-            if delivery.ok or attempt == plan.check_attempts:
-                break
-            earlier.append(delivery.reason or "")
-    finally:
-        server.stop()
+    with tempfile.TemporaryDirectory(prefix="csm-delivery-") as workdir:
+        server = ServerProcess(settings, Path(workdir))
+        try:
+            server.start(ready_timeout_s)
+            for attempt in range(1, plan.check_attempts + 1):
+                rtfs, ttfas = measure_delivery(server.port, streams, plan, plan.prompt)
+                delivery = compare(profile, plan, rtfs, ttfas)
+                if delivery.ok or attempt == plan.check_attempts:
+                    break
+                earlier.append(delivery.reason or "")
+        finally:
+            server.stop()
     return delivery.model_copy(update={"attempts": attempt, "earlier": earlier})
