@@ -83,8 +83,9 @@ def network_guard(monkeypatch: pytest.MonkeyPatch) -> None:
 # limits more than they compute. Every module runs whole on one worker, in order (module fixtures stay valid), and
 # modules that share something outside their tmp_path run on one worker, one after another: the loopback sshd logs
 # in as this machine's user, so a runtime or server a test starts through it lives in the real home (~/csm-deploy,
-# ~/.csm-deploy-run); the network-namespace boxes pick a free 10.200.X.0/30 link by looking. Box-only vast tests on
-# that sshd only read there, and the strict emulator's boxes each have a home of their own.
+# ~/.csm-deploy-run). Box-only vast tests on that sshd only read there, and the strict emulator's boxes each have a
+# home of their own. The two network-namespace modules (each a whole provision with a server and a sweep) run one
+# after the other too, to keep the 2-core machine's load down; their links are picked under a lock either way.
 SHARED_LOOPBACK_HOME = {
     "test_autotune.py",
     "test_control_remote.py",

@@ -7,6 +7,7 @@ through SSH, exactly as on a rented machine. Only addresses inside 10.200.0.0/16
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -58,7 +59,12 @@ def _free_index() -> int:
 
 def create_box(index: int | None = None) -> NetnsBox:
     """Namespace `csmbox<hex>` at 10.200.<index>.2, our end 10.200.<index>.1/30 (a free index by default)."""
-    index = _free_index() if index is None else index
+    with open("/run/csmbox.lock", "w") as lock:  # two test processes must not pick the same free link
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _create_box(_free_index() if index is None else index)
+
+
+def _create_box(index: int) -> NetnsBox:
     tag = uuid.uuid4().hex[:6]
     name, host_veth, box_veth = f"csmbox{tag}", f"cbh{tag}", f"cbb{tag}"
     host_addr, box_addr = f"10.200.{index}.1", f"10.200.{index}.2"
