@@ -100,17 +100,17 @@ def mismatch(name: str, presented: str, pinned: str) -> str:
     )
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    """Return once something accepts connections on 127.0.0.1:`port`, or raise RemoteError after `timeout`."""
+def wait_listening(port: int, timeout: float, check: Callable[[], None] = lambda: None) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` within `timeout` seconds; `check` runs between
+    tries and raises when waiting is pointless (the process that should listen has exited)."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RemoteError(f"the local end of the SSH forward (127.0.0.1:{port}) never listened") from None
-            time.sleep(0.02)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        check()
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -291,7 +291,8 @@ class RemoteHost:
         port = local_port or free_port()
         self.conn.open()
         with self.conn.forward_local(port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
-            wait_listening(port)  # Fabric binds the local end in a thread of its own, after returning control
+            if not wait_listening(port, 10.0):  # Fabric binds the local end in a thread, after returning control
+                raise RemoteError(f"the local end of the SSH forward (127.0.0.1:{port}) never listened")
             yield port
 
     def read_text(self, path: str, *, tail_lines: int | None = None) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from deploy.errors import RemoteError, UsageError
 from deploy.ledger import Rental
-from deploy.remote.host import free_port
+from deploy.remote.host import free_port, wait_listening
 
 
 def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
@@ -75,14 +75,14 @@ def ensure(directory: Path, name: str, rental: Rental, key: Path, *, timeout: fl
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     pid_f.write_text(str(proc.pid))
     port_f.write_text(str(local))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def exited() -> None:
         if proc.poll() is not None:
             tail = log_f.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RemoteError(f"SSH tunnel to replica {name} exited: {tail[0]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local), timeout=0.5):
-            return local
-        time.sleep(0.05)
+
+    if wait_listening(local, timeout, exited):
+        return local
     close(directory, name)
     raise RemoteError(f"SSH tunnel to replica {name} did not open within {timeout:g} s")
 

@@ -103,7 +103,7 @@ def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(st
     shown = {(e["rental"] or {}).get("provider_id") or (e["live"] or {}).get("id") for e in json.loads(status.stdout)}
     assert vast.running_ids() <= shown and unknown_running(vast, deploy_home) == set()
     known = {r.provider_id for r in rows(deploy_home) if r.provider_id}
-    assert {str(i) for i in vast.instances} <= known  # every instance ever created is in the ledger: by id or label
+    assert {str(i) for i in vast.instances} <= known  # every instance ever created is in the ledger, by id once adopted
 
     down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr[-2000:]
