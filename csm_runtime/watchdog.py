@@ -2,21 +2,19 @@
 its hours or spend cap is reached, or when the server has been dead for the idle time.
 
 It is separate from the server on purpose: a crashed server must not keep the box alive. It needs no operator secret:
-vast.ai puts an instance-scoped key into the container's environment (`CONTAINER_ID`, `CONTAINER_API_KEY`, in PID 1's
-environment: an SSH session does not inherit them), which can destroy that one instance and nothing else. The onstart
-command `deploy provision` sends saves them to INSTANCE_ENV_FILE (0600), since PID 1 may not be readable. Only the
-destroy ends billing (a stopped instance still bills its disk), so that is what it calls:
-`DELETE {api}/api/v0/instances/{id}/` with `Authorization: Bearer <key>`.
+vast's instance-scoped key does the destroy (watchdog_vast.py). Before it watches anything it arms: one call about
+its own instance with that key proves vast takes it from this box; a watchdog vast refuses exits non-zero, and
+`deploy provision` counts the box as failed rather than leave it billing with no one to end it. Only the destroy ends
+billing (a stopped instance still bills its disk), so that is what it calls, retried with backoff until it lands.
 
 Activity comes from the server's /metrics: `csm_last_request_timestamp_seconds` (a speech request started or ended)
-and streams running or queued. Before it acts it logs why and writes the reason to its state file.
+and streams running or queued. What it sees, spends and does goes to its state file (watchdog_state.py), which
+`deploy status` shows.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 import urllib.error
@@ -24,14 +22,28 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from csm_runtime.watchdog_state import State
+from csm_runtime.watchdog_vast import (  # noqa: F401  (re-exported: the watchdog's public names)
+    DEFAULT_API,
+    INSTANCE_ENV_FILE,
+    USER_AGENT,
+    InstanceKey,
+    Refused,
+    Unanswered,
+    WatchdogError,
+    destroy_instance,
+    environ_of_file,
+    environ_of_pid1,
+    instance_key,
+    verify_instance,
+)
 
 log = logging.getLogger("csm_runtime.watchdog")
-DEFAULT_API = "https://console.vast.ai"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-class WatchdogError(RuntimeError):
-    """The watchdog cannot do its job (no instance-scoped key, bad limits); the message says what is missing."""
+ARM_DELAYS_S = (2.0, 4.0, 8.0)  # a vast that does not answer at start is asked again this many times
+DESTROY_FIRST_DELAY_S, DESTROY_MAX_DELAY_S = 5.0, 300.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,10 @@ class Watch:
 
     def __post_init__(self) -> None:
         self.last_activity = max(self.last_activity, self.since)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds the idle clock has run: since the last activity, or since the server stopped answering."""
+        return max(0.0, now - (self.dead_since if self.dead_since is not None else self.last_activity))
 
     def observe(self, seen: Observation, now: float) -> str | None:
         """The reason to destroy now, or None."""
@@ -130,71 +146,6 @@ def poll_server(url: str, token: str, *, timeout: float = 10.0, cafile: str | No
         return Observation(False)
 
 
-# --- the provider --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InstanceKey:
-    instance_id: str
-    api_key: str = field(repr=False)
-
-
-INSTANCE_ENV_FILE = "~/.csm-deploy-instance.env"  # KEY=VALUE lines; written by the rental's onstart, mode 0600
-
-
-def environ_of_file(path: str = INSTANCE_ENV_FILE) -> dict[str, str]:
-    try:
-        lines = Path(path).expanduser().read_text().splitlines()
-    except OSError:
-        return {}
-    pairs = (line.split("=", 1) for line in lines if "=" in line)
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def environ_of_pid1(path: str = "/proc/1/environ") -> dict[str, str]:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
-def instance_key(
-    environ: dict[str, str] | None = None,
-    pid1: Callable[[], dict[str, str]] = environ_of_pid1,
-    saved: Callable[[], dict[str, str]] = environ_of_file,
-) -> InstanceKey:
-    """vast's instance-scoped credentials: this process's environment, else PID 1's (the container's own), else the
-    copy the onstart saved."""
-    for env in (os.environ if environ is None else environ, pid1(), saved()):
-        if env.get("CONTAINER_ID") and env.get("CONTAINER_API_KEY"):
-            return InstanceKey(env["CONTAINER_ID"], env["CONTAINER_API_KEY"])
-    raise WatchdogError(
-        "no instance-scoped key: CONTAINER_ID and CONTAINER_API_KEY are not in this environment, PID 1's or "
-        f"{INSTANCE_ENV_FILE} (vast.ai sets them in the container); the box cannot destroy itself"
-    )
-
-
-def destroy_instance(api: str, key: InstanceKey, *, timeout: float = 30.0) -> None:
-    """DELETE the instance with its own key; 404 means it is gone already. Raises OSError on any other answer."""
-    url = f"{api.rstrip('/')}/api/v0/instances/{key.instance_id}/"
-    request = urllib.request.Request(url, method="DELETE", headers={"Authorization": f"Bearer {key.api_key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return
-        raise OSError(f"destroy answered HTTP {exc.code}") from None
-    try:
-        answer = json.loads(body or b"{}")
-    except ValueError:
-        answer = {}
-    if isinstance(answer, dict) and answer.get("success") is False:
-        raise OSError(f"destroy refused: {answer.get('msg') or answer.get('error') or answer}")
-
-
 # --- the loop ------------------------------------------------------------------------------------------------------
 
 
@@ -209,12 +160,35 @@ class Settings:
     cafile: str | None = None
 
 
-def write_state(path: Path | None, **state: object) -> None:
-    if path is None:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"at": time.time(), **state}) + "\n")
-    tmp.replace(path)
+def arm(
+    settings: Settings,
+    key: InstanceKey,
+    *,
+    verify: Callable[[], Any] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> State:
+    """Prove the instance key before watching: one GET of the key's own instance, asked again while vast does not
+    answer. Raises Refused (recorded in the state file) when vast refuses the key or never answers."""
+    verify = verify or (lambda: verify_instance(settings.api, key))
+    state = State(settings.state_file, key.instance_id, asdict(settings.limits), settings.poll_s)
+    state.save()
+    for delay in (*ARM_DELAYS_S, None):
+        try:
+            verify()
+        except Refused as exc:
+            state.save(action="refused", last_error=f"vast refused the instance key: {exc}")
+            raise Refused(state.last_error) from None
+        except Unanswered as exc:
+            if delay is None:
+                state.save(action="refused", last_error=f"vast did not answer: {exc}")
+                raise Refused(state.last_error) from None
+            log.warning("vast did not answer about instance %s (%s); asking again in %g s", key.instance_id, exc, delay)
+            sleep(delay)
+            continue
+        break
+    state.save(armed=True, action="watching", last_check=time.time())
+    log.info("armed: vast takes this box's key for instance %s", key.instance_id)
+    return state
 
 
 def run(
@@ -223,35 +197,47 @@ def run(
     *,
     poll: Callable[[], Observation] | None = None,
     destroy: Callable[[], None] | None = None,
+    verify: Callable[[], Any] | None = None,
+    state: State | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
     max_destroy_tries: int | None = None,
 ) -> str:
-    """Watch until a limit is reached, then destroy the instance (retrying with backoff); returns the reason."""
+    """Arm (unless `state` says it did), watch until a limit is reached, then destroy the instance (retrying with backoff); returns the reason.
+    The state file says at each step what it saw, spent and did; a refused destroy is there too, try by try."""
     poll = poll or (lambda: poll_server(settings.server, settings.token, cafile=settings.cafile))
     destroy = destroy or (lambda: destroy_instance(settings.api, key))
+    state = state if state is not None and state.armed else arm(settings, key, verify=verify, sleep=sleep)
     watch = Watch(settings.limits, since=clock())
     lim = settings.limits
     limits = f"idle {lim.idle_s} s, max {lim.max_hours} h, max ${lim.max_spend_usd} at {lim.rate_usd_h} USD/h"
     log.info("watching %s for instance %s: %s", settings.server, key.instance_id, limits)
-    write_state(settings.state_file, action="watching", limits=asdict(lim), instance=key.instance_id)
-    while (reason := watch.observe(poll(), clock())) is None:
+    while True:
+        now = clock()
+        reason = watch.observe(poll(), now)
+        hours = max(0.0, (now - lim.started_at) / 3600.0)
+        state.save(idle_s=watch.idle_for(now), hours=hours, spent_usd=lim.rate_usd_h * hours, last_check=now)
+        if reason is not None:
+            break
         sleep(settings.poll_s)
     log.warning("destroying instance %s: %s", key.instance_id, reason)
-    write_state(settings.state_file, action="destroying", reason=reason, instance=key.instance_id)
-    tries, delay = 0, 5.0
+    state.save(action="destroying", reason=reason)
+    tries, delay = 0, DESTROY_FIRST_DELAY_S
     while True:
         tries += 1
         try:
             destroy()
         except OSError as exc:
-            log.error("destroy of instance %s failed (try %d): %s", key.instance_id, tries, exc)
+            what = "refused" if isinstance(exc, Refused) else "failed"
+            log.error("destroy of instance %s %s (try %d): %s", key.instance_id, what, tries, exc)
+            error = f"destroy {what} (try {tries}): {exc}"
             if max_destroy_tries is not None and tries >= max_destroy_tries:
-                write_state(settings.state_file, action="destroy-failed", reason=reason, error=str(exc))
+                state.save(last_error=error, destroy_tries=tries, next_try_at=None)
                 raise
+            state.save(last_error=error, destroy_tries=tries, next_try_at=clock() + delay)
             sleep(delay)
-            delay = min(delay * 2, 300.0)  # a box that cannot end itself keeps trying: it is billing
+            delay = min(delay * 2, DESTROY_MAX_DELAY_S)  # a box that cannot end itself keeps trying: it is billing
             continue
         log.warning("instance %s destroyed: %s", key.instance_id, reason)
-        write_state(settings.state_file, action="destroyed", reason=reason, instance=key.instance_id)
+        state.save(action="destroyed", destroy_tries=tries, next_try_at=None, last_check=clock())
         return reason

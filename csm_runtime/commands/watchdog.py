@@ -3,6 +3,9 @@
 Usage (listed in cli.py; `deploy provision` starts it detached beside the server):
     csm-runtime watchdog --idle-destroy-after 3600 --server http://127.0.0.1:8000 --token-file ~/csm-deploy/token
     csm-runtime watchdog --max-hours 8 --max-spend 5 --rate 0.40 --server http://127.0.0.1:8000 --token-file token
+
+Exit status: 2 bad options; 3 not armed (no instance-scoped key, or vast refused it: one line on stderr, and the state
+file says why); 0 once the box is destroyed.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     import os
 
-    from csm_runtime.watchdog import DEFAULT_API, Limits, Settings, WatchdogError, instance_key, run
+    from csm_runtime.watchdog import DEFAULT_API, Limits, Refused, Settings, WatchdogError, arm, instance_key, run
+    from csm_runtime.watchdog_state import State
 
     args = args if args is not None else build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -51,7 +55,6 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         limits.check()
         if not 0 < args.poll <= 3600:
             raise WatchdogError(f"--poll must be between 0 and 3600 seconds, not {args.poll}")
-        key = instance_key()
     except (OSError, WatchdogError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
@@ -64,7 +67,18 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         state_file=Path(args.state_file) if args.state_file else None,
         cafile=args.cafile,
     )
-    run(settings, key)
+    try:
+        key = instance_key()
+    except WatchdogError as exc:
+        State(settings.state_file, "", {}, settings.poll_s).save(action="refused", last_error=str(exc))
+        print(f"Error: not armed: {exc}", file=sys.stderr)
+        return 3
+    try:
+        state = arm(settings, key)
+    except Refused as exc:
+        print(f"Error: not armed: {exc}; the box cannot destroy itself", file=sys.stderr)
+        return 3
+    run(settings, key, state=state)
     return 0
 
 

@@ -1,8 +1,11 @@
-"""The watchdog's decisions (idle, a dead server, the hours and spend caps), what it reads from /metrics, and where it
-finds vast's instance-scoped key. The process against a real server and the vast emulator is in
-tests/integration/test_watchdog.py."""
+"""The watchdog's decisions (idle, a dead server, the hours and spend caps), what it reads from /metrics, where it
+finds vast's instance-scoped key, and the loop's state file. The real calls to vast (arm, destroy) against the
+emulator are in tests/integration/test_watchdog_vast_calls.py; the process on a box that `deploy provision` starts is
+in tests/integration/test_vast_watchdog.py."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -10,7 +13,9 @@ from csm_runtime.watchdog import (
     InstanceKey,
     Limits,
     Observation,
+    Refused,
     Settings,
+    Unanswered,
     Watch,
     WatchdogError,
     environ_of_file,
@@ -89,24 +94,94 @@ def test_the_key_comes_from_the_environment_else_pid_1s(tmp_path):
         instance_key({"CONTAINER_ID": "42"}, pid1=dict, saved=dict)
 
 
-def test_run_destroys_once_with_retries_and_leaves_the_reason(tmp_path):
+def test_run_destroys_once_with_retries_and_leaves_the_reason_and_each_error_in_the_state(tmp_path):
+    """The loop with its vast calls stood in (the real ones are tested against the emulator elsewhere): a refused
+    destroy is in the state file, try by try, and is tried again with a growing delay."""
     now = [0.0]
     calls: list[str] = []
+    seen: list[dict] = []
+    state = tmp_path / "watchdog.json"
 
     def destroy():
         calls.append("delete")
-        if len(calls) < 3:
-            raise OSError("HTTP 500")
+        seen.append(json.loads(state.read_text()))
+        if len(calls) == 1:
+            raise Refused("HTTP 403: error code: 1010")
+        if len(calls) == 2:
+            raise Unanswered("HTTP 500: boom")
 
-    state = tmp_path / "watchdog.json"
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        sleeps.append(s)
+        now[0] += s
+
     settings = Settings("http://127.0.0.1:1", "tok", Limits(idle_s=10, started_at=0), poll_s=1.0, state_file=state)
     reason = run(
         settings,
         InstanceKey("7", "k"),
         poll=lambda: IDLE,
         destroy=destroy,
+        verify=dict,
         clock=lambda: now[0],
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        sleep=sleep,
     )
     assert "no request for 10 s" in reason and calls == ["delete"] * 3
-    assert '"action": "destroyed"' in state.read_text() and "no request" in state.read_text()
+    assert seen[0]["armed"] and seen[0]["action"] == "destroying" and seen[0]["idle_s"] == 10
+    assert seen[1]["last_error"] == "destroy refused (try 1): HTTP 403: error code: 1010"
+    assert seen[1]["destroy_tries"] == 1 and seen[1]["next_try_at"] == 15.0
+    assert seen[2]["last_error"].startswith("destroy failed (try 2)")
+    assert sleeps[-2:] == [5.0, 10.0]  # backoff between destroys
+    final = json.loads(state.read_text())
+    assert final["action"] == "destroyed" and "no request" in final["reason"] and final["destroy_tries"] == 3
+
+
+def test_the_state_tracks_idle_time_and_spend_while_watching(tmp_path):
+    now = [7100.0]
+    states: list[dict] = []
+    state = tmp_path / "watchdog.json"
+
+    def poll():
+        if states and states[-1]["idle_s"] >= 20:
+            return Observation(True, last_request=now[0], busy=False)  # a request resets the idle clock
+        return IDLE
+
+    def sleep(s: float) -> None:
+        states.append(json.loads(state.read_text()))
+        now[0] += s
+        if len(states) > 40:
+            raise AssertionError("never destroyed")
+
+    limits = Limits(idle_s=60, max_spend_usd=1.0, rate_usd_h=0.5, started_at=0)
+    settings = Settings("http://127.0.0.1:1", "tok", limits, poll_s=10.0, state_file=state)
+    run(
+        settings, InstanceKey("7", "k"), poll=poll, destroy=lambda: None, verify=dict, clock=lambda: now[0], sleep=sleep
+    )
+    first = states[0]
+    assert first["armed"] and first["action"] == "watching" and first["limits"]["max_spend_usd"] == 1.0
+    assert first["spent_usd"] == pytest.approx(0.5 * 7100 / 3600) and first["hours"] == pytest.approx(7100 / 3600)
+    assert [s["idle_s"] for s in states[:4]] == [0, 10, 20, 0]
+    assert "its cap is $1" in json.loads(state.read_text())["reason"]
+
+
+def test_a_refused_key_at_start_is_one_error_in_the_state_and_nothing_is_watched(tmp_path):
+    state = tmp_path / "watchdog.json"
+    settings = Settings("http://127.0.0.1:1", "tok", Limits(idle_s=10, started_at=0), state_file=state)
+
+    def refused():
+        raise Refused("HTTP 401: Invalid user key")
+
+    with pytest.raises(Refused, match="vast refused the instance key: HTTP 401"):
+        run(settings, InstanceKey("7", "k"), poll=lambda: pytest.fail("polled"), verify=refused, sleep=lambda s: None)
+    written = json.loads(state.read_text())
+    assert not written["armed"] and written["action"] == "refused" and "Invalid user key" in written["last_error"]
+
+    tries = []
+
+    def silent():
+        tries.append(1)
+        raise Unanswered("no answer: connection refused")
+
+    with pytest.raises(Refused, match="vast did not answer"):
+        run(settings, InstanceKey("7", "k"), poll=lambda: pytest.fail("polled"), verify=silent, sleep=lambda s: None)
+    assert len(tries) == 4  # asked again three times before it gives up

@@ -30,6 +30,7 @@ OCI_FAILURE = (
 MANIFEST_UNKNOWN = "Error response from daemon: manifest for example/csm-runtime:nope not found: manifest unknown"
 
 GONE_SHAPES = ("null", "404", "empty", "destroyed")
+ATTACH_MODES = ("applied", "refused", "dropped")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class Realism:
     documented_refusal: bool = False
     # Injected 429s carry `Retry-After: 0` (vast sends no Retry-After at all).
     retry_after_header: bool = True
+    # `attach ssh` before the instance runs (null or loading): "applied" (the key reaches the box), "refused" (400),
+    # or "dropped" (`{"success": true}`, and the key never reaches the box). ssh_access.py.
+    attach_before_running: str = "applied"
+    # An edge in front of the API refuses clients by User-Agent (403 "error code: 1010", as Cloudflare's browser
+    # check does): no User-Agent, or urllib's default one. The vastai CLI's passes (edge.py).
+    user_agent_edge: bool = False
 
     @classmethod
     def strict(cls) -> Realism:
@@ -79,6 +86,7 @@ class Realism:
             split_billing=True,
             documented_refusal=True,
             retry_after_header=False,
+            attach_before_running="dropped",
         )
 
     def with_options(self, **options: object) -> Realism:
@@ -91,6 +99,8 @@ class Realism:
         out = replace(self, **chosen)
         if out.gone_after_destroy not in GONE_SHAPES:
             raise ValueError(f"gone_after_destroy must be one of {GONE_SHAPES}")
+        if out.attach_before_running not in ATTACH_MODES:
+            raise ValueError(f"attach_before_running must be one of {ATTACH_MODES}")
         if out.auto_tmux and not out.boxes:
             out = replace(out, boxes=True)
         return out
