@@ -1,8 +1,9 @@
 """The HTTP side: what vastai 1.9.1 sends (NOTES.md lists the endpoints) and what vast answers, kind or strict.
 
 `route` is one method so a test can subclass the emulator and wrap it (tests/e2e does). Order per request: record
-it, injected faults, an outage, the failures armed after a create, the two unauthenticated lists the CLI fetches at
-import, the key (the account's, or an instance's own), the rate limit, then the endpoint.
+it, the edge's User-Agent check (edge.py), injected faults, an outage, the failures armed after a create, the two
+unauthenticated lists the CLI fetches at import, the key (the account's, or an instance's own), the rate limit, then
+the endpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.vast import billing
+from tests.fakes.vast import billing, edge
 from tests.fakes.vast.faults import too_frequent
 from tests.fakes.vast.offers import default_offers, search, unknown_filters
 
@@ -39,6 +40,7 @@ class ApiServer:
     def __init__(self) -> None:
         self.server: ThreadingHTTPServer | None = None
         self.armed_after_create: list[int] = []
+        self.agents: list[tuple[str, str, str, str]] = []  # (method, path, User-Agent, key) of every request
 
     def start(self) -> str:
         emu = self
@@ -104,6 +106,10 @@ class ApiServer:
     # --- one request ----------------------------------------------------------------------------------------------
     def route(self, method: str, path: str, query: dict[str, str], body: dict[str, Any], headers: Any) -> Reply:
         self.tick()
+        agent, key = str(headers.get("User-Agent") or ""), str(headers.get("Authorization") or "")
+        self.agents.append((method, path, agent, key.removeprefix("Bearer ")))
+        if (refused := edge.refusal(self.realism.user_agent_edge, headers)) is not None:
+            return refused  # the edge in front of vast answers before vast sees the request (edge.py)
         for fault in self.faults:
             if fault.hits(method, path):
                 fault.spend()
