@@ -1,4 +1,5 @@
-"""A sweep's result -> the `Profile` written to `profiles/<slug>.yaml`: identity, the rule, the choice, the table."""
+"""A sweep's result -> the `Profile` written to `profiles/<slug>.yaml`: identity, the rule, the choice, the table;
+and the profile's figures: what its setting delivers (`with_figures`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from csm_runtime.tuning.profile import (
     SCHEMA_VERSION,
     Delivery,
     DeviceIdentity,
+    Figures,
     Identity,
     ModelIdentity,
+    Predicted,
     Profile,
     SweepInfo,
     Versions,
@@ -23,7 +26,7 @@ def build_profile(result: SweepResult, *, plot: str | None = None, delivery: Del
     plan, facts, base = result.plan, result.facts, result.settings
     rule = rule_for(plan)
     versions = package_versions()
-    return Profile(
+    profile = Profile(
         schema_version=SCHEMA_VERSION,
         slug=facts.slug,
         identity=Identity(
@@ -53,5 +56,27 @@ def build_profile(result: SweepResult, *, plot: str | None = None, delivery: Del
         ),
         candidates=result.candidates,
         plot=plot,
-        delivery=delivery,
     )
+    return with_figures(profile, delivery)
+
+
+def with_figures(profile: Profile, delivery: Delivery | None = None) -> Profile:
+    """The profile with `delivery` recorded and its figures set: the delivered ones when the check ran, the sweep's
+    otherwise; the sweep's stay beside them as `predicted`."""
+    chosen, rule = profile.chosen, profile.rule
+    fc = chosen.settings.first_chunk_frames
+    predicted = Predicted(rtf=chosen.measurement.rtf, ttfa_ms=chosen.measurement.ttfa_ms[fc])
+    if delivery is not None:
+        source, rtf, ttfa = "delivered", delivery.delivered_rtf, delivery.delivered_ttfa_ms
+    else:
+        source, rtf, ttfa = "sweep", predicted.rtf, predicted.ttfa_ms
+    figures = Figures(
+        source=source,
+        streams=chosen.settings.max_streams,
+        first_chunk_frames=fc,
+        rtf=rtf,
+        ttfa_ms=ttfa,
+        within_rule=rtf <= rule.rtf_max and ttfa <= rule.ttfa_target_ms,
+        predicted=predicted,
+    )
+    return profile.model_copy(update={"chosen": chosen.model_copy(update={"figures": figures}), "delivery": delivery})

@@ -1,58 +1,46 @@
 """The delivery check: serve the chosen setting with the real server and measure what a client gets over HTTP.
 
-A profile is only worth applying if it predicts what `serve --profile` then delivers. So after the sweep, autotune
-runs `csm-runtime serve --profile PATH` on the profile it is about to write, in a process of its own on a free
-loopback port, as a box runs it: a server sharing the sweep's interpreter with the client's threads takes turns with
-them on one GIL and delivers half its speed (tiny-random on 2 CPU cores). The sweep's weights are dropped first, so a
-GPU holds one copy. For `rounds` rounds it opens `streams - 1` streaming requests, waits until each is receiving
-audio, then sends the probe request and reads it with a plain HTTP client (http.client, streamed). Measured on the
-client side:
+A profile states what `serve --profile` delivers. So after the sweep, autotune runs `csm-runtime serve --profile
+PATH` on the profile it is about to write, in a process (group) of its own on a free loopback port, as a box runs it
+(server_process.py). The sweep's weights are dropped first, so a GPU holds one copy. For `check_rounds` rounds it
+opens `streams - 1` streaming requests, waits until each is receiving audio, then sends the probe request and reads
+it with a plain HTTP client (http.client, streamed). Measured on the client side:
 
 - TTFA: request sent -> first audio byte of the probe (predicted: the chosen row's TTFA for its first chunk, which
   includes the half step a request waits on average to join a busy batch);
-- RTF: the probe's (last byte - first byte) / the audio that came after its first chunk (predicted: the chosen row's
+- RTF: the probe's (last byte - first byte) / the audio that came after its first read (predicted: the chosen row's
   RTF, i.e. one frame step for `streams` streams / 80 ms).
 
-Medians over the rounds are compared with the prediction; when either differs by more than `tolerance` (25 %; TTFA
-also by more than `ttfa_slack_ms`, the loopback request and response head the sweep cannot see) the attempt misses.
-A missed attempt is run once more, since a burst of load on a shared machine can disturb a few seconds of timing;
-when that one misses too, autotune fails loudly naming both numbers. A real mismatch misses every time, so the retry
-never hides one; both attempts are recorded.
+Timing is noisy on a shared machine, so the check measures again (`check_attempts` attempts at most) while the
+medians differ from the prediction by more than `check_tolerance` (TTFA also by more than `check_ttfa_slack_ms`) or
+the rounds disagree among themselves (spread past `spread_limit`); the delivered figures are the medians over every
+round of every attempt, and they are the profile's figures whatever the prediction said. Only a setting that does
+not serve fails the check (`ServeFailure`): the server does not start, answers an error, sends no audio, or sends
+something that is not the PCM asked for.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from csm_runtime.settings import RuntimeSettings
 from csm_runtime.tuning.profile import Delivery, Profile
+from csm_runtime.tuning.rounds import spread
+from csm_runtime.tuning.server_process import ServeFailure, ServerProcess, free_port
+
+__all__ = ["ServeFailure", "check_delivery", "compare", "measure_delivery", "steady_rtf"]
 
 SAMPLE_RATE = 24_000
 FRAME_S = 0.08
-
-
-class DeliveryMismatch(RuntimeError):
-    """The server delivered something other than what the profile predicts; the message says both."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -62,6 +50,7 @@ class Reading:
     last_s: float | None = None  # request sent -> last byte
     nbytes: int = 0
     status: int = 0
+    content_type: str = ""
 
 
 def speech_request(
@@ -78,9 +67,9 @@ def speech_request(
     try:
         conn.request("POST", "/v1/audio/speech", body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        reading.status = resp.status
+        reading.status, reading.content_type = resp.status, resp.getheader("Content-Type") or ""
         if resp.status != 200:
-            raise DeliveryMismatch(f"the server answered {resp.status}: {resp.read(300)!r}")
+            raise ServeFailure(f"the server answered {resp.status}: {resp.read(300)!r}")
         while True:
             data = resp.read1(65536)
             if not data:
@@ -94,9 +83,26 @@ def speech_request(
             reading.last_s = now
             if stop is not None and stop.is_set():
                 break
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServeFailure(f"the request failed: {type(exc).__name__}: {exc}") from None
     finally:
         conn.close()
     return reading
+
+
+def output_problem(r: Reading, frames: int) -> str | None:
+    """Why the probe's body is not the PCM asked for (None when it is): 16-bit mono at 24 kHz, some audio, no more
+    than the `frames` frames requested."""
+    if not r.content_type.startswith("audio/pcm"):
+        return f"Content-Type {r.content_type or 'missing'!r}, not audio/pcm"
+    if r.nbytes == 0:
+        return "no audio"
+    if r.nbytes % 2:
+        return f"{r.nbytes} bytes: not whole 16-bit samples"
+    cap = frames * round(FRAME_S * SAMPLE_RATE) * 2
+    if r.nbytes > cap:
+        return f"{r.nbytes} bytes of audio for a request capped at {frames} frames ({cap} bytes)"
+    return None
 
 
 def steady_rtf(r: Reading) -> float | None:
@@ -107,95 +113,48 @@ def steady_rtf(r: Reading) -> float | None:
     return (r.last_s - r.ttfa_s) / after
 
 
-class ServerProcess:
-    """`csm-runtime serve` with `settings` (a 0600 YAML file in `workdir`) in its own process group, until
-    `stop()`; its output goes to `workdir`/server.log, whose tail a failure quotes."""
-
-    def __init__(self, settings: RuntimeSettings, workdir: Path) -> None:
-        import yaml
-
-        self.port = settings.port
-        self.log_path = workdir / "server.log"
-        config = workdir / "settings.yaml"
-        values = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.as_dict().items() if v is not None}
-        config.touch(mode=0o600)
-        config.write_text(yaml.safe_dump(values, sort_keys=False))
-        self.command = [sys.executable, "-m", "csm_runtime", "serve", "--config", str(config)]
-        self.proc: subprocess.Popen | None = None
-
-    def log_tail(self, lines: int = 5) -> str:
-        try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
-        except OSError:
-            return "no log"
-
-    def start(self, timeout_s: float) -> None:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DeliveryMismatch(f"the server exited ({self.proc.returncode}) while starting: {self.log_tail()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/ready")
-                resp = conn.getresponse()
-                text = resp.read().decode(errors="replace")
-                conn.close()
-                if resp.status == 200:
-                    return
-                last = text[:200]
-                if '"failed"' in text:
-                    raise DeliveryMismatch(f"the server failed to load the chosen setting: {last}")
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.2)
-        raise DeliveryMismatch(f"the server was not ready after {timeout_s:.0f} s ({last})")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+# (attempt, round, probe RTF, probe TTFA ms): each delivery round as soon as it is measured
+OnRound = Callable[[int, int, float, float], None]
 
 
-def measure_delivery(port: int, streams: int, plan, text: str) -> tuple[list[float], list[float]]:
+def measure_delivery(
+    port: int, streams: int, plan, text: str, on_round: OnRound | None = None, attempt: int = 1
+) -> tuple[list[float], list[float]]:
     """`plan.check_rounds` rounds of (streams - 1 background requests, then the probe): per-round probe RTF and
-    TTFA (ms)."""
+    TTFA (ms). A request that errors, or a probe without the audio asked for, is a ServeFailure."""
     rtfs, ttfas = [], []
     load_frames = 2 * plan.check_frames + max(plan.first_chunk_frames) + 16
     with ThreadPoolExecutor(max(1, streams - 1)) as pool:
-        for _ in range(plan.check_rounds):
+        for n in range(1, plan.check_rounds + 1):
             stop = threading.Event()
             flags = [threading.Event() for _ in range(streams - 1)]
             loads = [pool.submit(speech_request, port, text, load_frames, stop, f) for f in flags]
-            for flag, fut in zip(flags, loads, strict=True):
-                while not flag.wait(0.1):
-                    if fut.done():
-                        fut.result()  # raises what went wrong
-                        break
-            probe = speech_request(port, text, plan.check_frames)
-            stop.set()
+            try:
+                for flag, fut in zip(flags, loads, strict=True):
+                    while not flag.wait(0.1):
+                        if fut.done():
+                            fut.result()  # raises what went wrong
+                            break
+                probe = speech_request(port, text, plan.check_frames)
+            finally:
+                stop.set()  # also when stopped: the background reads end at their next chunk
             for fut in loads:
                 fut.result()
+            problem = output_problem(probe, plan.check_frames)
             rtf = steady_rtf(probe)
-            if probe.ttfa_s is None or rtf is None:
-                raise DeliveryMismatch(f"the probe request received no audio ({probe.nbytes} bytes)")
+            if problem is None and (probe.ttfa_s is None or rtf is None):
+                problem = f"the audio came in one read ({probe.nbytes} bytes): nothing streamed after the first"
+            if problem:
+                raise ServeFailure(f"the probe request received wrong output: {problem}")
             rtfs.append(rtf)
             ttfas.append(probe.ttfa_s * 1000)
+            if on_round is not None:
+                on_round(attempt, n, rtf, probe.ttfa_s * 1000)
     return rtfs, ttfas
 
 
 def compare(profile: Profile, plan, rtfs: list[float], ttfas: list[float]) -> Delivery:
+    """The medians of `rtfs` and `ttfas` against the chosen row's prediction; `ok` when both are within tolerance."""
     chosen = profile.chosen
     fc = chosen.settings.first_chunk_frames
     predicted_rtf = chosen.measurement.rtf
@@ -210,7 +169,7 @@ def compare(profile: Profile, plan, rtfs: list[float], ttfas: list[float]) -> De
     reason = None
     if problems:
         reason = (
-            f"the served setting {chosen.candidate} does not deliver what the profile predicts (tolerance "
+            f"the served setting {chosen.candidate} delivers other figures than the sweep predicted (tolerance "
             f"{plan.check_tolerance:.0%}, {chosen.settings.max_streams} stream(s), median of {len(rtfs)} rounds): "
             + "; ".join(problems)
         )
@@ -231,13 +190,43 @@ def compare(profile: Profile, plan, rtfs: list[float], ttfas: list[float]) -> De
         round_rtf=[round(x, 4) for x in rtfs],
         round_ttfa_ms=[round(x, 2) for x in ttfas],
         reason=reason,
+        rtf_spread=round(spread(rtfs), 4),
+        ttfa_spread=round(spread(ttfas), 4),
     )
 
 
+def measure_again(delivery: Delivery, rtfs: list[float], ttfas: list[float], plan) -> str | None:
+    """Why this attempt's figures are not settled (None when they are): they differ from the prediction, or its
+    rounds disagree among themselves."""
+    if not delivery.ok:
+        return delivery.reason
+    worst = max(spread(rtfs), spread(ttfas))
+    if worst > plan.spread_limit:
+        return f"the rounds disagree: spread {worst:.0%} > {plan.spread_limit:.0%} (RTF {rtfs}, TTFA ms {ttfas})"
+    return None
+
+
+@dataclass
+class Hooks:
+    """Who hears of the check as it goes: the server's pid once launched, each round, each attempt's Delivery and
+    why it is measured again (None when settled)."""
+
+    server: Callable[[int, int], None] = lambda pid, port: None
+    round: OnRound | None = None
+    attempt: Callable[[int, Delivery, str | None], None] = lambda attempt, delivery, again: None
+
+
 def check_delivery(
-    profile: Profile, profile_file: Path, base: RuntimeSettings, plan, *, ready_timeout_s=900
+    profile: Profile,
+    profile_file: Path,
+    base: RuntimeSettings,
+    plan,
+    *,
+    ready_timeout_s=900,
+    hooks: Hooks | None = None,
 ) -> Delivery:
-    """Serve `profile_file` (already written) with `serve --profile PATH` and compare (module docstring)."""
+    """Serve `profile_file` (already written) with `serve --profile PATH` and measure it (module docstring)."""
+    hooks = hooks or Hooks()
     streams = profile.chosen.settings.max_streams
     settings = base.replace(
         host="127.0.0.1",
@@ -249,16 +238,28 @@ def check_delivery(
         shutdown_grace_s=5.0,
     )
     earlier: list[str] = []
+    all_rtfs: list[float] = []
+    all_ttfas: list[float] = []
     with tempfile.TemporaryDirectory(prefix="csm-delivery-") as workdir:
         server = ServerProcess(settings, Path(workdir))
         try:
-            server.start(ready_timeout_s)
+            hooks.server(server.launch(), server.port)
+            server.wait_ready(ready_timeout_s)
             for attempt in range(1, plan.check_attempts + 1):
-                rtfs, ttfas = measure_delivery(server.port, streams, plan, plan.prompt)
-                delivery = compare(profile, plan, rtfs, ttfas)
-                if delivery.ok or attempt == plan.check_attempts:
+                try:
+                    rtfs, ttfas = measure_delivery(server.port, streams, plan, plan.prompt, hooks.round, attempt)
+                except ServeFailure as exc:
+                    raise ServeFailure(f"{exc} (server log: {server.log_tail(3)})") from None
+                all_rtfs += rtfs
+                all_ttfas += ttfas
+                delivery = compare(profile, plan, all_rtfs, all_ttfas)
+                again = measure_again(compare(profile, plan, rtfs, ttfas), rtfs, ttfas, plan)
+                hooks.attempt(attempt, delivery, again)
+                if again is None:
                     break
-                earlier.append(delivery.reason or "")
+                earlier.append(again)
+            if not server.alive():
+                raise ServeFailure(f"the server exited during the check: {server.log_tail(3)}")
         finally:
             server.stop()
-    return delivery.model_copy(update={"attempts": attempt, "earlier": earlier})
+    return delivery.model_copy(update={"attempts": attempt, "earlier": earlier[: attempt - 1]})

@@ -6,7 +6,8 @@ skipped with `setting_skip_reason`, never measured with something else and never
 
 How much is measured is part of the plan, because a profile must predict what a server then delivers: every
 candidate gets `rounds` rounds of `warmup_frames` + `timed_frames`, the rounds interleaved across candidates so a
-change of load hits them all alike, and the HTTP delivery check (`check_*`) serves the chosen setting afterwards.
+change of load hits them all alike, rounds that disagree by more than `spread_limit` are measured again, and the HTTP
+delivery check (`check_*`) serves the chosen setting afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Plan:
     timed_frames: int
     quantize: tuple[str, ...] = ("off",)
     rounds: int = 3  # interleaved rounds per candidate; the profile keeps each round's ms/frame and their spread
+    spread_limit: float = 0.5  # rounds further apart than this ((slowest - fastest) / median) are measured again
     quick: bool = False
     stop_rtf: float = 1.0  # stop growing a setting's batch once its first round passes this RTF
     rtf_max: float = 0.8
@@ -46,7 +48,7 @@ class Plan:
     check_frames: int = 24  # audio frames of the probe request
     check_tolerance: float = 0.25
     check_ttfa_slack_ms: float = 10.0  # loopback HTTP (request, response head) is not in the sweep's TTFA
-    check_attempts: int = 2  # a check disturbed by a burst of load is run once more before it fails
+    check_attempts: int = 3  # measured again while delivery and prediction, or the rounds, disagree (at most)
 
 
 def default_plan(device_kind: str, quick: bool = False, **changes) -> Plan:

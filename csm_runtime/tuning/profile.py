@@ -90,6 +90,7 @@ class Measurement(_Strict):
     rounds: int = Field(default=1, ge=1)
     round_ms_per_frame: list[float] = Field(default_factory=list)  # each round's mean step time
     spread: float = Field(default=0.0, ge=0)  # (slowest - fastest round) / median round
+    extra_rounds: int = Field(default=0, ge=0)  # rounds added because the first ones disagreed (spread past the limit)
     admission_wait_ms: float = Field(default=0.0, ge=0)  # a request joining a busy batch waits half a step on average
     peak_memory_mb: float | None = None
     memory_kind: Literal["cuda_max_allocated", "process_rss"]
@@ -162,11 +163,30 @@ class ChosenSettings(_Strict):
         return self.model_dump()
 
 
+class Predicted(_Strict):
+    rtf: float = Field(ge=0)
+    ttfa_ms: float = Field(ge=0)
+
+
+class Figures(_Strict):
+    """What the profile states its setting delivers: the server's own figures over HTTP when the delivery check ran
+    (`source: delivered`), the sweep's when it did not (`source: sweep`); the sweep's figures beside them."""
+
+    source: Literal["delivered", "sweep"]
+    streams: int = Field(ge=1)  # concurrent requests the figures hold for (the chosen max_streams)
+    first_chunk_frames: int = Field(ge=1)
+    rtf: float = Field(ge=0)  # wall seconds per second of audio, for every one of the streams
+    ttfa_ms: float = Field(ge=0)  # request sent -> first audio, a request joining the busy server
+    within_rule: bool  # rtf <= rule.rtf_max and ttfa_ms <= rule.ttfa_target_ms
+    predicted: Predicted  # the sweep's figures for the same setting
+
+
 class Choice(_Strict):
     candidate: str
     settings: ChosenSettings
     realtime: bool  # False: nothing met the rule, the fastest single stream was kept so the server still runs
     why: str
+    figures: Figures | None = None  # None in files written before figures were recorded
     measurement: Measurement
 
 
@@ -189,8 +209,9 @@ class SweepInfo(_Strict):
 
 
 class Delivery(_Strict):
-    """The chosen setting served by the real server and measured through its HTTP API: does the profile predict
-    what a client gets? `ok` is false when either error passes `tolerance` (autotune then fails, naming both)."""
+    """The chosen setting served by the real server and measured through its HTTP API: what a client gets, beside
+    what the sweep predicted. `ok` is false when either error passes `tolerance`; autotune then measures again, and
+    the delivered figures are the profile's either way (a noisy machine never fails a provision)."""
 
     ok: bool
     tolerance: float = Field(gt=0)
@@ -199,7 +220,8 @@ class Delivery(_Strict):
     frames_per_request: int = Field(ge=1)
     first_chunk_frames: int = Field(ge=1)
     predicted_rtf: float = Field(ge=0)
-    delivered_rtf: float = Field(ge=0)  # median over rounds of the probe's (last byte - first byte) / audio after it
+    delivered_rtf: float = Field(ge=0)  # median over every round of the probe's (last byte - first byte) / audio
+    # after its first read
     rtf_error: float  # delivered / predicted - 1
     predicted_ttfa_ms: float = Field(ge=0)
     delivered_ttfa_ms: float = Field(ge=0)  # median over rounds: request sent -> first audio byte
@@ -207,9 +229,11 @@ class Delivery(_Strict):
     ttfa_slack_ms: float = Field(default=0.0, ge=0)  # TTFA differences this small pass whatever the tolerance
     round_rtf: list[float] = Field(default_factory=list)
     round_ttfa_ms: list[float] = Field(default_factory=list)
-    attempts: int = Field(default=1, ge=1)  # a missed attempt is run again once; both must miss to fail
-    earlier: list[str] = Field(default_factory=list)  # what the attempts before the last one missed
-    reason: str | None = None  # the one line autotune prints when not ok
+    attempts: int = Field(default=1, ge=1)  # measured again while prediction and delivery or the rounds disagree
+    earlier: list[str] = Field(default_factory=list)  # why each attempt before the last one was measured again
+    reason: str | None = None  # how delivery and prediction differ, when not ok
+    rtf_spread: float = Field(default=0.0, ge=0)  # (slowest - fastest round) / median, over every round
+    ttfa_spread: float = Field(default=0.0, ge=0)
 
 
 class Profile(_Strict):

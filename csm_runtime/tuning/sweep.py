@@ -4,9 +4,9 @@ One generator per setting (everything but the batch), built with `max_streams` =
 batch buckets (engine/frame.py) make a batch of b cost what b streams cost, and it is the generator a server with
 that many slots would run. Settings that share weights (same dtype and quantize) are built together and measured
 in `rounds` interleaved rounds - round 1 of every (setting, batch), then round 2, ... - so a change of load on the
-machine hits every candidate alike instead of whichever happened to run then. Each round of a candidate: fill
-`batch` rows, decode `warmup_frames` untimed then `timed_frames` timed steps (one frame per stream per step), then
-free one row and time a request joining the busy batch: its time to first audio for each first-chunk size.
+machine hits every candidate alike instead of whichever happened to run then (one round: rounds.py). A candidate
+whose rounds disagree - spread past `plan.spread_limit`, as a burst of load on a shared machine makes them - gets
+`plan.rounds` more, interleaved with the others that disagree, and its figures are the medians over all of them.
 
 A setting's batch stops growing once its first round is slower than real time (RTF > `stop_rtf`) or runs out of
 memory; larger ones are recorded as skipped with that reason. Settings the device cannot run are recorded as skipped
@@ -23,19 +23,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psutil
 import torch
 
 from csm_runtime.engine.generator import StreamingGenerator
 from csm_runtime.engine.loader import GeneratorFactory
-from csm_runtime.engine.types import GenerationParams
 from csm_runtime.settings import RuntimeSettings
 from csm_runtime.tuning.divergence import Reference, divergence, reference_sample
 from csm_runtime.tuning.identity import DeviceFacts, detect_device
 from csm_runtime.tuning.plan import Plan, Setting, candidate_id, planned_settings, setting_id, setting_skip_reason
-from csm_runtime.tuning.profile import Candidate, Measurement
+from csm_runtime.tuning.profile import Candidate
+from csm_runtime.tuning.rounds import FRAME_MS, RoundResult, measure, measure_round, spread, summarize
 
-FRAME_MS = 80.0
+__all__ = ["SweepResult", "measure", "measure_round", "release_memory", "run_sweep", "summarize"]
 SWEEP_MAX_SEQ = 512  # the sweep's caches: a prompt + its frames fit, and the step time depends on the length bucket
 # attended (engine/frame.py), not on the cache's size, so a server with the default 2048 runs at the same speed
 
@@ -61,110 +60,6 @@ def load_average() -> list[float] | None:
         return None
 
 
-# --- measuring one round of one candidate -------------------------------------------------------------------------
-
-
-@dataclass
-class RoundResult:
-    step_ms: list[float]
-    ttfa_ms: dict[int, float]
-    prefill_ms: float
-    peak_memory_mb: float
-    memory_kind: str  # cuda_max_allocated (the process, during this round) | process_rss (after it)
-
-
-def _peak_memory(device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return psutil.Process().memory_info().rss / 2**20, "process_rss"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def measure_round(gen: StreamingGenerator, batch: int, plan: Plan, seed: int = 0) -> RoundResult:
-    """One round of one candidate on a warmed-up, idle generator (see the module docstring for the procedure)."""
-    longest = max(plan.first_chunk_frames)
-    frames = plan.warmup_frames + plan.timed_frames + longest + 8
-
-    def params(i: int, n_frames: int) -> GenerationParams:
-        return GenerationParams(
-            max_audio_ms=int(n_frames * FRAME_MS), seed=seed + i, first_chunk_frames=1, chunk_frames=1
-        )
-
-    gen.resize_codec(batch)  # Mimi decodes as many slots as a server with max_streams = batch
-    if gen.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(gen.device)
-    sids = [gen.add_stream(plan.prompt, 0, (), params(i, frames)) for i in range(batch)]
-    for _ in range(plan.warmup_frames):
-        gen.step()
-    step_ms = []
-    for _ in range(plan.timed_frames):
-        t0 = time.perf_counter()
-        gen.step()  # ends with a device->host copy of the codes and PCM, so the time includes the GPU work
-        step_ms.append((time.perf_counter() - t0) * 1000)
-    # A request joining the busy batch: prefill into the freed row, then frames until each first-chunk size is out.
-    gen.cancel(sids[0])
-    t0 = time.perf_counter()
-    probe = gen.add_stream(plan.prompt, 0, (), params(10_000, longest + 2))
-    prefill_ms = (time.perf_counter() - t0) * 1000
-    ttfa: dict[int, float] = {}
-    for _ in range(longest + 4):
-        finished = False
-        for ev in gen.step():
-            if ev.stream_id != probe:
-                continue
-            if ev.chunk is not None and ev.chunk.metrics.frames_total in plan.first_chunk_frames:
-                ttfa[ev.chunk.metrics.frames_total] = ev.chunk.metrics.elapsed_s * 1000
-            finished = finished or ev.finished
-        if finished or len(ttfa) == len(plan.first_chunk_frames):
-            break
-    for sid in [*sids[1:], probe]:
-        gen.cancel(sid)
-    gen.step()  # flush the cancellations
-    return RoundResult(step_ms, ttfa, prefill_ms, *_peak_memory(gen.device))
-
-
-def summarize(rounds: list[RoundResult], batch: int, warm: dict) -> Measurement:
-    """A candidate's rounds -> its Measurement: RTF and TTFA from the rounds' medians (one disturbed round cannot
-    move them), the spread between rounds, p50/p95 over every timed frame."""
-    frames = [ms for r in rounds for ms in r.step_ms]
-    round_means = [statistics.fmean(r.step_ms) for r in rounds]
-    typical = statistics.median(round_means)
-    wait = typical / 2 if batch > 1 else 0.0  # an idle server admits at once; a busy one between two steps
-    ttfa = {
-        k: round(statistics.median([r.ttfa_ms[k] for r in rounds if k in r.ttfa_ms]) + wait, 2)
-        for k in sorted({k for r in rounds for k in r.ttfa_ms})
-    }
-    return Measurement(
-        frames_timed=len(frames),
-        ms_per_frame_p50=round(statistics.median(frames), 3),
-        ms_per_frame_p95=round(_percentile(frames, 0.95), 3),
-        ms_per_frame_mean=round(statistics.fmean(frames), 3),
-        rtf=round(typical / FRAME_MS, 4),
-        ttfa_ms=ttfa,
-        prefill_ms=round(statistics.median(r.prefill_ms for r in rounds), 2),
-        peak_memory_mb=round(max(r.peak_memory_mb for r in rounds), 1),
-        memory_kind=rounds[0].memory_kind,
-        compile_s=float(warm.get("compile_s") or 0.0),
-        warmup_s=float(warm.get("warmup_s") or 0.0),
-        cuda_graphs_active=bool(warm.get("cuda_graphs")),
-        rounds=len(rounds),
-        round_ms_per_frame=[round(m, 3) for m in round_means],
-        spread=round((max(round_means) - min(round_means)) / typical, 4) if typical > 0 else 0.0,
-        admission_wait_ms=round(wait, 2),
-    )
-
-
-def measure(gen: StreamingGenerator, batch: int, plan: Plan) -> Measurement:
-    """Warm up one generator and time one candidate alone (`plan.rounds` rounds back to back): for benchmarks."""
-    warm = gen.warmup()
-    return summarize([measure_round(gen, batch, plan, seed=i * 100) for i in range(plan.rounds)], batch, warm)
-
-
 # --- the sweep ----------------------------------------------------------------------------------------------------
 
 
@@ -181,6 +76,8 @@ class SweepResult:
 
 # (phase 'start' | 'done', rows done, total rows, candidate id or what runs, the row once done)
 Progress = Callable[[str, int, int, str, Candidate | None], None]
+# (candidate id, round number from 1, whether it is a round added because the first ones disagreed, the round)
+OnRound = Callable[[str, int, bool, RoundResult], None]
 
 
 @dataclass
@@ -191,6 +88,7 @@ class _Open:
     gen: StreamingGenerator | None = None
     warm: dict = field(default_factory=dict)
     rounds: dict[int, list[RoundResult]] = field(default_factory=dict)
+    extra: dict[int, int] = field(default_factory=dict)  # batch -> rounds added because the first ones disagreed
     stop_at: int | None = None  # first batch not measured
     stop_reason: str | None = None
     stop_status: str = "skipped"
@@ -198,9 +96,15 @@ class _Open:
 
 
 def run_sweep(
-    base: RuntimeSettings, plan: Plan, *, progress: Progress | None = None, factory: GeneratorFactory | None = None
+    base: RuntimeSettings,
+    plan: Plan,
+    *,
+    progress: Progress | None = None,
+    factory: GeneratorFactory | None = None,
+    on_round: OnRound | None = None,
 ) -> SweepResult:
-    """Measure every candidate of `plan` for `base.model` on `base.device`; every row ends up in the table."""
+    """Measure every candidate of `plan` for `base.model` on `base.device`; every row ends up in the table.
+    `progress` hears of each row once final, `on_round` of each round as soon as it is measured."""
     started = time.perf_counter()
     facts = detect_device(base.device)
     factory = factory or GeneratorFactory(base)
@@ -215,7 +119,7 @@ def run_sweep(
     for s in settings:
         groups.setdefault((s.dtype, s.quantize), []).append(s)
     for group in groups.values():
-        opened = _measure_group(factory, base, plan, group, kind, report, done, total)
+        opened = _measure_group(factory, base, plan, group, kind, report, done, total, on_round)
         divergences = _divergences(factory, base, plan, opened, references)
         for entry in opened:
             for batch in plan.batches:
@@ -249,6 +153,7 @@ def _measure_group(
     report: Progress,
     done: int,
     total: int,
+    on_round: OnRound | None = None,
 ) -> list[_Open]:
     """Build and warm up every runnable setting of one weights group, then run the interleaved rounds."""
     opened = [_Open(s) for s in group]
@@ -266,28 +171,46 @@ def _measure_group(
             entry.failure = ("oom" if is_oom(exc) else "failed", _describe(exc))
             _close(entry)
             gc.collect()
+    say = _Say(report, done, total, on_round or (lambda *_: None))
     try:
         for r in range(plan.rounds):
             for batch in plan.batches:
                 for entry in opened:
                     if entry.gen is None or (entry.stop_at is not None and batch >= entry.stop_at):
                         continue
-                    cid = candidate_id(
-                        entry.setting.dtype,
-                        entry.setting.compile,
-                        entry.setting.cuda_graphs,
-                        batch,
-                        entry.setting.quantize,
-                    )
-                    report("start", done, total, f"round {r + 1}/{plan.rounds} {cid}", None)
-                    _one_round(entry, batch, plan, r)
+                    _one_round(entry, batch, plan, r, say)
+        # rounds that disagree (a burst of load on a shared machine) are measured again: more rounds, same median rule
+        again = [(e, b) for e in opened for b, rs in e.rounds.items() if _disagree(rs, plan) and e.gen is not None]
+        for r in range(plan.rounds, 2 * plan.rounds):
+            for entry, batch in again:
+                if entry.gen is not None:
+                    entry.extra[batch] = entry.extra.get(batch, 0) + 1
+                    _one_round(entry, batch, plan, r, say)
     finally:
         for entry in opened:
             _close(entry)
     return opened
 
 
-def _one_round(entry: _Open, batch: int, plan: Plan, r: int) -> None:
+def _disagree(rounds: list[RoundResult], plan: Plan) -> bool:
+    return spread([statistics.fmean(r.step_ms) for r in rounds]) > plan.spread_limit
+
+
+@dataclass
+class _Say:
+    """Where a group's rounds are reported: the progress line (which round runs) and each round once measured."""
+
+    report: Progress
+    done: int
+    total: int
+    on_round: OnRound
+
+
+def _one_round(entry: _Open, batch: int, plan: Plan, r: int, say: _Say) -> None:
+    s = entry.setting
+    cid = candidate_id(s.dtype, s.compile, s.cuda_graphs, batch, s.quantize)
+    of = plan.rounds if r < plan.rounds else 2 * plan.rounds
+    say.report("start", say.done, say.total, f"round {r + 1}/{of} {cid}", None)
     try:
         result = measure_round(entry.gen, batch, plan, seed=r * 1000)
     except Exception as exc:  # noqa: BLE001 - recorded on the row, the sweep goes on
@@ -296,6 +219,7 @@ def _one_round(entry: _Open, batch: int, plan: Plan, r: int) -> None:
         _reset(entry)
         return
     entry.rounds.setdefault(batch, []).append(result)
+    say.on_round(cid, r + 1, r >= plan.rounds, result)
     rtf = statistics.fmean(result.step_ms) / FRAME_MS
     if r == 0 and rtf > plan.stop_rtf and batch != max(plan.batches):
         entry.stop_at = next(b for b in plan.batches if b > batch)
@@ -370,7 +294,7 @@ def _row(entry: _Open, batch: int, plan: Plan, div) -> Candidate:
         status = entry.stop_status if batch == entry.stop_at else "skipped"
         reason = entry.stop_reason or "not measured"
         return Candidate(**common, status=status, reason=reason)
-    m = summarize(rounds, batch, entry.warm)
+    m = summarize(rounds, batch, entry.warm, entry.extra.get(batch, 0))
     return Candidate(**common, status="measured", measurement=m, divergence=div)
 
 

@@ -128,9 +128,11 @@ def find_local_profile(directories: Sequence[Path], slug: str, model: str) -> Pa
 
 
 def profile_summary(text: str, source: str, path: str) -> dict[str, Any]:
-    """What the ready printout and the ledger keep of a profile: the chosen setting and its measured speed."""
+    """What the ready printout and the ledger keep of a profile: the chosen setting and its speed - the profile's
+    figures (what the box's server delivered over HTTP), or the sweep's measurement in files that predate them."""
     data = yaml.safe_load(text) or {}
     chosen = data.get("chosen") or {}
+    figures = chosen.get("figures") or {}
     measurement = chosen.get("measurement") or {}
     settings = chosen.get("settings") or {}
     return {
@@ -138,7 +140,8 @@ def profile_summary(text: str, source: str, path: str) -> dict[str, Any]:
         "path": path,
         "slug": data.get("slug"),
         "candidate": chosen.get("candidate"),
-        "rtf": measurement.get("rtf"),
+        "rtf": figures.get("rtf", measurement.get("rtf")),
+        "rtf_from": figures.get("source", "sweep"),  # delivered | sweep
         "max_streams": settings.get("max_streams"),
         "realtime": chosen.get("realtime"),
         "measured_on": ((data.get("identity") or {}).get("device") or {}).get("name"),

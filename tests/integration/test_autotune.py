@@ -1,7 +1,7 @@
 """Autotune: the choice rule on known tables (int8 refused past its divergence bound), the delivery comparison, and a
 real quick sweep of tiny-random on this CPU through the command, whose profile validates (rounds, spread, the HTTP
 delivery check), whose choice is the rule's best among the measured rows, and which the runtime applies; a delivery
-that misses the prediction fails the command with one line and writes no profile.
+that differs from the prediction is measured again and recorded as the profile's figures, never refused.
 
 The sweep uses compile off only: an inductor compile of the tiny model takes minutes on a busy 2-core CI box, and the
 compile path is the generator's (tested there). CUDA-graph rows are in the plan and must come back skipped on CPU.
@@ -217,7 +217,10 @@ def test_sweep_serves_the_choice_over_http_and_records_what_it_delivered(swept):
     out, summary, stderr = swept
     p = load_profile(summary["profile"])
     d = p.delivery
-    assert d is not None and d.ok and summary["delivery"]["ok"] and "delivery check: RTF predicted" in stderr
+    assert d is not None and d.ok and summary["delivery"]["ok"] and "delivery check: delivered RTF" in stderr
+    f = p.chosen.figures  # what the server delivered is the profile's figure; the sweep's is beside it
+    assert f.source == "delivered" and f.rtf == d.delivered_rtf and f.predicted.rtf == p.chosen.measurement.rtf
+    assert summary["figures"] == f.model_dump(mode="json")
     assert (
         d.streams == p.chosen.settings.max_streams and d.rounds == 2 and len(d.round_rtf) == len(d.round_ttfa_ms) == 2
     )
@@ -227,52 +230,26 @@ def test_sweep_serves_the_choice_over_http_and_records_what_it_delivered(swept):
     assert p.sweep.rounds == 2 and p.sweep.load_avg and not list(out.glob(".*checking*"))
 
 
-def test_a_delivery_that_misses_the_prediction_fails_loudly_and_writes_no_profile(tmp_path):
+def test_a_delivery_that_differs_from_the_prediction_is_measured_again_and_recorded_not_refused(tmp_path):
+    """A tolerance no timing can meet: every attempt differs from the prediction. The profile is still written, and
+    its figures are what the server delivered (the sweep's beside them); only a setting that does not serve fails."""
     out = tmp_path / "profiles"
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "csm-runtime"),
-        "autotune",
-        "--model",
-        "tiny-random",
-        "--quick",
-        "--device",
-        "cpu",
-        "--cpu-threads",
-        "1",
-        "--compile",
-        "off",
-        "--batches",
-        "1",
-        "--warmup-frames",
-        "1",
-        "--timed-frames",
-        "2",
-        "--rounds",
-        "1",
-        "--check-rounds",
-        "1",
-        "--check-frames",
-        "4",
-        "--check-tolerance",
-        "1e-9",
-        "--check-attempts",
-        "2",
-        "--no-plot",
-        "--out",
-        str(out),
-    ]
+    cmd = [str(ROOT / ".venv" / "bin" / "csm-runtime"), "autotune", "--model", "tiny-random", "--quick", "--device",
+           "cpu", "--cpu-threads", "1", "--compile", "off", "--batches", "1", "--warmup-frames", "1", "--timed-frames",
+           "2", "--rounds", "1", "--check-rounds", "1", "--check-frames", "4", "--check-tolerance", "1e-9",
+           "--check-attempts", "2", "--no-plot", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     slug = detect_device("cpu").slug
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 3, proc.stderr[-2000:]
-    assert last.startswith(
-        "Error: the served setting float32/off/no-graphs/b1 does not deliver what the profile predicts"
-    )
-    assert "RTF predicted" in last and f"{slug}.rejected.yaml" in last
-    assert not (out / f"{slug}.yaml").exists()
-    rejected = load_profile(out / f"{slug}.rejected.yaml")
-    assert rejected.delivery is not None and not rejected.delivery.ok and rejected.delivery.reason in last
-    assert rejected.delivery.attempts == 2 and len(rejected.delivery.earlier) == 1  # missed twice before failing
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "measuring again" in proc.stderr and "the profile states what the server delivered" in proc.stderr
+    assert not (out / f"{slug}.rejected.yaml").exists()
+    p = load_profile(out / f"{slug}.yaml")
+    d, f = p.delivery, p.chosen.figures
+    assert d is not None and not d.ok and "delivers other figures than the sweep predicted" in d.reason
+    assert d.attempts == 2 and len(d.earlier) == 1 and d.rounds == 2  # measured again, medians over both attempts
+    assert f.source == "delivered" and (f.rtf, f.ttfa_ms) == (d.delivered_rtf, d.delivered_ttfa_ms)
+    assert (f.predicted.rtf, f.predicted.ttfa_ms) == (d.predicted_rtf, d.predicted_ttfa_ms)
+    assert f.streams == p.chosen.settings.max_streams and "figures (delivered over HTTP" in proc.stdout
 
 
 def test_chosen_is_the_rules_best_among_the_measured(swept):

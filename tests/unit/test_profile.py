@@ -249,3 +249,46 @@ def test_serve_call_site_applies_the_profile_and_explicit_options_win(tmp_path):
     assert settings.max_streams == 2 and settings.compile == "default" and reported["slug"] == SLUG
     settings, _ = resolve_profile(base, {"max_streams": 1})
     assert settings.max_streams == 1 and settings.compile == "default"
+
+
+# --- the profile's figures: what the server delivered, the sweep's beside them --------------------------------------
+
+
+def delivery_data(rtf: float, ttfa: float) -> dict:
+    return {
+        "ok": False, "tolerance": 0.25, "streams": 2, "rounds": 5, "frames_per_request": 24, "first_chunk_frames": 2,
+        "predicted_rtf": 0.5, "delivered_rtf": rtf, "rtf_error": rtf / 0.5 - 1, "predicted_ttfa_ms": 200.0,
+        "delivered_ttfa_ms": ttfa, "ttfa_error": ttfa / 200 - 1,
+    }  # fmt: skip
+
+
+def test_figures_are_the_delivered_ones_with_the_sweeps_beside_them(tmp_path):
+    from csm_runtime.tuning.build import with_figures
+    from csm_runtime.tuning.profile import Delivery
+
+    profile = parse_profile(profile_data())
+    swept = with_figures(profile).chosen.figures  # no delivery check: the sweep's figures, said so
+    assert (swept.source, swept.rtf, swept.ttfa_ms, swept.streams) == ("sweep", 0.5, 200.0, 2) and swept.within_rule
+    delivered = with_figures(profile, Delivery(**delivery_data(0.9, 480.0)))
+    f = delivered.chosen.figures
+    assert (f.source, f.rtf, f.ttfa_ms) == ("delivered", 0.9, 480.0)
+    assert (f.predicted.rtf, f.predicted.ttfa_ms) == (0.5, 200.0)
+    assert not f.within_rule  # RTF 0.9 > rule's 0.8: the profile says what the server does, not what the rule wanted
+    again = load_profile(dump_profile(delivered, tmp_path / "p.yaml"))
+    assert again == delivered and again.delivery.delivered_rtf == 0.9
+    # a file without figures (written before they were recorded) still loads
+    assert parse_profile(profile_data()).chosen.figures is None
+
+
+def test_deploy_reads_the_delivered_rtf_and_falls_back_to_the_sweeps():
+    from csm_runtime.tuning.build import with_figures
+    from csm_runtime.tuning.profile import Delivery
+    from deploy.provision.autotune import profile_summary
+
+    old = yaml.safe_dump(profile_data())
+    assert profile_summary(old, "pushed", "p.yaml")["rtf"] == 0.5
+    assert profile_summary(old, "pushed", "p.yaml")["rtf_from"] == "sweep"
+    profile = with_figures(parse_profile(profile_data()), Delivery(**delivery_data(0.9, 480.0)))
+    new = yaml.safe_dump(profile.model_dump(mode="json"))
+    summary = profile_summary(new, "autotuned", "p.yaml")
+    assert summary["rtf"] == 0.9 and summary["rtf_from"] == "delivered" and summary["max_streams"] == 2
