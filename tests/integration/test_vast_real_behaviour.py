@@ -187,7 +187,8 @@ def test_11_cost_of_a_box_that_never_ran_is_its_disk(deploy_cli, vast, deploy_ho
     cost = deploy_cli("cost", "--json")
     assert cost.returncode == 0, cost.stderr[-2000:]
     (line,) = [x for x in json.loads(cost.stdout)["lines"] if x["key"] == str(stuck.id)]
-    assert line["usd"] == pytest.approx(truth["total_usd"], rel=0.5)
+    # within 1 %, what `deploy cost` promises (docs/provisioning.md, 11); measured: equal to the emulator's record
+    assert line["usd"] == pytest.approx(truth["total_usd"], rel=0.01)
 
 
 # 12. SSH/Jupyter launch modes replace the image's entrypoint and need root for vast's sshd; an image whose
