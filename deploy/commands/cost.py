@@ -21,7 +21,9 @@ def cost(
     """What the rentals cost, per rental (open ones up to now) and in total, beside vast's own charges.
 
     vast bills the GPU while the box runs and the disk from create to destroy (both shown); its own amount also
-    holds bandwidth, which only vast counts. A rental vast has no charge row for yet shows as pending.
+    holds bandwidth, which only vast counts. A rental vast has no charge row for yet shows as pending. A box that
+    vanished outside the flow (its watchdog, the host) is priced to the end of vast's charges, else to the last time
+    it was seen alive, and the bound of its end is shown ("ended between A and B").
 
     Examples:
       deploy cost
@@ -45,7 +47,7 @@ def cost(
     report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs)
     report.provider_note = note
     with c.open_ledger() as ledger:
-        fleets = fleet_reports(c.settings(), ledger, now=now)  # $ per hour of audio, per fleet
+        fleets = fleet_reports(c.settings(), ledger, now=now, charges=theirs)  # priced as the lines are
     if json_:
         output.emit_json({**report.as_dict(), "fleets": [{"fleet": f["fleet"], **f["total"]} for f in fleets]})
         return
@@ -93,6 +95,20 @@ def cost(
         "vast-ours",
     )
     output.emit_table("cost by rental", (*cols, "open"), rows, caption=caption)
+    for line in _bounds(report):
+        output.emit_text(line)
+
+
+def _bounds(report) -> list[str]:
+    """One line per rental that vanished outside the flow: the bound of its end, and what it is priced to."""
+    from deploy.costs.price import utc
+
+    return [
+        f"rental {x.key} ({x.provider} {x.provider_id}) vanished outside the flow: ended between "
+        f"{utc(x.ended_between[0])} and {utc(x.ended_between[1])}, priced to {x.end_source} ({utc(x.ended_at)})"
+        for x in report.lines
+        if x.ended_between and x.ended_at is not None
+    ]
 
 
 def _theirs(line) -> str:

@@ -1,41 +1,50 @@
 """Cost report: what each rental cost by the ledger, per rental, per UTC day, in total; open rentals count up to now.
 
-Two ways a rental bills:
-- rate x time (local, ssh, and any rental recorded without a disk rate): from the clock's start to its end;
-- vast's split (the rental has `disk_usd_h`): the disk from the provider's start (create) to the confirmed destroy,
-  the GPU (`rate_usd_h - disk_usd_h`, since vast's `dph_total` includes the disk) only while the box ran (from
-  `running_at`). A box that never ran costs its disk alone.
-The end is when the accepted destroy returned (the ledger's `ended_at`), narrowed to the end of the provider's charge
-rows where that falls between the destroy's request (`meta["destroy_asked_at"]`) and its answer: vastai exits a
-second or more after vast took the destroy.
-Where the provider reports its own charges (vast's charges endpoint), they are shown beside ours: their amount also
+Each rental is priced by deploy/costs/price.py (rate x time or vast's split, up to where its billing ended; a rental
+that vanished outside the flow carries the bound of its end). Where the provider reports its own charges (vast's charges endpoint), they are shown beside ours: their amount also
 holds bandwidth, which only vast counts; an instance vast has no charge row for yet is "pending", never $0.
 Pure functions over `Rental` rows, so they are tested directly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.costs.price import (
+    Spend,
+    billed,
+    billed_until,
+    end_bound,
+    interval,
+    price,
+    rental_hours,
+    rental_spend,
+    running_interval,
+)
 from deploy.ledger import Rental
 from deploy.providers.records import Charge
 
+__all__ = [
+    "PENDING",
+    "CostLine",
+    "CostReport",
+    "Spend",
+    "billed",
+    "billed_until",
+    "cost_report",
+    "interval",
+    "parse_since",
+    "price",
+    "rental_hours",
+    "rental_spend",
+    "running_interval",
+    "split_days",
+]
+
 PENDING = "pending"  # the provider reports charges, but none for this instance (or day) yet
-
-
-@dataclass(frozen=True)
-class Spend:
-    """One rental's cost in a window: hours billed, and the dollars (GPU and disk apart where billed apart)."""
-
-    hours: float
-    usd: float
-    gpu_hours: float | None = None  # split billing only
-    gpu_usd: float | None = None
-    disk_usd: float | None = None
 
 
 @dataclass
@@ -53,6 +62,9 @@ class CostLine:
     gpu_usd: float | None = None
     disk_usd: float | None = None
     theirs_items: dict[str, float] = field(default_factory=dict)  # gpu, disk, bandwidth where vast itemises
+    ended_between: tuple[float, float] | None = None  # vanished outside the flow: ended after one, by the other
+    end_source: str | None = None  # and what it is priced to (vast's charges, or the last time it was seen alive)
+    ended_at: float | None = None  # where it is priced to end (None: still billing)
 
     @property
     def diff_usd(self) -> float | None:
@@ -98,46 +110,6 @@ class CostReport:
         }
 
 
-def _clip(start: float | None, end: float | None, *, now: float, since: float | None) -> tuple[float, float] | None:
-    if start is None:
-        return None
-    lo = start if since is None else max(start, since)
-    hi = min(end if end is not None else now, now)
-    return (lo, hi) if hi > lo else None
-
-
-def interval(rental: Rental, *, now: float, since: float | None = None) -> tuple[float, float] | None:
-    """The billed interval of one rental clipped to [since, now]; None if it never billed or lies outside."""
-    return _clip(rental.started_at, rental.ended_at, now=now, since=since)
-
-
-def running_interval(rental: Rental, *, now: float, since: float | None = None) -> tuple[float, float] | None:
-    """Where the GPU bills apart: while the box ran (from `running_at` to the end), clipped the same way."""
-    if rental.running_at is None:
-        return None
-    start = max(rental.running_at, rental.started_at or rental.running_at)
-    return _clip(start, rental.ended_at, now=now, since=since)
-
-
-def rental_hours(rental: Rental, *, now: float, since: float | None = None) -> float:
-    """Billed hours of one rental up to `now` (0 when it never billed)."""
-    span = interval(rental, now=now, since=since)
-    return 0.0 if span is None else (span[1] - span[0]) / 3600.0
-
-
-def rental_spend(rental: Rental, *, now: float, since: float | None = None) -> Spend:
-    """What one rental cost in [since, now]: rate x time, or vast's split (GPU while running + disk throughout)."""
-    hours = rental_hours(rental, now=now, since=since)
-    if not rental.split_billing:
-        return Spend(hours, rental.rate_usd_h * hours)
-    disk_rate = rental.disk_usd_h or 0.0
-    gpu_rate = max(0.0, rental.rate_usd_h - disk_rate)
-    span = running_interval(rental, now=now, since=since)
-    gpu_hours = 0.0 if span is None else (span[1] - span[0]) / 3600.0
-    gpu_usd, disk_usd = gpu_rate * gpu_hours, disk_rate * hours
-    return Spend(hours, gpu_usd + disk_usd, gpu_hours, gpu_usd, disk_usd)
-
-
 def split_days(start: float, end: float) -> list[tuple[str, float]]:
     """(UTC day, seconds) pieces of an interval."""
     out = []
@@ -149,15 +121,6 @@ def split_days(start: float, end: float) -> list[tuple[str, float]]:
         out.append((day.isoformat(), piece_end - t))
         t = piece_end
     return out
-
-
-def billed_until(rental: Rental, charge: Charge | None) -> Rental:
-    """The rental with its end narrowed to where the provider's charges end, when they end within its destroy."""
-    asked = rental.meta.get("destroy_asked_at")
-    end = charge.end if charge is not None else None
-    if rental.ended_at is None or end is None or not isinstance(asked, (int, float)):
-        return rental
-    return dataclasses.replace(rental, ended_at=end) if asked <= end <= rental.ended_at else rental
 
 
 def _charge(charges: dict[str, dict[str, Charge]], rental: Rental) -> Charge | None:
@@ -187,12 +150,13 @@ def cost_report(
         raise ValueError(f"--by must be instance or day, not {by!r}")
     report = CostReport(by=by, since=since, now=now)
     charges = provider_charges or {}
-    rentals = [billed_until(r, _charge(charges, r)) for r in rentals]
     if by == "instance":
         for r in rentals:
-            if interval(r, now=now, since=since) is None:
+            charge = _charge(charges, r)
+            b = billed(r, charge)
+            if interval(b, now=now, since=since) is None:
                 continue
-            spend = rental_spend(r, now=now, since=since)
+            spend = price(r, now=now, since=since, charge=charge)
             line = CostLine(
                 str(r.id),
                 r.provider,
@@ -201,13 +165,17 @@ def cost_report(
                 r.rate_usd_h,
                 spend.hours,
                 spend.usd,
-                r.ended_at is None,
+                b.ended_at is None,
                 gpu_usd=spend.gpu_usd,
                 disk_usd=spend.disk_usd,
+                ended_at=b.ended_at,
             )
+            if bound := end_bound(r, charge):
+                line.ended_between, line.end_source = (bound.lo, bound.hi), bound.source
             _theirs(line, charges.get(r.provider), r.provider_id)
             report.lines.append(line)
         return report
+    rentals = [billed(r, _charge(charges, r)) for r in rentals]
     return _by_day(report, rentals, charges, now=now, since=since)
 
 

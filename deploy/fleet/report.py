@@ -14,19 +14,27 @@ from typing import Any
 
 from deploy import output
 from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour, usd_per_audio_hour_served
-from deploy.costs.billing import rental_hours
+from deploy.costs.price import price
 from deploy.errors import DeployError
 from deploy.fleet.model import replica_token, replica_verify
 from deploy.fleet.probe import probe
 from deploy.gateway import haproxy as gw
 from deploy.gateway.fleet_gateway import paths, replica_url
-from deploy.ledger import Ledger
+from deploy.ledger import Ledger, Rental
 from deploy.ledger.fleets import FleetStore
+from deploy.providers.records import Charge
 from deploy.settings import DeploySettings
 
 
-def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None = None) -> list[dict[str, Any]]:
-    """One dict per fleet: its replicas (each probed once, 3 s at most) and the totals."""
+def fleet_reports(
+    settings: DeploySettings,
+    ledger: Ledger,
+    *,
+    now: float | None = None,
+    charges: dict[str, dict[str, Charge]] | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per fleet: its replicas (each probed once, 3 s at most) and the totals. Each replica is priced as
+    `deploy cost` prices its rental (deploy/costs/price.py); `charges`: the providers' own rows, where asked."""
     now = time.time() if now is None else now
     store = FleetStore(ledger)
     out = []
@@ -61,7 +69,7 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
                     "audio_seconds": round(pr.metrics.get("audio_seconds", 0.0), 2) if pr and pr.metrics else None,
                     "active_streams": int(pr.metrics.get("active_streams", 0)) if pr and pr.metrics else None,
                     "gateway": stat.status if stat else None,
-                    "usd": round(r.rental.rate_usd_h * rental_hours(r.rental, now=now), 6),
+                    "usd": round(price(r.rental, now=now, charge=_charge(charges, r.rental)).usd, 6),
                 }
             )
         rate = sum(x["rate_usd_h"] for x in rows)
@@ -85,6 +93,10 @@ def fleet_reports(settings: DeploySettings, ledger: Ledger, *, now: float | None
             }
         )
     return out
+
+
+def _charge(charges: dict[str, dict[str, Charge]] | None, rental: Rental) -> Charge | None:
+    return ((charges or {}).get(rental.provider) or {}).get(rental.provider_id or "")
 
 
 def _usd(x: float | None) -> str:

@@ -105,3 +105,16 @@ def m003_split_billing(db: sqlite3.Connection) -> None:
         ALTER TABLE rentals ADD COLUMN disk_usd_h REAL
         """,
     )
+
+
+@migration
+def m004_alive_bounds(db: sqlite3.Connection) -> None:
+    """Where a box that vanished outside the flow (its watchdog, the host, the web console) ended: after the last
+    time a listing or poll saw it alive, before the first time one saw it gone."""
+    _script(
+        db,
+        """
+        ALTER TABLE rentals ADD COLUMN last_seen_alive REAL;
+        ALTER TABLE rentals ADD COLUMN gone_seen_at REAL
+        """,
+    )

@@ -5,17 +5,24 @@ Every provider that has credentials is asked, even with an empty ledger (a lost 
 besides every provider the ledger has rented from. A listing that fails, cannot be parsed, or omits a box the provider
 still knows is never read as "nothing running": that provider's rows are shown from the ledger alone (unverified) and
 the reason is kept in `warnings`.
+
+A row with no provider id whose create may still land (a `vastai create` outlives a killed `deploy`) is `unknown`
+until a listing taken after its create window finds nothing by its label: only then is it `unconfirmed`, which
+teardown closes as not created.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from deploy import ledger as L
+from deploy.costs.price import end_bound
 from deploy.errors import DeployError, ProviderError
 from deploy.ledger import Ledger, Rental
+from deploy.ledger.sightings import seen_gone, seen_listed
 from deploy.providers import PROVIDERS, Provider, provider_class
 from deploy.providers.records import Box
 from deploy.settings import DeploySettings
@@ -23,18 +30,22 @@ from deploy.settings import DeploySettings
 
 @dataclass
 class Entry:
-    kind: str  # tracked | orphan | ghost | unconfirmed (intent row, nothing at the provider) | ended (by its watchdog)
+    # tracked | orphan | ghost | ended (by its watchdog) | unconfirmed (intent row, nothing at the provider by its
+    # label after its create could have landed) | unknown (intent row whose create may still land: not closed yet)
+    kind: str
     provider: str
     rental: Rental | None = None
     box: Box | None = None
+    lands_by: float | None = None  # unknown: when its create can no longer rent a box
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "provider": self.provider,
             "rental": self.rental.as_dict() if self.rental else None,
             "live": self.box.as_dict() if self.box else None,
         }
+        return {**out, "create_outcome_unknown_until": self.lands_by} if self.lands_by is not None else out
 
 
 @dataclass
@@ -51,7 +62,7 @@ def providers_to_check(ledger: Ledger, settings: DeploySettings, explicit: list[
     """The providers whose listing is asked: the ones named, else every one with credentials here and every one the
     ledger has rented from; only those that have a listing (a plain SSH host has none)."""
     if explicit:
-        names = set(explicit)
+        names = {provider_class(n).name for n in explicit}  # an unknown name is a one-line UsageError
     else:
         names = {r.provider for r in ledger.rentals()}
         names |= {n for n in PROVIDERS if provider_class(n).listable and provider_class(n).configured(settings)}
@@ -86,7 +97,10 @@ def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider,
     """One provider's listing against the ledger; entries are added only once the whole listing was trusted."""
     name = provider.name
     entries: list[Entry] = []
+    listed_at = ledger.clock()  # the listing is taken after this
+    asked = ledger.clock()  # a box listed was there by then
     owned = provider.list_owned(settings.label_prefix)
+    answered = ledger.clock()  # one missing was gone by then
     by_id = {b.id: b for b in owned}
     for box in owned:
         rental = ledger.by_provider_id(name, box.id)
@@ -95,17 +109,22 @@ def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider,
         if rental is None:
             entries.append(Entry("orphan", name, None, box))
         elif rental.is_open:
-            entries.append(Entry("tracked", name, rental, box))
+            entries.append(Entry("tracked", name, seen_listed(ledger, rental, box, asked), box))
         else:
             entries.append(Entry("orphan", name, rental, box))  # closed in the ledger, yet still there
     for rental in ledger.open_rentals(name):
         if rental.provider_id is None:
-            entries.append(Entry("unconfirmed", name, rental, None))
+            lands_by = create_lands_by(rental, provider)
+            if lands_by > listed_at:  # a create still in flight (its process outlived a killed deploy) may rent yet
+                entries.append(Entry("unknown", name, rental, None, lands_by))
+            else:
+                entries.append(Entry("unconfirmed", name, rental, None))
         elif rental.provider_id not in by_id:
             if provider.get(rental.provider_id) is not None:
                 raise ProviderError(
                     f"the listing omitted instance {rental.provider_id} (ledger row {rental.id}), which still exists"
                 )
+            rental = seen_gone(ledger, provider, rental, answered)
             if (rental.meta.get("watchdog") or {}).get("running"):
                 entries.append(Entry("ended", name, _close_self_destroyed(ledger, provider, rental), None))
             else:
@@ -113,13 +132,29 @@ def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider,
     result.entries.extend(entries)
 
 
+def unknown_outcome(entry: Entry) -> str:
+    """What status and teardown say about an `unknown` entry."""
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(entry.lands_by or 0.0))
+    label = entry.rental.label if entry.rental else "?"
+    return f"create outcome unknown until {until} (a create still in flight may rent a box labelled {label})"
+
+
+def create_lands_by(rental: Rental, provider: Provider) -> float:
+    """When a create that a row without a provider id began can no longer rent a box: the time its provision wrote
+    before the create call, else the row's creation (just before it) plus the provider's create window."""
+    at = rental.meta.get("create_lands_by")
+    return float(at) if at is not None else rental.created_at + provider.create_window_s
+
+
 def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
-    """An intent row whose create crashed before the id was written, found at the provider by its label. Its clock
-    starts when the provider started the box (else when the intent was written, just before the create call)."""
+    """A row whose create crashed before the id was written (or that was closed `not_created` while the create went
+    through), found at the provider by its label: open again, its old end void. Its clock starts when the provider
+    started the box (else when the intent was written, just before the create call)."""
     candidate = ledger.by_label(box.label or "")
     if candidate is None or candidate.provider_id is not None:
         return None
     ledger.record_rented(candidate.id, box.id, started_at=box.started_at or candidate.created_at)
+    ledger.update_meta(candidate.id, adopted=True)
     ledger.event(candidate.id, "adopted", "found at the provider by its label after a crash")
     result.adopted.append(candidate.id)
     return ledger.get(candidate.id)
@@ -127,16 +162,20 @@ def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
 
 def _close_self_destroyed(ledger: Ledger, provider: Provider, rental: Rental) -> Rental:
     """A rental whose box had a watchdog and is gone: the box destroyed itself (idle, or a cap). The row closes with
-    that reason, its cost ending where the provider's billing ended (else now)."""
-    try:
-        ended = provider.ended_at(str(rental.provider_id))
-    except DeployError:
-        ended = None
+    that reason, its cost ending where the provider's charges end within the bound its sightings give, else at the
+    last sighting (`seen_gone` asked the charges)."""
     limits = rental.meta["watchdog"].get("limits", "its limits")
     reason = f"the box destroyed itself: its watchdog ({limits}) ended it, or the provider did"
-    ledger.close_rental(rental.id, L.GONE, reason, ended_at=ended)
-    return ledger.require(rental.id)
+    return _close_gone(ledger, rental, reason)
 
 
 def close_ghost(ledger: Ledger, rental: Rental) -> None:
-    ledger.close_rental(rental.id, L.GONE, "the provider no longer knows this instance")
+    _close_gone(ledger, rental, "the provider no longer knows this instance")
+
+
+def _close_gone(ledger: Ledger, rental: Rental, reason: str) -> Rental:
+    bound = end_bound(rental)
+    if bound is not None:
+        reason = f"{reason}; {bound.describe()}"
+    ledger.close_rental(rental.id, L.GONE, reason, ended_at=bound.at if bound else None)
+    return ledger.require(rental.id)

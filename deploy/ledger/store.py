@@ -61,6 +61,8 @@ class Rental:
     meta: dict[str, Any]
     running_at: float | None = None  # when the box started running (a provider that bills the GPU from then)
     disk_usd_h: float | None = None  # the disk's own rate, billed from create to destroy; None: rate x time
+    last_seen_alive: float | None = None  # the latest time a listing or poll was asked and showed the box there
+    gone_seen_at: float | None = None  # the first time a listing showed it gone while the ledger had it open
 
     @property
     def is_open(self) -> bool:
@@ -186,7 +188,10 @@ class Ledger:
         return self.get(rid)
 
     def record_rented(self, rid: int, provider_id: str, *, started_at: float | None = None) -> Rental:
-        self._update(rid, provider_id=str(provider_id), status=RENTED, started_at=started_at or self.clock())
+        """The provider's id is known: the row is open and bills from `started_at`. A row an earlier conclusion had
+        closed (`not_created`, then found at the provider by its label) opens again: its old end is void."""
+        started = started_at or self.clock()
+        self._update(rid, provider_id=str(provider_id), status=RENTED, started_at=started, ended_at=None, reason=None)
         self.event(rid, "rented", f"provider id {provider_id}")
         return self.get(rid)
 
@@ -199,6 +204,18 @@ class Ledger:
         """When the box started running (the GPU's billing start where it is billed apart), and how we know."""
         self._update(rid, running_at=running_at)
         self.event(rid, "running", f"running since {running_at:.3f} ({source})")
+
+    def seen_alive(self, rid: int, at: float) -> None:
+        """A listing or poll asked at `at` showed the box: it still billed then (the later of the times kept)."""
+        self.db.execute(
+            "UPDATE rentals SET last_seen_alive = MAX(COALESCE(last_seen_alive, ?), ?) WHERE id=?", (at, at, rid)
+        )
+
+    def seen_gone(self, rid: int, at: float, detail: str) -> None:
+        """The first listing that showed the box gone while its row was open (answered by `at`): it ended before."""
+        if self.db.execute("SELECT gone_seen_at FROM rentals WHERE id=?", (rid,)).fetchone()[0] is None:
+            self._update(rid, gone_seen_at=at)
+            self.event(rid, "gone_seen", detail)
 
     def record_connection(self, rid: int, *, ssh_host: str | None, ssh_port: int | None, ssh_user: str | None) -> None:
         self._update(rid, ssh_host=ssh_host, ssh_port=ssh_port, ssh_user=ssh_user)
@@ -247,6 +264,8 @@ class Ledger:
             "started_at",
             "ended_at",
             "running_at",
+            "last_seen_alive",
+            "gone_seen_at",
             "meta",
             "label",
         }
