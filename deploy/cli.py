@@ -16,8 +16,9 @@
     deploy heal        replace replicas that died or stay unready     commands/heal.py
 
 Errors map to one line on stderr (`Error: ...`) and exit 1 via `_errors()` below; DEPLOY_DEBUG=1 adds the
-traceback. Command modules import their heavy parts when they run: `deploy --help` stays fast (no fabric, httpx,
-sqlite3 or torch).
+traceback. A command a signal ended (deploy/cancel.py) ends with `interrupted (SIGx): <what is left billing>` and
+exits 128 + the signal. Command modules import their heavy parts when they run: `deploy --help` stays fast (no
+fabric, httpx, sqlite3 or torch).
 """
 
 from __future__ import annotations
@@ -150,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
+        from deploy.cancel import ending
+
+        if (ended := ending(exc)) is not None:  # a signal ended it: what was left, and 128 + the signal
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            print(ended[0], file=sys.stderr)
+            return ended[1]
         for kind, message in _errors():
             if isinstance(exc, kind):
                 text = message(exc)

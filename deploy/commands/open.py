@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import os
-import signal
 import sys
 import webbrowser
 from pathlib import Path
@@ -24,7 +23,7 @@ import typer
 from deploy import output
 from deploy.commands import options as c
 from deploy.errors import UsageError
-from deploy.remote.tunnels import check_port_free, hold_open, interrupt
+from deploy.remote.tunnels import check_port_free, hold_forward
 
 
 def open_(
@@ -52,7 +51,6 @@ def open_(
     from deploy.ledger import TUNNEL
     from deploy.providers import provider_for
     from deploy.remote.tokens import read_token_file
-    from deploy.remote.tunnels import forward
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
@@ -75,14 +73,14 @@ def open_(
         if local_port is not None:
             check_port_free(local_port)
         host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
-    signal.signal(signal.SIGTERM, interrupt)
+
+    def opened(port: int) -> None:
+        scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
+        _show(rental_id, f"{scheme}://127.0.0.1:{port}", token, token_file, cacert, browser, json_, TUNNEL)
+        output.progress(f"holding the SSH tunnel to rental {rental_id} open for the page; Ctrl-C ends it")
+
     try:
-        with forward(host, int(meta["port"]), local_port) as port:
-            scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
-            _show(rental_id, f"{scheme}://127.0.0.1:{port}", token, token_file, cacert, browser, json_, TUNNEL)
-            output.progress(f"holding the SSH tunnel to rental {rental_id} open for the page; Ctrl-C ends it")
-            hold_open(host)
-    except KeyboardInterrupt:
+        hold_forward(host, int(meta["port"]), local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
         output.progress("tunnel closed")
     finally:
         host.close()

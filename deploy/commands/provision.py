@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -9,16 +8,6 @@ import typer
 from deploy import output
 from deploy.commands import options as c
 from deploy.errors import UsageError
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C, so a killed provision still destroys what it rented (SIGKILL cannot: the ledger
-    row is what saves us then)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def provision(
@@ -129,6 +118,7 @@ def provision(
       deploy provision --provider local --model tiny-random --autotune-args "--compile off"
       deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
     """
+    from deploy.cancel import handle_signals
     from deploy.fleet.model import FleetSpec
     from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog
 
@@ -183,10 +173,12 @@ def provision(
         runtime=runtime_options,
         ssh=ssh,
     )
-    _interrupt_on_sigterm()
-    if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback
-        return _provision_fleet(s, FleetSpec(provider, tuple(gpus), options), fleet, replicas, json_)
-    _provision_one(s, options, prov, json_)
+    # SIGINT, SIGTERM and SIGHUP each stop the flow, which destroys what it rented (deploy/cancel.py); a fleet's
+    # rollbacks run in its replicas' threads and always finish.
+    with handle_signals(abandon=replicas is None):
+        if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback
+            return _provision_fleet(s, FleetSpec(provider, tuple(gpus), options), fleet, replicas, json_)
+        _provision_one(s, options, prov, json_)
 
 
 def _watchdog(prov, limits, *, enabled: bool, idle_off: bool):

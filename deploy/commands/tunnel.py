@@ -4,7 +4,6 @@ endpoint is printed as is."""
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated
 
 import typer
@@ -12,7 +11,7 @@ import typer
 from deploy import output
 from deploy.commands import options as c
 from deploy.errors import UsageError
-from deploy.remote.tunnels import check_port_free, hold_open, interrupt
+from deploy.remote.tunnels import check_port_free, hold_forward
 
 
 def tunnel(
@@ -32,7 +31,6 @@ def tunnel(
     """
     from deploy.ledger import TUNNEL
     from deploy.providers import provider_for
-    from deploy.remote.tunnels import forward
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
@@ -51,17 +49,16 @@ def tunnel(
         if local_port is not None:
             check_port_free(local_port)
         host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
-    signal.signal(signal.SIGTERM, interrupt)  # `kill` closes the tunnel as cleanly as Ctrl-C
+
+    def opened(port: int) -> None:
+        scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
+        _emit(
+            json_, url=f"{scheme}://127.0.0.1:{port}", token_file=meta.get("token_file"), access=TUNNEL, cacert=cacert
+        )
+        output.progress(f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it")
+
     try:
-        with forward(host, int(meta["port"]), local_port) as port:
-            scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
-            url = f"{scheme}://127.0.0.1:{port}"
-            _emit(json_, url=url, token_file=meta.get("token_file"), access=TUNNEL, cacert=cacert)
-            output.progress(
-                f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it"
-            )
-            hold_open(host)
-    except KeyboardInterrupt:
+        hold_forward(host, int(meta["port"]), local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
         output.progress("tunnel closed")
     finally:
         host.close()

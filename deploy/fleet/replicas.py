@@ -2,17 +2,18 @@
 what that attempt rented), each in its own thread with its own ledger connection; one failing does not stop the
 others. The fleet's GPU list is tried in order per replica.
 
-Ctrl-C (or SIGTERM, which the command maps to it) reaches only the main thread: it sets the shared cancel event, and
-each provision stops at its next step boundary, rolling back what its attempt rented. Replicas that finished first
-still join the fleet; then the interrupt goes on.
+Cancelling: the command's one cancel token (deploy/cancel.py: SIGINT, SIGTERM and SIGHUP set it; where no handler
+is installed, a KeyboardInterrupt in the main thread does) is handed to every replica: each stops at its next step or
+wait and destroys what its attempt rented; those rollbacks always finish. Replicas that finished first still join
+the fleet; then the command ends interrupted, saying what each replica left.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from deploy.cancel import CancelToken, Interrupted, current
 from deploy.errors import DeployError, NoOffersError, ProvisionCancelled, UsageError
 from deploy.fleet.model import Added, FleetSpec
 from deploy.gateway.fleet_gateway import gateway_reload
@@ -26,7 +27,7 @@ from deploy.settings import DeploySettings
 Log = Callable[[str], None]
 
 
-def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel: threading.Event | None = None) -> int:
+def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel: CancelToken | None = None) -> int:
     """One replica, exactly as `deploy provision` makes one; GPU types tried in order. -> its ledger rental ID."""
     gpus = spec.gpus or (None,)
     failures = []
@@ -53,7 +54,7 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
     if make_provider(spec.provider, settings, **spec.options.ssh).uses_ssh:
         ensure_ssh_key(settings)  # made once here: parallel first uses would race on ssh-keygen
     result = Added()
-    cancel = threading.Event()
+    cancel = current() or CancelToken()
 
     def one(i: int) -> int:
         return provision_one(settings, spec, log=lambda message: log(f"replica {i}/{count}: {message}"), cancel=cancel)
@@ -66,9 +67,9 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
             while True:
                 try:
                     outcomes.append((i, f.result(), None))
-                except KeyboardInterrupt as exc:  # Ctrl-C hit this thread while it waited: stop the others, then wait
+                except KeyboardInterrupt as exc:  # no handler installed (scale, heal): stop the others, then wait
                     interrupted = interrupted or exc
-                    cancel.set()
+                    cancel.cancel()
                     log("interrupted: each replica stops at its next step and destroys what it rented")
                     continue
                 except BaseException as exc:  # noqa: BLE001 - one replica's failure is reported, not fatal
@@ -87,6 +88,11 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
                 log(f"replica {i}/{count}: failed: {why}")
     if interrupted is not None:
         raise interrupted
+    if cancel.is_set():
+        left = [
+            f"replica {i}: " + (f"rental {rid} ready, in the fleet" if rid else str(exc)) for i, rid, exc in outcomes
+        ]
+        raise Interrupted(cancel.signum, "; ".join(left))
     return result
 
 

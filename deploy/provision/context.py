@@ -3,11 +3,11 @@ later ones need) and the `Step` record."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deploy.cancel import CancelToken
 from deploy.ledger import Ledger, Rental
 from deploy.providers import DirectAddress, Provider
 from deploy.providers.records import Box, Offer
@@ -43,7 +43,7 @@ class Context:
     direct: DirectAddress | None = None  # where the server answers without a tunnel (start)
     server_pid: int | None = None  # the detached server (start)
     hub_token: str | None = None  # the Hub token's file on the box (push); None: none was found here
-    cancel: threading.Event | None = None  # set by another thread (Ctrl-C during a fleet provision): stop waiting
+    cancel: CancelToken | None = None  # the command's one cancel token (signals, a fleet): a wait that sees it stops
 
     @property
     def rental_id(self) -> int:

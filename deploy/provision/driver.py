@@ -6,17 +6,22 @@
 Offers are tried in order (cheapest first), at most `max_offers`. A step that fails after `rent` destroys exactly what
 this attempt rented (unless `keep_on_failure`), puts the host on the skip list and moves to the next offer when the
 step says another box may help. If that destroy fails we stop and name the `deploy teardown <id>` to run. Every step
-is recorded in the ledger before it runs. A `cancel` event (set by another thread: Ctrl-C during a fleet provision)
-is checked between steps; a cancelled attempt rolls back like an interrupted one.
+is recorded in the ledger before it runs.
+
+Cancelling: one `CancelToken` (deploy/cancel.py; set by SIGINT/SIGTERM/SIGHUP, or by a fleet's main thread) is checked
+before each step and by the waits inside them; in the main thread a step is also broken out of by the first signal.
+A cancelled attempt destroys what it rented (by id, tried again on failure) and ends with `Interrupted`, whose text
+says what is left billing; a rollback is not cancelled by the token.
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from collections.abc import Sequence
 
 from deploy import ledger as L
+from deploy.cancel import Abandon, CancelToken, Interrupt, Interrupted, current
 from deploy.errors import (
     CleanupFailedError,
     DeployError,
@@ -64,11 +69,12 @@ def provision(
     *,
     log: Log = lambda _m: None,
     steps: Sequence[Step] | None = None,
-    cancel: threading.Event | None = None,
+    cancel: CancelToken | None = None,
 ) -> Context:
-    """Run the steps on the cheapest offers in turn; return the context of the attempt that passed them all."""
+    """Run the steps on the cheapest offers in turn; return the context of the attempt that passed them all.
+    `cancel`: the token to obey (default: the one the command's signal handlers set)."""
     steps = list(steps_for(options) if steps is None else steps)
-    cancel = cancel or threading.Event()
+    cancel = cancel or current() or CancelToken()
     attempt_id = ledger.new_attempt_id()
     offers = search_offers(provider, options, limit=max(options.max_offers * 4, 10))
     if not offers:
@@ -83,7 +89,7 @@ def provision(
         if offer.host_id and offer.host_id in skip:
             continue
         if cancel.is_set():
-            raise ProvisionCancelled("provision cancelled before the next offer")
+            raise Interrupted(cancel.signum, "nothing left billing")
         tried += 1
         runtime = options.runtime.for_provider(provider) if options.runtime else None
         ctx = Context(settings, options, provider, ledger, attempt_id, offer, log, runtime=runtime, cancel=cancel)
@@ -91,9 +97,10 @@ def provision(
         step: Step | None = None
         try:
             for i, step in enumerate(steps, 1):
-                if cancel.is_set():
-                    raise ProvisionCancelled(f"cancelled before {step.name}")
-                _run_step(ctx, step, f"[{i}/{len(steps)}]")
+                cancel.check(f"cancelled before {step.name}")
+                with cancel.interruptible():
+                    _run_step(ctx, step, f"[{i}/{len(steps)}]")
+            cancel.check("cancelled before the box was marked ready")
             ledger.set_status(ctx.rental_id, L.READY)
             ctx.refresh()
             return ctx
@@ -101,16 +108,23 @@ def provision(
             failures.append(f"offer {offer.id}: taken")
             log(f"offer {offer.id} was taken: {exc}; trying the next one")
             continue
-        except (DeployError, OSError, KeyboardInterrupt) as exc:
+        except Abandon:  # the last signal: no rollback, only what is left
+            raise Interrupted(cancel.signum, f"abandoned: {_left(ctx)}") from None
+        except (DeployError, OSError, Interrupt) as exc:
             name = step.name if step else "?"
-            stopped = isinstance(exc, (KeyboardInterrupt, ProvisionCancelled))
+            stopped = isinstance(exc, (Interrupt, ProvisionCancelled)) or cancel.is_set()
             reason = f"{name}: interrupted" if stopped else f"{name}: {exc}"
             failures.append(f"offer {offer.id}: {reason}")
             if offer.host_id:
                 skip.add(offer.host_id)
-            _after_failure(ctx, reason, log)
-            if stopped:
-                raise
+            try:
+                outcome = _after_failure(ctx, reason, _quiet(log), cancel)
+            except CleanupFailedError as cleanup:
+                if not cancel.is_set():
+                    raise
+                outcome = str(cleanup)
+            if stopped or cancel.is_set():
+                raise Interrupted(cancel.signum, outcome) from None
             if not (step and step.retry_next_offer) or isinstance(exc, RequestRefusedError):
                 raise StepFailedError(name, str(exc), retry_next_offer=False) from exc
             log(f"offer {offer.id} failed at {name}; trying the next one")
@@ -131,36 +145,87 @@ def _run_step(ctx: Context, step: Step, counter: str) -> None:
     ctx.log(f"{counter} {step.name} done in {elapsed:.1f} s")
 
 
-def _after_failure(ctx: Context, reason: str, log: Log) -> None:
-    """Destroy what this attempt rented, unless asked to keep it. A failed destroy stops everything."""
+DESTROY_TRIES = 3
+
+
+def _after_failure(ctx: Context, reason: str, log: Log, cancel: CancelToken) -> str:
+    """Destroy what this attempt rented, unless asked to keep it; returns what is left billing. A destroy that still
+    fails after its tries, or a rollback the last signal abandoned, raises CleanupFailedError naming the teardown."""
     if ctx.rental is None:
-        return
+        return "nothing was rented, nothing left billing"
     rental = ctx.refresh()
     if not rental.is_open:
-        return
+        return f"rental {rental.id} {rental.status}, nothing left billing"
     if rental.provider_id is None:
         ctx.ledger.set_status(rental.id, L.INTENT, f"failed before the provider gave an id: {reason}")
         log(
             f"rental {rental.id} may exist without an id; `deploy status` will show it, `deploy teardown --all` ends it"
         )
-        return
+        return f"rental {rental.id} may exist without an id: `deploy status` shows it, `deploy teardown --all` ends it"
     ctx.ledger.set_status(rental.id, L.FAILED, reason)
     if ctx.host is not None:
         ctx.host.close()
         ctx.host = None
+    what = f"rental {rental.id} ({rental.provider} instance {rental.provider_id})"
     if ctx.options.keep_on_failure:
-        log(
-            f"kept rental {rental.id} ({rental.provider} {rental.provider_id}) for inspection: `deploy teardown {rental.id}`"
-        )
-        return
-    log(f"destroying rental {rental.id} ({rental.provider} {rental.provider_id})")
+        log(f"kept {what} for inspection: `deploy teardown {rental.id}`")
+        return f"kept {what} for inspection, left billing: run `deploy teardown {rental.id}`"
+    log(f"destroying {what}")
     try:
-        end_rental(ctx.provider, ctx.ledger, rental, ctx.settings, reason=f"provision failed at {reason}", log=log)
+        with cancel.rolling_back(f"destroying {what}"):
+            _destroy(ctx, rental, reason, log)
+    except Abandon:
+        raise CleanupFailedError(
+            f"rollback abandoned: {what} may be left billing: run `deploy teardown {rental.id}`"
+        ) from None
     except Exception as exc:
         raise CleanupFailedError(
             f"could not destroy {rental.provider} instance {rental.provider_id} after a failed provision ({exc}); "
             f"it may still bill: run `deploy teardown {rental.id}`"
         ) from exc
+    return f"rental {rental.id} destroyed, nothing left billing"
+
+
+def _destroy(ctx: Context, rental, reason: str, log: Log) -> None:
+    """By id, tried again: a provider that failed once (an outage, a rate limit past the CLI's own retries) may
+    answer a moment later, and each try's failure is said."""
+    for attempt in range(1, DESTROY_TRIES + 1):
+        try:
+            end_rental(ctx.provider, ctx.ledger, rental, ctx.settings, reason=f"provision failed at {reason}", log=log)
+            return
+        except DeployError as exc:
+            if attempt == DESTROY_TRIES:
+                raise
+            log(f"destroy of rental {rental.id} failed ({exc}); trying again ({attempt + 1}/{DESTROY_TRIES})")
+            time.sleep(2.0 * attempt)
+            rental = ctx.ledger.require(rental.id)
+            if not rental.is_open:
+                return
+
+
+def _left(ctx: Context) -> str:
+    """What an abandoned attempt leaves, from its ledger row."""
+    if ctx.rental is None:
+        return "nothing was rented"
+    rental = ctx.refresh()
+    if not rental.is_open:
+        return f"rental {rental.id} {rental.status}, nothing left billing"
+    if rental.provider_id is None:
+        return f"rental {rental.id} may exist without an id: `deploy teardown --all` ends it"
+    return (
+        f"rental {rental.id} ({rental.provider} instance {rental.provider_id}) left billing: "
+        f"run `deploy teardown {rental.id}`"
+    )
+
+
+def _quiet(log: Log) -> Log:
+    """The rollback's log: a terminal that hung up (SIGHUP) must not stop the destroy."""
+
+    def say(message: str) -> None:
+        with contextlib.suppress(OSError):
+            log(message)
+
+    return say
 
 
 def _describe(options: ProvisionOptions) -> str:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,15 +131,24 @@ def check_port_free(port: int) -> None:
             raise UsageError(f"--local-port {port} is already in use on this machine") from None
 
 
-def hold_open(host) -> None:
-    """Until Ctrl-C; a dropped SSH connection ends it with an error instead of a tunnel that silently refuses."""
-    while True:
-        time.sleep(0.5)
+def hold_open(host, cancel) -> None:
+    """Until the command's cancel token is set (SIGINT, SIGTERM, SIGHUP); a dropped SSH connection ends it with an
+    error instead of a tunnel that silently refuses."""
+    while not cancel.wait(0.5):
         transport = host.conn.transport
         if transport is None or not transport.is_active():
             raise RemoteError("the SSH connection to the box dropped: the tunnel is closed")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler: `kill` closes a foreground tunnel as cleanly as Ctrl-C."""
-    raise KeyboardInterrupt
+def hold_forward(host, remote_port: int, local_port: int | None, opened) -> None:
+    """`deploy tunnel` and `deploy open`: forward `remote_port`, call `opened(local_port)`, hold it open until a signal
+    ends the command (cleanly: the tunnel closes, exit 0). A signal while SSH still connects ends it at once."""
+    from deploy.cancel import Interrupt, handle_signals
+
+    with handle_signals() as cancel:
+        try:
+            with cancel.interruptible(), forward(host, remote_port, local_port) as port:
+                opened(port)
+                hold_open(host, cancel)
+        except Interrupt:
+            pass
