@@ -14,6 +14,7 @@ The API key is never put on its command line (it reads VAST_API_KEY or its own k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploy.cancel import shielded
 from deploy.errors import DeployError
 from deploy.providers.records import Box, Offer
 from deploy.providers.vast_pacing import GATE, PACES, RETRY_STATUSES, Backoff, Gate, Pace
@@ -115,8 +117,8 @@ class VastCli:
         backoff = Backoff(self.retry_s, deadline=deadline)
         while True:
             try:
-                with self.gate.turn(command, pace):
-                    return self._once(args, command)
+                with self.gate.turn(command, pace), shielded() if not repeatable else contextlib.nullcontext():
+                    return self._once(args, command)  # a create finishes even when a signal stops the flow
             except VastError as exc:
                 if not exc.transient or not (repeatable or exc.status_code == 429):
                     raise
@@ -159,6 +161,7 @@ class VastCli:
                 capture_output=True,
                 text=True,
                 stdin=subprocess.DEVNULL,
+                process_group=0,  # the terminal's Ctrl-C/hangup reach `deploy` only: a destroy in flight is not killed
                 timeout=self.timeout_s,
                 env=env,
             )
