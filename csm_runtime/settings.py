@@ -67,6 +67,10 @@ class RuntimeSettings:
     voices_dir: str | None = None
     queue_size: int = 16
     request_timeout_s: float = 300.0
+    # a connection gets this long to send a request's headers (from its start, or from the previous response), and
+    # a request this long to send its body; then 408 or the connection is closed (server/connection_guard.py)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0  # on SIGTERM, running streams get this long to finish, then are cancelled
     warmup_text: str = "Warming up."
 

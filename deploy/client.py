@@ -171,6 +171,10 @@ def synthesize(
             raise GenerateError(
                 f"{endpoint} presented a TLS certificate other than {trusted}: refusing to send the token"
             ) from None
+        if ttfa is not None:  # the body had begun: the server ended it without its last chunk (timeout, shutdown)
+            raise GenerateError(
+                f"the server cut the stream short after {nbytes} bytes: {path} is incomplete ({type(exc).__name__})"
+            ) from None
         raise GenerateError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
     wall = time.perf_counter() - start
     if fmt == "wav":

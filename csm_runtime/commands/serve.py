@@ -40,12 +40,16 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(settings: RuntimeSettings) -> None:
-    """Anything reachable from outside this machine must be behind a token."""
+    """Anything reachable from outside this machine must be behind a token, and the token file must hold one: an
+    empty or unreadable file is refused here, before anything (the TLS directory) is written."""
     if not settings.token_file and not is_loopback(settings.host):
         raise ServeError(
             f"refusing to bind {settings.host}:{settings.port} without a token: anyone who can reach it could use the "
             "GPU. Pass --token-file FILE (or CSM_TOKEN_FILE), or bind 127.0.0.1 and tunnel."
         )
+    from csm_runtime.server.dependencies import read_token
+
+    read_token(settings.token_file)  # ValueError: the caller prints it on one line
 
 
 def check_hub(settings: RuntimeSettings) -> None:
@@ -91,6 +95,7 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
     import uvicorn
 
     from csm_runtime.server import create_app
+    from csm_runtime.server.connection_guard import uvicorn_config
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cli = {k: v for k, v in (cli or {}).items() if v is not None}
@@ -115,13 +120,10 @@ def serve(settings: RuntimeSettings, cli: dict[str, Any] | None = None, log_leve
             tls.sha256,
             tls.cert,
         )
-    config = uvicorn.Config(
+    config = uvicorn_config(  # with a deadline on request headers (server/connection_guard.py)
         app,
-        host=settings.host,
-        port=settings.port,
+        settings,
         log_level=log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         ssl_certfile=str(tls.cert) if tls else None,
         ssl_keyfile=str(tls.key) if tls else None,
     )

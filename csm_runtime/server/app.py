@@ -2,7 +2,9 @@
 model and warms up on its own thread, so /health and /ready answer meanwhile) and drains it on shutdown.
 
 Public: `/health`, and the playground page (`/` and `/static/*`: it holds no data and asks for the token). Everything
-else needs the bearer token, `/openapi.json` included. Request bodies over MAX_BODY_BYTES get 413 before parsing."""
+else needs the bearer token, `/openapi.json` included, checked from the headers before a byte of the body is read
+(gate.py). Then request bodies over MAX_BODY_BYTES get 413 before parsing, and one that stalls gets 408
+(body_limit.py). Every response, those included, is counted and timed per route (metrics.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse
 from csm_runtime.server import errors, openapi
 from csm_runtime.server.body_limit import BodyLimit
 from csm_runtime.server.dependencies import read_token, require_bearer
+from csm_runtime.server.gate import BearerGate
 from csm_runtime.server.metrics import Metrics, RequestMetrics
 from csm_runtime.server.openapi import UNAUTHORIZED
 from csm_runtime.server.routers import health, models, page, speech, status, voices
@@ -93,8 +96,10 @@ def create_app(
     app.state.metrics = metrics
     app.state.profile = profile
     errors.install(app)
-    app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # The last added runs first: metrics see every answer, the gate refuses strangers before the body is read.
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout_s=settings.body_timeout_s)
+    app.add_middleware(BearerGate, token=token)
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     openapi.install(app, models.model_ids(settings.model), list(voice_table))
 
     protected = APIRouter(dependencies=[Depends(require_bearer)], responses=UNAUTHORIZED)

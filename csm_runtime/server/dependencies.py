@@ -29,21 +29,27 @@ def read_token(token_file: str | None) -> str | None:
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer", description="The server's token (--token-file).")
 
 
+def bearer_error(header: str, expected: str | None) -> APIError | None:
+    """The 401 for an `Authorization` header value, or None when it carries the token (or the server has none).
+    Constant-time compare so timing leaks nothing."""
+    if expected is None:
+        return None
+    scheme, _, given = header.partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not given:
+        return APIError(
+            401, "missing bearer token: send `Authorization: Bearer <token>`", code="missing_token", headers=challenge
+        )
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return APIError(401, "invalid bearer token", code="invalid_token", headers=challenge)
+    return None
+
+
 async def require_bearer(
     request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None
 ) -> None:
-    """401 unless `Authorization: Bearer <token>` matches; constant-time compare so timing leaks nothing."""
-    expected: str | None = request.app.state.token
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise APIError(
-            401,
-            "missing bearer token: send `Authorization: Bearer <token>`",
-            code="missing_token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise APIError(401, "invalid bearer token", code="invalid_token", headers={"WWW-Authenticate": "Bearer"})
+    """401 unless `Authorization: Bearer <token>` matches. The gate (gate.py) already refused such requests before
+    their body was read; this keeps every protected route safe on its own and declares the scheme."""
+    err = bearer_error(request.headers.get("authorization", ""), request.app.state.token)
+    if err is not None:
+        raise err

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 TTFA_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:
@@ -15,6 +19,13 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("csm_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "csm_request_duration_seconds",
+            "Request start to the response's last byte, by route (a speech stream's whole length)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.active_streams = Gauge("csm_active_streams", "Streams in the running decode batch", registry=r)
         self.queue_depth = Gauge("csm_queue_depth", "Requests waiting for a free stream slot", registry=r)
         self.batch_size = Histogram(
@@ -41,7 +52,8 @@ class Metrics:
         self.ready = Gauge("csm_ready", "1 once the model is loaded and warmed up", registry=r)
         self.last_request = Gauge(
             "csm_last_request_timestamp_seconds",
-            "Unix time a speech request last started or ended (the box's watchdog reads it)",
+            "Unix time an authenticated speech request the server accepted last started or ended (the box's "
+            "watchdog reads it: a refused, unauthenticated or unknown request is not activity)",
             registry=r,
         )
         self._gpu_memory = Gauge("csm_gpu_memory_bytes", "CUDA memory of this process", ["kind"], registry=r)
@@ -58,25 +70,50 @@ class Metrics:
         self._gpu_memory.labels("max_allocated").set_function(lambda: torch.cuda.max_memory_allocated(device))
         self._gpu_wired = True
 
+    def touch_activity(self) -> None:
+        """Real work happened now: called by the speech route once the scheduler took a request, and at its end."""
+        self.last_request.set_to_current_time()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class RequestMetrics:
-    """ASGI middleware: counts every HTTP response by route template and status code."""
+def _leaf_routes(routes):
+    """The app's routes themselves: FastAPI wraps an included router (ours have no prefix) in one entry."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
 
-    def __init__(self, app, metrics: Metrics) -> None:
+
+class RequestMetrics:
+    """ASGI middleware, outermost of ours: counts and times every HTTP response by route template and status code,
+    the token gate's 401s and the body limit's 413s and 408s included (their route is found by matching the path,
+    since routing never ran for them)."""
+
+    def __init__(self, app, metrics: Metrics, routes) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+
+    def _route(self, scope) -> str:
+        route = scope.get("route")
+        if route is None:
+            for candidate in _leaf_routes(self.routes):
+                match, _ = candidate.matches(scope)
+                if match != Match.NONE:
+                    route = candidate
+                    break
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
-        speech = scope.get("path", "").startswith("/v1/audio/speech")
-        if speech:
-            self.metrics.last_request.set_to_current_time()
+        start = time.perf_counter()
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -86,8 +123,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(path, str(status["code"])).inc()
-            if speech:  # a stream that ran for minutes is activity until its end
-                self.metrics.last_request.set_to_current_time()
+            route = self._route(scope)
+            self.metrics.requests.labels(route, str(status["code"])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -31,6 +31,12 @@ def error(description: str, *headers: str) -> dict[str, Any]:
 HEADERS = {
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}},
     "WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}},
+    "X-Audio-Truncated": {
+        "description": "On a whole body (`stream: false`): the audio cap (`max_audio_ms`, the request's or the "
+        "server's) ended the audio before the text was all said.",
+        "schema": {"type": "string", "enum": ["max_audio_ms"]},
+    },
+    "X-Sample-Rate": {"description": "The audio's sample rate (24000).", "schema": {"type": "integer"}},
 }
 UNAUTHORIZED = {401: error("Missing or wrong bearer token.", "WWW-Authenticate")}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -56,29 +62,39 @@ SSE_EVENT = {
                             k: {"type": "integer"} for k in ("input_tokens", "output_tokens", "total_tokens")
                         },
                     },
+                    "truncated": {
+                        "type": "string",
+                        "enum": ["max_audio_ms"],
+                        "description": "on `speech.audio.done`: the audio cap ended the audio before the text was "
+                        "all said",
+                    },
                     "error": {"$ref": "#/components/schemas/ErrorDetail"},
                 },
             },
         },
     },
     "description": "`speech.audio.delta` events carry the audio file's bytes in base64, in order; one "
-    "`speech.audio.done` event ends the stream; an error after the stream began is a last `error` event.",
+    "`speech.audio.done` event ends a complete stream (with `truncated` when the audio cap ended it); a stream cut "
+    "short (request timeout, shutdown, a failure) ends with an `error` event instead.",
 }
 SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The audio, streamed as it is generated (`X-Sample-Rate` says the rate, 24000), in the "
-        "`response_format`'s media type; `text/event-stream` with `stream_format: sse`.",
+        "`response_format`'s media type; `text/event-stream` with `stream_format: sse`. A raw stream cut short "
+        "(request timeout, shutdown, a failure) ends without its final chunk: the client's read fails.",
+        "headers": {name: HEADERS[name] for name in ("X-Sample-Rate", "X-Audio-Truncated")},
         "content": {
             **{media: _BINARY for media in dict.fromkeys(MEDIA_TYPES.values())},
             "text/event-stream": {"schema": SSE_EVENT},
         },
     },
     400: error("Invalid request: bad JSON, a value outside the schema, an unknown model or voice."),
+    408: error("The request body did not arrive within the server's body timeout."),
     413: error(f"Request body larger than {MAX_BODY_BYTES} bytes."),
     429: error("Every stream slot and the queue are full.", "Retry-After"),
     500: error("Generation failed inside the server."),
     503: error("The model is still loading or warming up, or the server is shutting down.", "Retry-After"),
-    504: error("The request waited in the queue longer than the server's request timeout."),
+    504: error("The request timed out: in the queue, or (`stream: false`) before its audio was complete."),
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Loaded and warmed up: the model, device and batch size."},

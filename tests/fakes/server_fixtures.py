@@ -19,14 +19,21 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1:<free port> in a daemon thread (lifespan on, real sockets)."""
+    """uvicorn serving `app` on 127.0.0.1:<free port> in a daemon thread (lifespan on, real sockets). An app from
+    `create_app` runs with the config `csm-runtime serve` gives it (server/connection_guard.py: the header
+    deadline), on this port and with a 5 s drain."""
 
     def __init__(self, app, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
-        )
+        options = {"host": "127.0.0.1", "port": self.port, "log_level": "warning", "timeout_graceful_shutdown": 5}
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        if settings is not None:
+            from csm_runtime.server.connection_guard import uvicorn_config
+
+            config = uvicorn_config(app, settings, **options)
+        else:
+            config = uvicorn.Config(app, lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -25,12 +25,13 @@ def test_loopback_detection(host, ok):
     assert is_loopback(host) is ok
 
 
-def test_public_bind_without_token_is_refused_with_a_clear_message():
+def test_public_bind_without_token_is_refused_with_a_clear_message(tmp_path):
     r = subprocess.run([*SERVE, "--host", "0.0.0.0", "--model", "tiny-random"], capture_output=True, text=True,
                        timeout=60)  # fmt: skip
     assert r.returncode == 2
     assert "refusing to bind 0.0.0.0:8000 without a token" in r.stderr and "--token-file" in r.stderr
-    check_bind(RuntimeSettings(host="0.0.0.0", token_file="/some/token"))  # with a token it is allowed
+    (tmp_path / "tok").write_text("a-token")
+    check_bind(RuntimeSettings(host="0.0.0.0", token_file=str(tmp_path / "tok")))  # with a token it is allowed
 
 
 def test_empty_token_file_is_refused(tmp_path):
@@ -38,6 +39,15 @@ def test_empty_token_file_is_refused(tmp_path):
     r = subprocess.run([*SERVE, "--token-file", str(tmp_path / "tok"), "--port", str(free_port())],
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == 2 and "is empty" in r.stderr
+
+
+def test_empty_token_file_is_refused_before_anything_is_written(tmp_path):
+    """A public bind would make a self-signed certificate in ./tls: an empty token file stops it first."""
+    (tmp_path / "tok").write_text("")
+    r = subprocess.run([*SERVE, "--host", "0.0.0.0", "--token-file", "tok", "--port", str(free_port())],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "is empty" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
 
 
 def test_serve_process_answers_hides_its_token_and_stops_on_sigterm(tmp_path):

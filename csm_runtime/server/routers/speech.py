@@ -10,6 +10,12 @@ Long text is split into sentences (engine/sentences.py) and said as one stream, 
 as context (the scheduler's ticket spans them). `stream_format: sse` wraps the same bytes in OpenAI's speech events:
 `data: {"type": "speech.audio.delta", "audio": "<base64>"}` per chunk, then `data: {"type": "speech.audio.done",
 "usage": {...}}`; an error after the stream began is a last `data: {"type": "error", "error": {...}}` event.
+
+A stream that ends early says so. Cut short (the request timeout, a shutdown's grace running out, a generation
+failure): a raw body ends without its final chunk, so the client's read fails (streaming.py), and SSE ends with an
+`error` event, never `speech.audio.done`. Ended by the audio cap (`max_audio_ms`, the request's or the server's)
+before the text was all said: the done event carries `"truncated": "max_audio_ms"`, a whole body the header
+`X-Audio-Truncated: max_audio_ms`. A raw stream has sent its headers before it knows; it ends complete.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from csm_runtime.engine.sentences import speech_pieces
 from csm_runtime.engine.types import GenerationParams
@@ -30,11 +36,14 @@ from csm_runtime.server.openapi import SPEECH_RESPONSES
 from csm_runtime.server.routers.models import served_model_ids
 from csm_runtime.server.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
 from csm_runtime.server.schemas import SpeechRequest
+from csm_runtime.server.streaming import CuttableStreamingResponse, StreamCut
 
 router = APIRouter(tags=["speech"])
 log = logging.getLogger("csm_runtime.server.speech")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
 FRAME_SAMPLES = 1920
+TRUNCATED = "max_audio_ms"  # what X-Audio-Truncated and the done event's `truncated` say: the cap that ended it
+CUT_SHORT = ("timeout", "shutdown")  # ticket reasons that end a stream before its text was said
 
 
 class _ClientGone(Exception):
@@ -86,12 +95,19 @@ async def _next(ticket: Ticket, request: Request):
                 raise _ClientGone from None
 
 
-def _end_error(reason: str | None, timeout_s: float) -> APIError | None:
+def _end_error(reason: str | None, timeout_s: float, started: bool = False) -> APIError | None:
+    """The error for a stream the scheduler ended early (None when it ended as asked)."""
     if reason == "timeout":
-        return APIError(504, f"request timed out after {timeout_s:g} s before any audio (server busy)", code="timeout")
+        when = "; the audio was incomplete" if started else " before any audio (server busy)"
+        return APIError(504, f"request timed out after {timeout_s:g} s{when}", code="timeout")
     if reason == "shutdown":
         return APIError(503, "server is shutting down", code="shutting_down", headers={"Retry-After": "5"})
     return None
+
+
+def _sse_error(err: APIError) -> bytes:
+    detail = {"message": err.message, "type": "timeout" if err.status == 504 else "server_error", "param": None}
+    return _sse({"type": "error", "error": {**detail, "code": err.code}})
 
 
 def _sse(event: dict) -> bytes:
@@ -122,6 +138,7 @@ async def create_speech(req: SpeechRequest, request: Request):
     except (NotReadyError, ShuttingDownError) as exc:
         state.metrics.rejected.labels("not_ready").inc()
         raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": "5"}) from None
+    state.metrics.touch_activity()  # accepted: real work, which keeps the box's watchdog from idling it out
     rate = int(state.scheduler.generator.sample_rate)
     encoder = Encoder(req.response_format, rate)
 
@@ -130,19 +147,26 @@ async def create_speech(req: SpeechRequest, request: Request):
     except _ClientGone:
         ticket.cancel()
         encoder.close()
+        state.metrics.touch_activity()
         return Response(status_code=499)
     except StreamFailedError as exc:
         encoder.close()
+        state.metrics.touch_activity()
         raise APIError(400 if exc.bad_input else 500, f"generation failed: {exc}", code="generation_failed") from None
     err = _end_error(ticket.reason, state.settings.request_timeout_s) if first is None else None
     if err is not None:
         encoder.close()
+        state.metrics.touch_activity()
         raise err
 
     headers = {"X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
     sse = req.stream_format == "sse"
     if not req.stream and not sse:
-        return await _whole(ticket, request, encoder, first, headers)
+        try:
+            return await _whole(ticket, request, encoder, first, headers)
+        finally:
+            state.metrics.touch_activity()
+    timeout_s = state.settings.request_timeout_s
 
     async def body():
         done = first is None
@@ -160,6 +184,13 @@ async def create_speech(req: SpeechRequest, request: Request):
                 data = encoder.encode(chunk)
                 if data:
                     yield _delta(data) if sse else data
+            err = _end_error(ticket.reason, timeout_s, started=True)
+            if err is not None:
+                log.warning("stream cut short (%s) after %d frames", ticket.reason, frames)
+                if not sse:
+                    raise StreamCut
+                yield _sse_error(err)
+                return
             tail = encoder.finish()
             if sse:
                 usage = {
@@ -167,26 +198,31 @@ async def create_speech(req: SpeechRequest, request: Request):
                     "output_tokens": frames,
                     "total_tokens": len(req.input) + frames,
                 }
-                yield _delta(tail) + _sse({"type": "speech.audio.done", "usage": usage})
+                done_event = {"type": "speech.audio.done", "usage": usage}
+                if ticket.reason == "max_audio":
+                    done_event["truncated"] = TRUNCATED
+                yield _delta(tail) + _sse(done_event)
             else:
                 yield tail
         except _ClientGone:
             log.info("client disconnected; stream cancelled")
-        except StreamFailedError as exc:  # mid-stream: the status is sent already, so end the body early
+        except StreamFailedError as exc:  # mid-stream: the status is sent already, so the body ends as cut
             log.warning("stream failed mid-way: %s", exc)
-            if sse:
-                error = {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}
-                yield _sse({"type": "error", "error": error})
+            if not sse:
+                raise StreamCut from None
+            yield _sse_error(APIError(500, f"generation failed: {exc}", code="generation_failed"))
         finally:
             ticket.cancel()  # no-op when it ended normally; frees the slot when the client went away
             encoder.close()
+            state.metrics.touch_activity()  # a stream that ran for minutes is activity until its end
 
     media_type = "text/event-stream" if sse else encoder.media_type
-    return StreamingResponse(body(), media_type=media_type, headers=headers)
+    return CuttableStreamingResponse(body(), media_type=media_type, headers=headers)
 
 
 async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, headers: dict) -> Response:
-    """`stream: false`: the same generation, sent as one body (a WAV then carries its real sizes)."""
+    """`stream: false`: the same generation, sent as one body (a WAV then carries its real sizes). Nothing is sent
+    before the end, so a stream ended early is an error status, and one the audio cap ended says so in a header."""
     parts = []
     try:
         chunk = first
@@ -194,11 +230,19 @@ async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, head
             parts.append(chunk)
             chunk = await _next(ticket, request)
     except _ClientGone:
+        encoder.close()
         return Response(status_code=499)
     except StreamFailedError as exc:
+        encoder.close()
         raise APIError(500, f"generation failed: {exc}", code="generation_failed") from None
     finally:
         ticket.cancel()
+    err = _end_error(ticket.reason, request.app.state.settings.request_timeout_s, started=True)
+    if err is not None:
+        encoder.close()
+        raise err
+    if ticket.reason == "max_audio":
+        headers = {**headers, "X-Audio-Truncated": TRUNCATED}
     if encoder.format == "wav":
         encoder.close()
         pcm = to_int16(np.concatenate(parts)) if parts else b""

@@ -1,5 +1,6 @@
 """`GET /ready` (503 until the model is loaded and warmed up; while a first start downloads the checkpoint, how far it
-has come) and `GET /metrics` (Prometheus); both need the token."""
+has come; `HEAD /ready` answers the same status without the body) and `GET /metrics` (Prometheus); both need the
+token."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -10,6 +11,7 @@ from csm_runtime.engine.download import current as current_download
 router = APIRouter(tags=["status"])
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get("/ready")
 async def ready(request: Request):
     state = request.app.state
