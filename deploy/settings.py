@@ -44,6 +44,9 @@ class DeploySettings:
     poll_interval_s: float = 5.0
     vast_timeout_s: float = 120.0  # one vastai CLI call
     vast_retry_s: float = 60.0  # how long a vastai call that failed on a 429/5xx/timeout keeps being retried
+    # after a create starts, how long it may still rent a box: a `vastai create` outlives a killed `deploy`, and
+    # vastai 1.9.1 sends a create up to 3 times, 120 s each, with waits of up to 60 s between (600 s with a margin)
+    vast_create_window_s: float = 600.0
     ssh_user: str = "root"
     ssh_key: str | None = None  # private key; default <home>/id_ed25519, created on first use
     check_command: str = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || uname -a"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -21,14 +22,16 @@ def teardown(
 ) -> None:
     """Destroy, confirm it is gone, and record the end time.
 
-    Every provider with credentials here is asked for boxes carrying our label, even with an empty ledger.
+    Every provider with credentials here is asked for boxes carrying our label, even with an empty ledger. A rental
+    whose create may still rent a box (a provision killed during its create) stays open and the command exits 1
+    until a listing taken after its create window finds the box (destroyed then) or nothing (closed as not created).
 
     Examples:
       deploy teardown 3
       deploy teardown --all --yes
       deploy teardown --all --yes -p vast
     """
-    from deploy.ledger.reconcile import Entry, reconcile
+    from deploy.ledger.reconcile import Entry, reconcile, unknown_outcome
     from deploy.providers import provider_for
     from deploy.provision.release import end_rental
 
@@ -37,6 +40,7 @@ def teardown(
     s = c.settings()
     done: list[dict[str, object]] = []
     failed: list[str] = []
+    unknown: list[Entry] = []
     rec = None
     with c.open_ledger() as ledger:
         if all_:
@@ -44,9 +48,11 @@ def teardown(
             for warning in rec.warnings:
                 output.progress(f"warning: {warning}")
             targets = [e for e in rec.entries if e.kind in ("tracked", "ghost", "unconfirmed", "orphan")]
+            unknown = rec.of_kind("unknown")
             if provider:
                 targets = [e for e in targets if e.provider in provider]
-            if not targets:
+                unknown = [e for e in unknown if e.provider in provider]
+            if not targets and not unknown:
                 output.progress("nothing open: the ledger and the providers agree")
             elif not yes:
                 _confirm(f"destroy {len(targets)} rentals ({', '.join(_name(e) for e in targets)})?")
@@ -54,7 +60,7 @@ def teardown(
             rental = ledger.require(rental_id)
             if not rental.is_open:
                 raise UsageError(f"rental {rental_id} is already closed ({rental.status})")
-            targets = [Entry("tracked", rental.provider, rental, None)]
+            targets, unknown = _one(ledger, s, rental)
         for e in targets:
             rental = e.rental
             if rental is None or (e.kind == "orphan" and not rental.is_open):
@@ -74,19 +80,50 @@ def teardown(
             }
             done.append({**row, "server": ended.server} if ended.server else row)
     if json_:
-        output.emit_json({"closed": done, "failed": failed})
+        output.emit_json({"closed": done, "failed": failed, "unknown": [e.as_dict() for e in unknown]})
     else:
         for d in done:
             server = f" (server on the box: {d['server']})" if d.get("server") else ""
             output.emit_text(f"rental {d['id']}: {d['provider']} {d['provider_id'] or '-'} {d['status']}{server}")
+    for e in unknown:
+        output.progress(f"rental {e.rental.id}: {unknown_outcome(e)}; its row stays open")
     if failed:
         again = f"deploy teardown {rental_id}" if rental_id is not None else "deploy teardown --all --yes"
         raise DeployError("teardown failed for " + "; ".join(failed) + f" (run it again: `{again}`)")
+    if unknown:
+        again = f"deploy teardown {rental_id}" if rental_id is not None else "deploy teardown --all --yes"
+        last = max(e.lands_by or 0.0 for e in unknown)
+        raise DeployError(
+            f"create outcome unknown for {', '.join(f'rental {e.rental.id}' for e in unknown)}: a create still in "
+            f"flight may rent a box; run `{again}` again after {_utc(last)} (or once `deploy status` shows the box)"
+        )
     if rec is not None and rec.warnings:
         raise DeployError(
             f"the ledger's rentals were torn down, but {'; '.join(rec.warnings)}: boxes it does not know may still "
             "bill; run `deploy teardown --all` again"
         )
+
+
+def _one(ledger, s, rental) -> tuple[list, list]:
+    """One rental: one with no provider id is looked for by its label first (adopted if found), and is left open
+    while its create may still land."""
+    from deploy.commands import options as c
+    from deploy.ledger.reconcile import Entry, reconcile
+    from deploy.providers import provider_class
+
+    if rental.provider_id is not None or not provider_class(rental.provider).listable:
+        return [Entry("tracked", rental.provider, rental, None)], []
+    rec = reconcile(ledger, s, lambda name: c.provider(name), providers=[rental.provider])
+    if rec.warnings:
+        raise DeployError(f"rental {rental.id} has no provider id and {'; '.join(rec.warnings)}: it may still bill")
+    mine = [e for e in rec.entries if e.rental is not None and e.rental.id == rental.id]
+    if mine and mine[0].kind == "unknown":
+        return [], mine
+    return [Entry("tracked", rental.provider, ledger.require(rental.id), None)], []
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(t))
 
 
 def _name(e) -> str:

@@ -67,6 +67,9 @@ class Provider(ABC):
     listable: ClassVar[bool] = True  # `list_owned` works: status and teardown --all reconcile against it
     runs_here: ClassVar[bool] = False  # the "box" is this machine: its own Python environment can serve
     can_self_destroy: ClassVar[bool] = False  # a box can end its own rental (vast's instance-scoped key): a watchdog
+    # after a create starts, how long it may still create a box (a create process that outlives a killed deploy);
+    # a rental with no id is not closed as "not created" before a listing taken that long after its create began
+    create_window_s: float = 0.0
 
     @classmethod
     @abstractmethod

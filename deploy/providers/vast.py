@@ -3,9 +3,9 @@
 What vast really does and what we do about it is in docs/provisioning.md#what-the-flow-asks-of-vastai; in short:
 offers are filtered on download speed, open ports and the GPU family's CUDA floor; a create asks for direct SSH and
 for no stopped instance when the machine cannot start one; an offer is "taken" only on 404/410 or vast's
-`no_such_ask`, any other refusal stops the search; a create whose answer is lost is found again by its label; a box
-is ready only when `actual_status` says running; a destroyed instance is gone when vast says so and its listing
-agrees.
+`no_such_ask`, any other refusal stops the search; a create that errored, whatever the answer, is looked for by its
+label first (vastai re-sends a create by itself, so "taken" may follow our own box's create); a box is ready only
+when `actual_status` says running; a destroyed instance is gone when vast says so and its listing agrees.
 """
 
 from __future__ import annotations
@@ -66,9 +66,11 @@ class VastProvider(Provider):
         timeout_s: float = 120.0,
         retry_s: float = 60.0,
         min_inet_down: float | None = None,
+        create_window_s: float = 600.0,
     ):
         self._cli, self.timeout_s, self.retry_s = cli, timeout_s, retry_s
         self.min_inet_down = min_inet_down
+        self.create_window_s = create_window_s
 
     @property
     def cli(self) -> VastCli:
@@ -80,7 +82,10 @@ class VastProvider(Provider):
     @classmethod
     def from_settings(cls, settings: DeploySettings, **options: Any) -> VastProvider:
         return cls(
-            timeout_s=settings.vast_timeout_s, retry_s=settings.vast_retry_s, min_inet_down=settings.min_inet_down
+            timeout_s=settings.vast_timeout_s,
+            retry_s=settings.vast_retry_s,
+            min_inet_down=settings.min_inet_down,
+            create_window_s=settings.vast_create_window_s,
         )
 
     @classmethod
@@ -120,8 +125,20 @@ class VastProvider(Provider):
         return iid
 
     def _after_failed_create(self, offer: Offer, request: RentRequest, exc: VastError) -> str:
-        """A create that errored: the offer was taken (next offer), vast refused us (stop), or the answer was lost
-        (5xx, timeout, unreadable): then the instance may exist, and carries our label."""
+        """A create that errored may still have rented a box, whatever the answer: vastai re-sends a create on
+        502/503/504 and connection errors by itself, so a create that went through and then answered 502 ends in
+        the re-send's 404 `no_such_ask`. Our label is looked up first, in a listing taken after the call ended; a
+        box that carries it is ours (its id is returned). Only then does the answer say what happened: the offer
+        was taken (next offer), vast refused us (stop), or the answer was lost (5xx, timeout, unreadable)."""
+        try:
+            match = [b for b in self.cli.show_instances() if b.label == request.label and b.state is not State.GONE]
+        except VastError as listing:
+            raise ProviderError(
+                f"create of offer {offer.id} failed ({exc}) and the listing failed too ({listing}): an instance "
+                f"labelled {request.label} may exist; `deploy status` finds it, `deploy teardown --all` ends it"
+            ) from exc
+        if match:
+            return match[0].id
         if offer_gone(exc):
             raise OfferUnavailableError(f"offer {offer.id} was not rentable: {exc}") from exc
         code = exc.status_code
@@ -130,16 +147,7 @@ class VastProvider(Provider):
         if code is not None and 400 <= code < 500:
             hint = f" ({CREDIT_HINT})" if "credit" in exc.detail.lower() or code in (402, 411) else ""
             raise RequestRefusedError(f"vast refused the create of offer {offer.id}: {exc}{hint}") from exc
-        try:
-            match = [b for b in self.cli.show_instances() if b.label == request.label]
-        except VastError as listing:
-            raise ProviderError(
-                f"create of offer {offer.id} failed ({exc}) and the listing failed too ({listing}): an instance "
-                f"labelled {request.label} may exist; `deploy status` finds it, `deploy teardown --all` ends it"
-            ) from exc
-        if not match:
-            raise ProviderError(f"create of offer {offer.id} failed ({exc}) and no instance carries our label") from exc
-        return match[0].id
+        raise ProviderError(f"create of offer {offer.id} failed ({exc}) and no instance carries our label") from exc
 
     def wait_ready(
         self, provider_id: str, *, deadline: float, poll_s: float, log: Log, seen: Callable[[Box], None] | None = None

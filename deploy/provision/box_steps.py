@@ -57,7 +57,12 @@ def step_rent(ctx: Context) -> None:
         gpu_name=o.gpu_name,
         rate_usd_h=o.price_usd_h,
         disk_usd_h=disk_rate,
-        meta={"image": image, "disk_gb": opts.disk_gb},
+        # until then a create this row starts may still rent a box, even if this process is killed meanwhile
+        meta={
+            "image": image,
+            "disk_gb": opts.disk_gb,
+            "create_lands_by": ctx.ledger.clock() + ctx.provider.create_window_s,
+        },
     )
     label = ctx.rental.label or ""
     request = RentRequest(

@@ -55,16 +55,37 @@ def untracked_running(vast, home) -> set[str]:
     return {i for i, label in running.items() if i not in ids and label not in labels}
 
 
-def wait_for_orphans(group: int, timeout: float = 60) -> None:
-    """Wait until no process of the killed provision's group is left (a `vastai` call it started finishes)."""
+def left_behind(group: int, home) -> list[int]:
+    """Processes the killed provision left: its process group, and the `vastai` calls it started in groups of their
+    own (so a terminal's signals do not kill a create in flight), known by the DEPLOY_HOME they inherited."""
+    mark = f"DEPLOY_HOME={home}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                pgid = int(f.read().rsplit(b")", 1)[1].split()[2])
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                vastai = b"vastai" in f.read()
+        except OSError:
+            continue
+        if pgid == group or (vastai and mark in env):
+            pids.append(int(entry))
+    return pids
+
+
+def wait_for_orphans(group: int, home, timeout: float = 60) -> None:
+    """Wait until no process the killed provision left is running (a `vastai` call it started finishes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
+        if not left_behind(group, home):
             return
         time.sleep(0.05)
-    os.killpg(group, signal.SIGKILL)
+    for pid in left_behind(group, home):
+        os.kill(pid, signal.SIGKILL)
     raise AssertionError(f"processes of the killed provision still ran after {timeout:.0f} s")
 
 
@@ -78,6 +99,8 @@ def provision_args(step: str) -> list[str]:
 
 @pytest.mark.parametrize("step", BOX_STEPS + RUNTIME_STEPS)
 def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(step, vast, vast_env, deploy_home):
+    # every process the killed provision left is waited for below, so no create lands after that: a window of 0
+    vast_env = {**vast_env, "DEPLOY_VAST_CREATE_WINDOW_S": "0"}
     proc = subprocess.Popen(
         [str(DEPLOY_BIN), *provision_args(step)],
         env=vast_env,
@@ -95,7 +118,7 @@ def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(st
     finally:
         os.kill(proc.pid, signal.SIGKILL)  # no handler runs: only the ledger knows what was rented
         proc.communicate()
-        wait_for_orphans(proc.pid)
+        wait_for_orphans(proc.pid, deploy_home)
     assert untracked_running(vast, deploy_home) == set()
 
     status = subprocess.run([str(DEPLOY_BIN), "status", "--json"], env=vast_env, capture_output=True, text=True)
@@ -109,3 +132,47 @@ def test_kill_9_at_a_step_boundary_then_status_and_teardown_all_leave_nothing(st
     assert down.returncode == 0, down.stderr[-2000:]
     assert vast.running_ids() == set()
     assert all(not r.is_open for r in rows(deploy_home))
+
+
+def test_kill_9_while_the_create_is_in_flight_teardown_keeps_the_row_until_the_box_lands(vast, vast_env, deploy_home):
+    """The window is made, not hoped for: the emulator holds the create until the test releases it, so the kill lands
+    while `vastai create` waits for its answer. Until the create could have landed, status and teardown say the
+    outcome is unknown and exit 1 with the row open; the box that lands later is adopted by its label and destroyed."""
+    vast.hold_creates()
+    proc = subprocess.Popen(
+        [str(DEPLOY_BIN), *provision_args("rent")],
+        env=vast_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        try:
+            arrived = vast.create_hold.wait_arrived(1, timeout=120)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            err = proc.communicate()[1].decode()
+        assert arrived, f"no create reached vast: {err[-2000:]}"
+        assert vast.creates_in_flight == 1 and vast.instances == {}  # the kill landed inside the create's window
+        (row,) = rows(deploy_home)
+        assert row.is_open and row.provider_id is None
+
+        status = subprocess.run([str(DEPLOY_BIN), "status", "--json"], env=vast_env, capture_output=True, text=True)
+        assert status.returncode == 1 and "create outcome unknown" in status.stderr, status.stderr[-2000:]
+        (entry,) = json.loads(status.stdout)
+        assert entry["kind"] == "unknown" and entry["create_outcome_unknown_until"] > time.time()
+        down = subprocess.run(
+            [str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True
+        )
+        assert down.returncode == 1 and "create outcome unknown" in down.stderr, down.stderr[-2000:]
+        assert [r.is_open for r in rows(deploy_home)] == [True]  # not closed as "not created"
+    finally:
+        vast.release_creates()
+    wait_for_orphans(proc.pid, deploy_home)  # the create the killed provision left now goes through
+    (iid,) = vast.running_ids()
+
+    down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert vast.running_ids() == set()
+    (row,) = rows(deploy_home)
+    assert row.status == "destroyed" and row.provider_id == iid

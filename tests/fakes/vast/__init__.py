@@ -2,6 +2,7 @@
 
     emulator.py  VastEmulator: offers, instances and their lifecycle on a test-controlled clock, the test controls
     api.py       the HTTP server and routes (what vastai 1.9.1 sends, what vast answers)
+    creates.py   how a create becomes an instance; creates held in flight, or that commit and answer an error
     realism.py   which of vast's less forgiving behaviours are on (`strict=True`: all), and the documented numbers
     boxes.py     with `boxes`: one box per instance (own home, own sshd, onstart, vast's tmux hook)
     faults.py    injected faults and vast's per-endpoint rate limits
@@ -13,7 +14,8 @@ By default the emulator behaves as vast.ai does (`strict=True`: every realistic 
 says what real vast does, with sources, and which option shows it.
 """
 
-from tests.fakes.vast.emulator import VastEmulator, closed_port
+from tests.fakes.vast.creates import closed_port
+from tests.fakes.vast.emulator import VastEmulator
 from tests.fakes.vast.faults import Fault
 from tests.fakes.vast.offers import default_offers
 from tests.fakes.vast.realism import MANIFEST_UNKNOWN, OCI_FAILURE, Realism

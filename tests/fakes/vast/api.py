@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.vast import billing, edge
+from tests.fakes.vast.creates import CreateHold
 from tests.fakes.vast.faults import too_frequent
 from tests.fakes.vast.offers import default_offers, search, unknown_filters
 
@@ -40,6 +41,7 @@ class ApiServer:
     def __init__(self) -> None:
         self.server: ThreadingHTTPServer | None = None
         self.armed_after_create: list[int] = []
+        self.create_hold = CreateHold()  # creates wait there, outside the lock, while a test holds them
         self.agents: list[tuple[str, str, str, str]] = []  # (method, path, User-Agent, key) of every request
 
     def start(self) -> str:
@@ -69,6 +71,7 @@ class ApiServer:
                 except ValueError:
                     body = {}
                 parts = urlsplit(self.path)
+                emu.create_hold.gate(method, parts.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
                 with emu.lock:
                     emu.requests.append((method, parts.path))
@@ -170,6 +173,8 @@ class ApiServer:
     def _create_reply(self, oid: int, body: dict[str, Any]) -> Reply:
         if self.credit_refusal is not None:
             return self.credit_refusal["status"], self.credit_refusal["body"], J, {}
+        if self.resend_answers:  # a re-send of a create that went through and answered an error
+            return error(self.resend_answers.pop(0), "server_error", "Bad Gateway (re-sent create)")
         if oid in self.refused or oid not in self.offers:
             self.offers.pop(oid, None)
             if self.realism.documented_refusal:
@@ -182,6 +187,7 @@ class ApiServer:
         iid = self._create(oid, body)
         self.armed_after_create, self.after_create = list(self.after_create), []
         if self.lost_creates:
+            self._after_commit()
             return error(self.lost_creates.pop(0), "server_error", "Internal Server Error")
         reply: dict[str, Any] = {"success": True, "new_contract": iid}
         if self.instances[iid]["_api_key"]:

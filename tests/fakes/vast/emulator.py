@@ -2,16 +2,14 @@
 
 Instances move created -> loading -> running (or, with `null_status_s`, null -> loading -> running while cur_state
 already says running), point their ssh_host/ssh_port at a real sshd (the shared one, or with `boxes` a box of their
-own), and bill by rate x time (or vast's GPU/disk/bandwidth split). The HTTP side is in api.py; the options in
-realism.py.
+own), and bill by rate x time (or vast's GPU/disk/bandwidth split). The HTTP side is in api.py; what a create makes,
+and the create faults, in creates.py; the options in realism.py.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -21,6 +19,7 @@ from typing import Any
 from tests.fakes.vast import billing
 from tests.fakes.vast.api import ApiServer
 from tests.fakes.vast.boxes import Box, BoxSetup
+from tests.fakes.vast.creates import Creates
 from tests.fakes.vast.faults import Fault, RateLimiter
 from tests.fakes.vast.offers import default_offers
 from tests.fakes.vast.realism import Realism
@@ -29,16 +28,7 @@ DESTROY_GRACE_S = 0.3  # from a destroy to its container stopping
 STATUS_MSG = {None: None, "created": "scheduling", "loading": "pulling image", "running": "success, running"}
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on: what `ssh_port` says for a box whose SSH never answers."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class VastEmulator(ApiServer):
+class VastEmulator(Creates, ApiServer):
     def __init__(
         self,
         *,
@@ -90,6 +80,8 @@ class VastEmulator(ApiServer):
         self.credit_refusal: dict[str, Any] | None = None
         self.lost_creates: list[int] = []  # statuses for the next creates that succeed but answer an error
         self.after_create: list[int] = []  # statuses for the requests that follow a create
+        self.resend_answers: list[int] = []  # statuses for the creates that follow a lost one (commit_then_fail)
+        self._resends_after_commit: list[int] = []
         self.outage_until = 0.0
         self.outage_status = 500
         self.requests: list[tuple[str, str]] = []
@@ -278,95 +270,6 @@ class VastEmulator(ApiServer):
         row = self._row({**inst, "_destroyed_at": None})
         row.update(actual_status="destroyed", intended_status="destroyed", cur_state="unloaded", next_state="unloaded")
         return row
-
-    def _direct(self, inst: dict[str, Any]) -> bool:
-        offer = inst["_offer_row"]
-        return "direc" in (inst["image_runtype"] or "") and (offer.get("direct_port_count") or 0) >= 1
-
-    def _ports(self, env: Any, *, direct: bool) -> dict[str, list[dict[str, str]]]:
-        """The create body's env `{"-p 8000:8000": "1"}` (how vastai 1.9.1 sends `--env "-p 8000:8000"`) -> vast's
-        docker-style `{"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41000"}]}`."""
-        ports: dict[str, list[dict[str, str]]] = {}
-        if self.realism.direct_ports_only and not direct:
-            return ports
-        for key in env or {}:
-            m = re.fullmatch(r"-p (\d+):(\d+)(?:/(tcp|udp))?", str(key))
-            if not m:
-                continue
-            inner, proto = int(m.group(2)), m.group(3) or "tcp"
-            if self.same_host_port:
-                host_port = inner
-            else:
-                host_port, self.next_host_port = self.next_host_port, self.next_host_port + 1
-            ports[f"{inner}/{proto}"] = [{"HostIp": "0.0.0.0", "HostPort": str(host_port)}]
-        return ports
-
-    def _create(self, offer_id: int, body: dict[str, Any]) -> int:
-        offer = self.offers.pop(offer_id)
-        disk_gb = float(body.get("disk") or 0)
-        iid = self.next_id
-        self.next_id += 1
-        runtype = body.get("runtype", "ssh" if body.get("args") is None else "args")
-        api_key = secrets.token_hex(16) if self.realism.instance_keys else None
-        inst: dict[str, Any] = {
-            "id": iid,
-            "label": body.get("label"),
-            "image_uuid": body.get("image"),
-            "image_runtype": runtype,
-            "onstart": body.get("onstart"),
-            "disk_space": body.get("disk"),
-            "gpu_name": offer["gpu_name"],
-            "num_gpus": offer["num_gpus"],
-            "dph_total": offer["dph_total"],
-            "machine_id": offer["machine_id"],
-            "host_id": offer["host_id"],
-            "direct_port_count": offer.get("direct_port_count"),
-            "start_date": self.now(),
-            "ssh_host": self.ssh_host,
-            "ssh_port": closed_port() if offer_id in self.dead_ssh else self.ssh_port,
-            "public_ipaddr": self.public_ipaddr,
-            "extra_env": [["VAST_CONTAINERLABEL", f"C.{iid}"]],
-            "_offer": offer_id,
-            "_offer_row": offer,
-            "_destroyed_at": None,
-            "_unplaced": offer_id in self.unplaceable_offers,
-            "_stops": [],
-            "_transfer": (0.0, 0.0),
-            # dph_total is the all-in hourly price while running: the disk's share of it bills apart (from create)
-            "_gpu_rate": max(0.0, offer["dph_total"] - offer.get("storage_cost", 0.15) * disk_gb / 720),
-            "_storage_cost": offer.get("storage_cost", 0.15),
-            "_inet_down_cost": offer.get("inet_down_cost", 0.005),
-            "_inet_up_cost": offer.get("inet_up_cost", 0.01),
-            "_api_key": api_key,
-            "_box": None,
-        }
-        direct = self._direct(inst)
-        inst["ports"] = self._ports(body.get("env"), direct=direct)
-        if self.realism.boxes:
-            inst["_box"] = self._make_box(inst, body, direct=direct)
-            inst["ssh_port"] = inst["_box"].port
-            if direct and inst["_box"].ssh:
-                inst["ports"]["22/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(inst["_box"].port)}]
-        self.instances[iid] = inst
-        return iid
-
-    def _make_box(self, inst: dict[str, Any], body: dict[str, Any], *, direct: bool) -> Box:
-        iid, runtype = inst["id"], inst["image_runtype"] or ""
-        env = {str(k): str(v) for k, v in (body.get("env") or {}).items() if not str(k).startswith("-")}
-        env.update(CONTAINER_ID=str(iid), VAST_CONTAINERLABEL=f"C.{iid}")
-        if inst["_api_key"]:
-            env["CONTAINER_API_KEY"] = inst["_api_key"]
-        user = body.get("user") or self.image_users.get(str(body.get("image")), "root")
-        ssh = runtype != "args" and user == "root" and inst["_offer"] not in self.dead_ssh
-        onstart = None if runtype == "args" else body.get("onstart")  # args: `onstart` is the entrypoint override
-        return Box(
-            self.box_root / str(iid),
-            env=env,
-            onstart=onstart,
-            auto_tmux=self.realism.auto_tmux,
-            ssh=ssh,
-            setup=self.box_setup,
-        )
 
     def _destroy(self, inst: dict[str, Any]) -> None:
         """Billing stops now; the box's container stops a moment later (the ticker), as on vast, so a box that
