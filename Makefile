@@ -16,7 +16,7 @@ help:
 	@echo "make setup       build .venv (project + pinned runtime) and .venv-vastai (the vastai CLI alone)"
 	@echo "make provision GPU=4090   rent a vast.ai GPU and serve CSM-1B on it"
 	@echo "make bench       run the benchmarks in bench/ (numbers + JSON in bench/results/)"
-	@echo "make gpu-check   the whole GPU check in one command (correctness, benchmark, autotune) -> \$$OUT"
+	@echo "make gpu-check   the whole GPU check in one command, within 10 minutes (checks, benchmark, autotune) -> \$$OUT"
 	@echo "make fetch-gpu-wheels   the pinned cp312 wheels gpu-check installs on a machine with no internet (.whl/)"
 
 # Stamps make setup idempotent: a venv is rebuilt only when its pins change.
@@ -54,8 +54,9 @@ provision: setup
 bench: setup
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
-# Runs on a GPU machine as it is (its own python3 and torch; the wheels of .whl/ fill in the rest): no setup here.
-# Its CPU dry run (GPU_CHECK_DRY_RUN=1) is part of `make test` (tests/integration/test_gpu_check.py).
+# Runs on a GPU machine as it is (its own python3 and torch; the wheels of .whl/ fill in the rest, and without them it
+# stops at once): no setup here. Its parts' limits: scripts/gpu_check_budget.py. Its CPU dry run (GPU_CHECK_DRY_RUN=1)
+# is part of `make test` (tests/integration/test_gpu_check.py).
 gpu-check:
 	bash scripts/gpu_check.sh
 
