@@ -8,7 +8,9 @@ rollback, and is never left billing unrecorded; no second box is rented in its p
 from __future__ import annotations
 
 import json
+import time
 
+from deploy.ledger import Ledger
 from tests.conftest import unknown_running
 from tests.fakes.ledger_view import ledger_rows as rows
 
@@ -71,3 +73,23 @@ def test_with_vasts_create_interval_the_resend_is_refused_then_taken_and_still_o
     (row,) = rows(deploy_home)
     assert row.status == "ready" and row.provider_id == out["provider_id"]
     assert set(map(str, vast.instances)) == vast.running_ids() == {row.provider_id}
+
+
+def test_a_row_without_an_id_closes_as_not_created_only_once_its_create_window_has_passed(
+    deploy_cli, vast, deploy_home
+):
+    """Rows as a killed provision leaves them (intent written, no id): one whose create may still land stays open,
+    one whose window has passed with nothing labelled at vast closes `not_created`."""
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        late = ledger.record_intent(
+            attempt_id="0ld", provider="vast", label_prefix="csm-deploy", meta={"create_lands_by": time.time() - 1}
+        )
+        early = ledger.record_intent(
+            attempt_id="n3w", provider="vast", label_prefix="csm-deploy", meta={"create_lands_by": time.time() + 600}
+        )
+    down = deploy_cli("teardown", "--all", "--yes", "--json")
+    assert down.returncode == 1 and f"rental {early.id}: create outcome unknown" in down.stderr, down.stderr[-2000:]
+    out = json.loads(down.stdout)
+    assert [(c["id"], c["status"]) for c in out["closed"]] == [(late.id, "not_created")]
+    assert [u["rental"]["id"] for u in out["unknown"]] == [early.id]
+    assert [r.is_open for r in rows(deploy_home)] == [False, True]

@@ -165,6 +165,8 @@ def test_kill_9_while_the_create_is_in_flight_teardown_keeps_the_row_until_the_b
             [str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=vast_env, capture_output=True, text=True
         )
         assert down.returncode == 1 and "create outcome unknown" in down.stderr, down.stderr[-2000:]
+        one = subprocess.run([str(DEPLOY_BIN), "teardown", str(row.id)], env=vast_env, capture_output=True, text=True)
+        assert one.returncode == 1 and "create outcome unknown" in one.stderr, one.stderr[-2000:]
         assert [r.is_open for r in rows(deploy_home)] == [True]  # not closed as "not created"
     finally:
         vast.release_creates()
