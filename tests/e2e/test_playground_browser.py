@@ -2,7 +2,8 @@
 download cannot work here). The page loads from the real server (tiny-random on CPU), takes the token from the URL
 fragment, lists the voices, streams `pcm` on Speak and schedules it through Web Audio, shows TTFA, RTF and the
 duration, offers the WAV; a wrong token shows the server's 401. The same page works through the HAProxy gateway and
-over TLS. The page's counters (`window.playground`) say what it received and scheduled."""
+over TLS. The page's counters (`window.playground`) say what it received and scheduled. The browser applies the
+page's own Content-Security-Policy, as a user's does (no bypass)."""
 
 from __future__ import annotations
 
@@ -67,21 +68,32 @@ def browser():
 
 
 def new_page(browser, **context):
-    """A page in a fresh context. bypass_csp: Playwright's waits evaluate strings, which the page's own policy
-    (script-src 'self', checked in test_server_api.py) rightly forbids to anyone else."""
-    return browser.new_context(bypass_csp=True, **context).new_page()
+    """A page in a fresh context, under the page's own Content-Security-Policy as a user's browser applies it: a
+    policy that blocked the page's own scripts or requests fails these tests."""
+    return browser.new_context(**context).new_page()
+
+
+def wait_until(page, expression: str, timeout_s: float) -> None:
+    """Poll `expression` from here. Playwright's wait_for_function evaluates its string with `eval` inside the page,
+    which the page's policy (no 'unsafe-eval') forbids; `page.evaluate` goes through the DevTools protocol."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, (
+            f"{expression} still false after {timeout_s} s: {page.evaluate('window.playground')}"
+        )
+        page.wait_for_timeout(50)
 
 
 def speak_on_page(browser, url: str, token: str, **context) -> dict:
     """Open the page with the token in the fragment, press Speak, wait for the end; the page's counters."""
     page = new_page(browser, **context)
     page.goto(f"{url}/#token={token}")
-    page.wait_for_function("window.playground && window.playground.status === 'idle'", timeout=60_000)
+    wait_until(page, "window.playground && window.playground.status === 'idle'", 60)
     assert "#token" not in page.url  # the token left the address bar
     assert page.locator("#voice option").count() >= 6
     page.fill("#text", "Hello from the browser. This is the second sentence.")
     page.click("#speak")
-    page.wait_for_function("['done', 'error'].includes(window.playground.status)", timeout=120_000)
+    wait_until(page, "['done', 'error'].includes(window.playground.status)", 120)
     state = page.evaluate("window.playground")
     state["shown"] = {k: page.text_content(f"#{k}") for k in ("ttfa", "rtf", "duration")}
     state["download"] = page.get_attribute("#download", "href") if page.is_visible("#download") else None
@@ -104,12 +116,12 @@ def test_speak_streams_and_schedules_audio_and_shows_ttfa(server, browser):
 def test_a_wrong_token_shows_the_401_as_a_message(server, browser):
     page = new_page(browser)
     page.goto(f"{server.url}/#token=not-the-token")
-    page.wait_for_function("window.playground && window.playground.status === 'error'", timeout=60_000)
+    wait_until(page, "window.playground && window.playground.status === 'error'", 60)
     message = page.text_content("#error")
     assert "401" in message and "invalid bearer token" in message and page.is_visible("#error")
     page.fill("#token", TOKEN)  # the right one in the field: voices load, Speak works
     page.dispatch_event("#token", "change")
-    page.wait_for_function("window.playground.status === 'idle'", timeout=60_000)
+    wait_until(page, "window.playground.status === 'idle'", 60)
     assert not page.is_visible("#error")
     page.context.close()
 
@@ -174,3 +186,18 @@ def tls_server(tmp_path) -> Iterator[str]:
 def test_the_page_works_over_tls(browser, tmp_path):
     with tls_server(tmp_path) as url:
         assert_spoke(speak_on_page(browser, url, TOKEN, ignore_https_errors=True))
+
+
+def test_a_policy_that_blocks_the_pages_own_requests_fails_here(server, browser, monkeypatch):
+    """These tests run under the page's policy: with `connect-src 'none'` the page cannot reach its own API, and
+    it says so instead of listing voices."""
+    from csm_runtime.server.routers import page as page_router
+
+    policy = page_router.HEADERS["Content-Security-Policy"]
+    monkeypatch.setitem(page_router.HEADERS, "Content-Security-Policy", policy.replace("'self'; img", "'none'; img"))
+    assert "connect-src 'none'" in page_router.HEADERS["Content-Security-Policy"]
+    page = new_page(browser)
+    page.goto(f"{server.url}/#token={TOKEN}")
+    wait_until(page, "window.playground && window.playground.status === 'error'", 30)
+    assert page.locator("#voice option").count() == 0 and page.text_content("#error")
+    page.context.close()
