@@ -76,6 +76,7 @@ def build_parser(parser=None):
     )
     p.add_argument("--check-rounds", type=int, help="delivery check rounds per attempt (default 5)")
     p.add_argument("--check-attempts", type=int, help="delivery attempts at most while figures disagree (default 3)")
+    p.add_argument("--check-budget-s", type=float, help="no new delivery attempt after this long (default 120)")
     p.add_argument("--check-frames", type=int, help="audio frames of the delivery check's probe request (default 24)")
     p.add_argument("--cpu-threads", type=int, help="torch threads on CPU (0 = torch's default)")
     p.add_argument("--config", help="YAML file of settings (applied before env and options)")
@@ -112,6 +113,7 @@ def plan_from_args(args, device_kind: str) -> Plan:
         "check_rounds",
         "check_frames",
         "check_attempts",
+        "check_budget_s",
     )
     for name in names:
         value = getattr(args, name, None)
@@ -122,8 +124,8 @@ def plan_from_args(args, device_kind: str) -> Plan:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if changes.get("check_tolerance", 1) <= 0:
         raise ValueError("--check-tolerance must be > 0")
-    if changes.get("spread_limit", 1) <= 0:
-        raise ValueError("--spread-limit must be > 0")
+    if changes.get("spread_limit", 1) <= 0 or changes.get("check_budget_s", 1) < 0:
+        raise ValueError("--spread-limit must be > 0 and --check-budget-s >= 0")
     if changes.get("timed_frames", 1) < 1:
         raise ValueError("--timed-frames must be >= 1")
     return default_plan(device_kind, quick=args.quick, **changes)
@@ -292,8 +294,10 @@ def _delivery(profile, plan, base, out_dir: Path, yaml_path: Path, plog):
         f"{delivery.delivered_ttfa_ms:.0f} ms (predicted {delivery.predicted_ttfa_ms:.0f}), median of "
         f"{delivery.rounds} round(s) in {delivery.attempts} attempt(s): the profile's figures\n"
     )
-    if not delivery.ok:
-        sys.stderr.write(f"note: {delivery.reason}; the profile states what the server delivered\n")
+    if not delivery.ok or delivery.unsettled:
+        sys.stderr.write(
+            f"note: {delivery.unsettled or delivery.reason}; the profile states what the server delivered\n"
+        )
     return delivery
 
 

@@ -11,10 +11,11 @@ it with a plain HTTP client (http.client, streamed). Measured on the client side
 - RTF: the probe's (last byte - first byte) / the audio that came after its first read (predicted: the chosen row's
   RTF, i.e. one frame step for `streams` streams / 80 ms).
 
-Timing is noisy on a shared machine, so the check measures again (`check_attempts` attempts at most) while the
-medians differ from the prediction by more than `check_tolerance` (TTFA also by more than `check_ttfa_slack_ms`) or
-the rounds disagree among themselves (spread past `spread_limit`); the delivered figures are the medians over every
-round of every attempt, and they are the profile's figures whatever the prediction said. Only a setting that does
+Timing is noisy on a shared machine, so the check measures again (`check_attempts` attempts at most, none started
+after `check_budget_s` of measuring) while the medians differ from the prediction by more than `check_tolerance`
+(TTFA also by more than `check_ttfa_slack_ms`) or the rounds disagree among themselves (spread past `spread_limit`);
+the delivered figures are the medians over every round of every attempt, and they are the profile's figures whatever
+the prediction said (`unsettled` says why they were still not settled when the check stopped). Only a setting that does
 not serve fails the check (`ServeFailure`): the server does not start, answers an error, sends no audio, or sends
 something that is not the PCM asked for.
 """
@@ -206,6 +207,18 @@ def measure_again(delivery: Delivery, rtfs: list[float], ttfas: list[float], pla
     return None
 
 
+def go_on(again: str | None, attempt: int, spent_s: float, plan) -> tuple[str | None, str | None]:
+    """(why to measure again, or None to stop; why the figures stand unsettled, or None): measure again while an
+    attempt is left and the check has measured less than `check_budget_s`."""
+    if again is None:
+        return None, None
+    if attempt >= plan.check_attempts:
+        return None, f"{again}; after {attempt} attempt(s)"
+    if spent_s > plan.check_budget_s:
+        return None, f"{again}; not measured again: {spent_s:.0f} s measured (budget {plan.check_budget_s:g} s)"
+    return again, None
+
+
 @dataclass
 class Hooks:
     """Who hears of the check as it goes: the server's pid once launched, each round, each attempt's Delivery and
@@ -240,11 +253,13 @@ def check_delivery(
     earlier: list[str] = []
     all_rtfs: list[float] = []
     all_ttfas: list[float] = []
+    unsettled = None
     with tempfile.TemporaryDirectory(prefix="csm-delivery-") as workdir:
         server = ServerProcess(settings, Path(workdir))
         try:
             hooks.server(server.launch(), server.port)
             server.wait_ready(ready_timeout_s)
+            began = time.monotonic()
             for attempt in range(1, plan.check_attempts + 1):
                 try:
                     rtfs, ttfas = measure_delivery(server.port, streams, plan, plan.prompt, hooks.round, attempt)
@@ -254,6 +269,7 @@ def check_delivery(
                 all_ttfas += ttfas
                 delivery = compare(profile, plan, all_rtfs, all_ttfas)
                 again = measure_again(compare(profile, plan, rtfs, ttfas), rtfs, ttfas, plan)
+                again, unsettled = go_on(again, attempt, time.monotonic() - began, plan)
                 hooks.attempt(attempt, delivery, again)
                 if again is None:
                     break
@@ -262,4 +278,4 @@ def check_delivery(
                 raise ServeFailure(f"the server exited during the check: {server.log_tail(3)}")
         finally:
             server.stop()
-    return delivery.model_copy(update={"attempts": attempt, "earlier": earlier[: attempt - 1]})
+    return delivery.model_copy(update={"attempts": attempt, "earlier": earlier, "unsettled": unsettled})

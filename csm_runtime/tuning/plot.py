@@ -55,10 +55,9 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
         ax_ttfa.plot([chosen.batch], [m.ttfa_ms[fc]], linestyle="none", **star)
     d = profile.delivery
     if d is not None:
-        served = {"marker": "D", "markersize": 9, "color": "green" if d.ok else "red", "linestyle": "none"}
-        ax_rtf.plot(
-            [d.streams], [d.delivered_rtf], label=f"served over HTTP ({'ok' if d.ok else 'MISMATCH'})", **served
-        )
+        served = {"marker": "D", "markersize": 9, "color": "green" if d.ok else "orange", "linestyle": "none"}
+        label = "delivered over HTTP" + ("" if d.ok else f" ({d.rtf_error:+.0%} RTF vs the sweep)")
+        ax_rtf.plot([d.streams], [d.delivered_rtf], label=label, **served)
         if d.first_chunk_frames == fc:
             ax_ttfa.plot([d.streams], [d.delivered_ttfa_ms], **served)
     limit = {"color": "green", "linestyle": "--", "linewidth": 1}

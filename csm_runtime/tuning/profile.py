@@ -5,7 +5,7 @@ shared with the control plane). Schema version 1: identity (device facts, driver
 revision, date), the rule and the settings it chose with the measurements behind them, and the full candidate table,
 skipped and OOM rows included with their reasons, each measured row's rounds and their spread, int8 rows' divergence
 from the unquantized weights, and the delivery check (the chosen setting served over HTTP, predicted vs delivered RTF
-and TTFA). Fields added after the first files of version 1 have defaults, so those files still load. Loading
+and TTFA). The profile's figures (`chosen.figures`) are what the server delivered, the sweep's prediction beside them. Fields added after the first files of version 1 have defaults, so those files still load. Loading
 validates everything (pydantic, unknown keys rejected); a malformed file or another schema version is a
 `ProfileError` with one clear line, never a half-applied profile.
 
@@ -234,6 +234,7 @@ class Delivery(_Strict):
     reason: str | None = None  # how delivery and prediction differ, when not ok
     rtf_spread: float = Field(default=0.0, ge=0)  # (slowest - fastest round) / median, over every round
     ttfa_spread: float = Field(default=0.0, ge=0)
+    unsettled: str | None = None  # why the last attempt still disagreed when attempts or the time budget ran out
 
 
 class Profile(_Strict):

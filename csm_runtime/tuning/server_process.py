@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,9 @@ def stop_on_signals(signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> I
         end_groups(signal.SIGTERM)
         raise Stopped(signum)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield

@@ -247,6 +247,7 @@ def test_a_delivery_that_differs_from_the_prediction_is_measured_again_and_recor
     d, f = p.delivery, p.chosen.figures
     assert d is not None and not d.ok and "delivers other figures than the sweep predicted" in d.reason
     assert d.attempts == 2 and len(d.earlier) == 1 and d.rounds == 2  # measured again, medians over both attempts
+    assert d.unsettled.endswith("after 2 attempt(s)")
     assert f.source == "delivered" and (f.rtf, f.ttfa_ms) == (d.delivered_rtf, d.delivered_ttfa_ms)
     assert (f.predicted.rtf, f.predicted.ttfa_ms) == (d.predicted_rtf, d.predicted_ttfa_ms)
     assert f.streams == p.chosen.settings.max_streams and "figures (delivered over HTTP" in proc.stdout

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from csm_runtime.tuning.delivery import Reading, compare, measure_again, output_problem
+from csm_runtime.tuning.delivery import Reading, compare, go_on, measure_again, output_problem
 from csm_runtime.tuning.identity import detect_device
 from csm_runtime.tuning.plan import default_plan
 from csm_runtime.tuning.profile import load_profile
@@ -95,6 +95,17 @@ def test_measure_again_when_prediction_and_delivery_or_the_rounds_disagree():
     agreeing_medians = compare(profile, plan, rounds, [100.0] * 3)
     assert agreeing_medians.ok and agreeing_medians.rtf_spread == pytest.approx(4.2)
     assert "the rounds disagree" in measure_again(agreeing_medians, rounds, [100.0] * 3, plan)
+
+
+def test_measuring_again_stops_at_the_attempts_or_the_time_budget_and_says_why():
+    plan = default_plan("cpu", quick=True)  # 3 attempts, 120 s
+    assert go_on(None, 1, 1.0, plan) == (None, None)  # settled
+    assert go_on("RTF differs", 1, 10.0, plan) == ("RTF differs", None)
+    assert go_on("RTF differs", 3, 10.0, plan) == (None, "RTF differs; after 3 attempt(s)")
+    assert go_on("RTF differs", 1, 300.0, plan) == (
+        None,
+        "RTF differs; not measured again: 300 s measured (budget 120 s)",
+    )
 
 
 @pytest.mark.parametrize(
