@@ -62,7 +62,12 @@ def show_log_tail(ctx: Context) -> str:
 
 
 def _pause(ctx: Context, deadline: float) -> None:
-    time.sleep(min(ctx.settings.poll_interval_s, 1.0, max(0.0, deadline - time.monotonic())))
+    """Between looks at the server; ends at once when the command's cancel token is set (a fleet's replica)."""
+    seconds = min(ctx.settings.poll_interval_s, 1.0, max(0.0, deadline - time.monotonic()))
+    if ctx.cancel is None:
+        time.sleep(seconds)
+    else:
+        ctx.cancel.pause(seconds, "cancelled while waiting for the server")
 
 
 def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
