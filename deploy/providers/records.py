@@ -57,6 +57,8 @@ class Box:
     public_ip: str | None = None  # the address a mapped port answers on (vast: public_ipaddr)
     ports: dict[int, int] = field(default_factory=dict, compare=False)  # port in the box -> port on public_ip
     direct_ssh: bool = False  # ssh_host/ssh_port are the box's own address (vast: `22/tcp` mapped), not a proxy
+    proxy_host: str | None = None  # a proxy in front of the box's sshd (vast: ssh_host:ssh_port), another way in
+    proxy_port: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -10,6 +10,7 @@ when `actual_status` says running; a destroyed instance is gone when vast says s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,9 +19,11 @@ from deploy.errors import OfferUnavailableError, ProviderError, RequestRefusedEr
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
 from deploy.providers.records import TERMINAL, Box, Charge, Offer, State
 from deploy.providers.vast_records import charges_by_instance
+from deploy.providers.vast_ssh import authorized_key_onstart, open_by_route
 from deploy.providers.vastai_cli import VastCli, VastError, api_key_source
 
 if TYPE_CHECKING:
+    from deploy.ledger import Ledger, Rental
     from deploy.remote.host import Host
     from deploy.settings import DeploySettings
 
@@ -48,6 +51,16 @@ ONSTART = (
 )
 
 
+def _onstart(request: RentRequest) -> str:
+    """ONSTART, our public key into ~/.ssh/authorized_keys (vast_ssh.py), then the request's own."""
+    parts = [ONSTART]
+    if request.ssh_public_key:
+        parts.append(authorized_key_onstart(request.ssh_public_key))
+    if request.onstart:
+        parts.append(request.onstart)
+    return "; ".join(parts)
+
+
 def offer_gone(exc: VastError) -> bool:
     """vast's "this offer is no longer rentable": 404 (no_such_ask), 410 (no_such_ask, with cancel_unavail)."""
     return exc.status_code in (404, 410) or "no_such_ask" in exc.detail
@@ -71,6 +84,7 @@ class VastProvider(Provider):
         self._cli, self.timeout_s, self.retry_s = cli, timeout_s, retry_s
         self.min_inet_down = min_inet_down
         self.create_window_s = create_window_s
+        self._keys: dict[str, str] = {}  # instance id -> our public key, attached again once it runs
 
     @property
     def cli(self) -> VastCli:
@@ -113,7 +127,7 @@ class VastProvider(Provider):
                 image=request.image,
                 disk_gb=request.disk_gb,
                 label=request.label,
-                onstart=ONSTART + (f"; {request.onstart}" if request.onstart else ""),
+                onstart=_onstart(request),
                 ports=request.ports,
                 user=request.user,
             )
@@ -121,7 +135,9 @@ class VastProvider(Provider):
             iid = self._after_failed_create(offer, request, exc)
         on_created(iid)
         if request.ssh_public_key:
-            self.cli.attach_ssh(iid, request.ssh_public_key)
+            self._keys[iid] = request.ssh_public_key
+            with contextlib.suppress(VastError):  # while it loads: may be refused or not applied (vast_ssh.py)
+                self.cli.attach_ssh(iid, request.ssh_public_key, tries=1)
         return iid
 
     def _after_failed_create(self, offer: Offer, request: RentRequest, exc: VastError) -> str:
@@ -162,6 +178,7 @@ class VastProvider(Provider):
                 box, last = None, f"poll failed: {exc}"  # still failing after its retries: poll on to the deadline
             if box is not None and box.state is State.RUNNING:
                 log(f"vast instance {provider_id}: running (1/1 ready)")
+                self._attach_when_running(provider_id, log)
                 return box
             if box is not None and box.state in TERMINAL:
                 raise ProviderError(f"vast instance {provider_id} will not run: {last}")
@@ -169,6 +186,19 @@ class VastProvider(Provider):
                 raise ProviderError(f"vast instance {provider_id} was not running before the deadline (last: {last})")
             log(f"vast instance {provider_id}: {last} (0/1 ready, {deadline - time.monotonic():.0f} s left)")
             time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+
+    def _attach_when_running(self, provider_id: str, log: Log) -> None:
+        """Our key again, now that the container runs (one attached while it loaded may never have reached it). A
+        refusal is not fatal: the onstart puts the key in place too, and SSH is what tells."""
+        key = self._keys.get(provider_id)
+        if key is None:
+            return
+        try:
+            self.cli.attach_ssh(provider_id, key)
+        except VastError as exc:
+            log(f"vast instance {provider_id}: {exc}; SSH relies on the key the onstart installs")
+            return
+        self._keys.pop(provider_id, None)
 
     def _poll(self, provider_id: str, deadline: float, seen: Callable[[Box], None]) -> tuple[Box | None, str]:
         """One look at a box we wait for: (the box when it runs with an SSH endpoint or can never run, else None,
@@ -245,6 +275,16 @@ class VastProvider(Provider):
     def get(self, provider_id: str) -> Box | None:
         box = self.cli.show_instance(provider_id)
         return None if box is None or box.state is State.GONE else box
+
+    def open_host(
+        self, rental: Rental, settings: DeploySettings, ledger: Ledger, *, timeout_s: float, poll_s: float, log: Log
+    ) -> Host:
+        """SSH by the route that answers: the box's own address, else vast's proxy (vast_ssh.py)."""
+
+        def make(target: Rental, connect_timeout: float):
+            return self.host(target, settings, ledger, connect_timeout=min(connect_timeout, timeout_s))
+
+        return open_by_route(make, rental, ledger, timeout_s=timeout_s, poll_s=poll_s, log=log)
 
     def direct_address(self, box: Box | None, port: int) -> DirectAddress | None:
         """The public address vast mapped the server's port to (`ports`, `public_ipaddr`); the server binds 0.0.0.0

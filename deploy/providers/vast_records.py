@@ -122,11 +122,14 @@ def parse_state(r: dict[str, Any]) -> State:
 
 def parse_box(r: dict[str, Any]) -> Box:
     """One instance record. SSH goes to the box's own address when vast mapped `22/tcp` (a direct runtype), else
-    to vast's proxy (`ssh_host:ssh_port`), as `vastai ssh-url` does."""
+    to vast's proxy (`ssh_host:ssh_port`), as `vastai ssh-url` does; the proxy is kept as the other way in
+    (vast_ssh.py dials it when the direct route does not answer)."""
     ports = parse_ports(r.get("ports"))
     public_ip = str(r.get("public_ipaddr") or "").strip() or None
     direct = 22 in ports and public_ip is not None
-    ssh_host, ssh_port = (public_ip, ports[22]) if direct else (r.get("ssh_host"), r.get("ssh_port"))
+    proxy_host = str(r.get("ssh_host") or "").strip() or None
+    proxy_port = int(number(r.get("ssh_port")) or 0) or None
+    ssh_host, ssh_port = (public_ip, ports[22]) if direct else (proxy_host, proxy_port)
     raw = r.get("actual_status")
     return Box(
         provider="vast",
@@ -143,6 +146,8 @@ def parse_box(r: dict[str, Any]) -> Box:
         public_ip=public_ip,
         ports=ports,
         direct_ssh=direct,
+        proxy_host=proxy_host if proxy_port else None,
+        proxy_port=proxy_port if proxy_host else None,
     )
 
 

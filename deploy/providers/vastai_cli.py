@@ -30,6 +30,8 @@ from deploy.providers.vast_pacing import GATE, PACES, RETRY_STATUSES, Backoff, G
 from deploy.providers.vast_records import parse_box, parse_literal, parse_offer
 
 MIN_DIRECT_PORTS = 2  # a direct SSH port and the server's
+LISTING_PAGE = 25  # instances per `show instances` page: vast's largest (vastai 1.9.1 clamps --limit to 1-25)
+MAX_LISTING_PAGES = 400  # 10,000 instances: a listing longer than that is a loop, not an account
 
 
 class VastError(DeployError):
@@ -277,11 +279,39 @@ class VastCli:
             self.retries.append(("attach ssh", why))
             time.sleep(delay)
 
-    def show_instances(self, *, deadline: float | None = None) -> list[Box]:
-        rows = self.run("show", "instances", deadline=deadline)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "id" in r for r in rows):
-            raise VastError(f"malformed instance listing: {_short(json.dumps(rows))}", command="show instances")
-        return [parse_box(r) for r in rows]
+    def show_instances(self, *, label: str | None = None, deadline: float | None = None) -> list[Box]:
+        """Every instance of the account (only those labelled `label` exactly, where given: vast filters), one page
+        of 25 per call. Left to itself vastai fetches every page back to back, and vast's per-endpoint limit
+        (1 s) refuses page 2 with a 429 its three quick retries do not outlast; here each page is its own call
+        through the gate (so paced) and retried like any listing. vast pages by keyset (`next_token`), so an
+        instance made or ended between two pages neither repeats nor hides another."""
+        boxes: list[Box] = []
+        token: str | None = None
+        tokens: set[str] = set()
+        for _ in range(MAX_LISTING_PAGES):
+            args = ["show", "instances", "--limit", str(LISTING_PAGE)]
+            if token:
+                args += ["--next-token", token]
+            if label is not None:
+                args += ["--label", label]
+            page = self.run(*args, deadline=deadline)
+            rows = page.get("instances") if isinstance(page, dict) else None
+            # the fields vastai's own fetch-all reads from every row (it crashes without them); single pages it
+            # prints as vast sent them
+            if not isinstance(rows, list) or not all(
+                isinstance(r, dict) and {"id", "start_date"} <= r.keys() for r in rows
+            ):
+                raise VastError(f"malformed instance listing: {_short(json.dumps(page))}", command="show instances")
+            boxes.extend(parse_box(r) for r in rows)
+            token = page.get("next_token") or None
+            if token is None:
+                return boxes
+            if not rows or not isinstance(token, str) or token in tokens:
+                raise VastError(
+                    f"the listing's pages do not end (next_token {_short(str(token), 40)})", command="show instances"
+                )
+            tokens.add(token)
+        raise VastError(f"the listing did not end within {MAX_LISTING_PAGES} pages", command="show instances")
 
     def show_instance(self, instance_id: str, *, deadline: float | None = None) -> Box | None:
         """The instance, or None where vast says it is gone: 404, `{"instances": null}`, an empty or non-object

@@ -144,7 +144,20 @@ def step_wait_running(ctx: Context) -> None:
     ctx.ledger.record_connection(
         ctx.rental_id, ssh_host=box.ssh_host, ssh_port=box.ssh_port, ssh_user=box.ssh_user or ctx.settings.ssh_user
     )
+    if routes := _ssh_routes(box):
+        ctx.ledger.update_meta(ctx.rental_id, ssh_routes=routes)
     ctx.refresh()
+
+
+def _ssh_routes(box: Box) -> dict[str, str]:
+    """The ways into the box its provider lists, for `connect` to choose from: the box's own address (`direct`) and
+    a proxy in front of its sshd (`proxy`; vast's ssh_host:ssh_port)."""
+    routes = {}
+    if box.direct_ssh and box.ssh_host and box.ssh_port:
+        routes["direct"] = f"{box.ssh_host}:{box.ssh_port}"
+    if box.proxy_host and box.proxy_port:
+        routes["proxy"] = f"{box.proxy_host}:{box.proxy_port}"
+    return routes
 
 
 def step_connect(ctx: Context) -> None:

@@ -48,12 +48,14 @@ def start_sshd(
     env: dict[str, str] | None = None,
     port: int | None = None,
     force_command: str | None = None,
+    more_authorized_keys: Sequence[Path] = (),
 ) -> Sshd:
     """`listen`/`prefix`: run it elsewhere, e.g. inside a network namespace (prefix `ip netns exec NAME`) on the
     namespace's own address (tests/e2e/test_e2e_provision.py); `env`: variables every session gets (sshd's SetEnv);
     `port`: one reserved earlier (a vast box reports its port before it listens); `force_command`: a program every
     session runs instead of the client's command (which it finds in SSH_ORIGINAL_COMMAND, sftp included: the
-    subsystem is then the sftp-server binary, so the forced command can exec it)."""
+    subsystem is then the sftp-server binary, so the forced command can exec it); `more_authorized_keys`: files read
+    for keys besides `authorized_keys` (a box's own ~/.ssh/authorized_keys)."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
     os.makedirs("/run/sshd", exist_ok=True)
@@ -73,7 +75,7 @@ def start_sshd(
         f"""Port {port}
 ListenAddress {listen}
 HostKey {host_key}
-AuthorizedKeysFile {auth}
+AuthorizedKeysFile {" ".join(str(p) for p in (auth, *more_authorized_keys))}
 PidFile {root / "sshd.pid"}
 StrictModes no
 UsePAM no

@@ -99,10 +99,10 @@ def key(tmp_path) -> tuple[Path, str]:
 def test_ssh_commands_run_only_once_onstart_made_no_auto_tmux(vast, cli, key):
     plain = create(cli, 1001, "--ssh", "--direct")
     fixed = create(cli, 1002, "--ssh", "--direct", "--onstart-cmd", "touch ~/.no_auto_tmux")
-    for iid in (plain, fixed):
+    vast.advance(10)  # both run: their sshds listen, the onstart ran in the box
+    for iid in (plain, fixed):  # a key attached before the instance runs may never reach it (ssh_access.py)
         code, out, _ = cli("attach", "ssh", str(iid), key[1], raw=False)
         assert code == 0 and out.strip() == "{'success': True}"  # a Python repr, --raw or not
-    vast.advance(10)  # both run: their sshds listen, the onstart ran in the box
     assert vast.box(fixed).wait_onstart() == 0
     assert (vast.box(fixed).home / ".no_auto_tmux").exists() and not Path("/root/.no_auto_tmux").exists()
 

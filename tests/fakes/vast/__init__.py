@@ -8,6 +8,9 @@
     faults.py    injected faults and vast's per-endpoint rate limits
     offers.py    the default offers and `search offers`
     billing.py   rate x time, or vast's GPU / disk / bandwidth split, and each instance's billed lifetime
+    listing.py   `show instances` paged as vast pages it (25 a page, keyset tokens, label filters)
+    ssh_access.py  SSH keys attached before an instance runs, and a direct SSH route that does not answer
+    crowd.py     an account of many instances made straight in the state (for the listing)
 
 By default the emulator behaves as vast.ai does (`strict=True`: every realistic behaviour of realism.py on);
 `strict=False` is a kinder vast, for tests about something else. docs/provisioning.md#what-the-flow-asks-of-vastai

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.vast import billing, edge
+from tests.fakes.vast import billing, edge, listing
 from tests.fakes.vast.creates import CreateHold
 from tests.fakes.vast.faults import too_frequent
 from tests.fakes.vast.offers import default_offers, search, unknown_filters
@@ -41,8 +41,8 @@ class ApiServer:
     def __init__(self) -> None:
         self.server: ThreadingHTTPServer | None = None
         self.armed_after_create: list[int] = []
-        self.create_hold = CreateHold()  # creates wait there, outside the lock, while a test holds them
         self.agents: list[tuple[str, str, str, str]] = []  # (method, path, User-Agent, key) of every request
+        self.create_hold = CreateHold()  # creates wait there, outside the lock, while a test holds them
 
     def start(self) -> str:
         emu = self
@@ -242,8 +242,7 @@ class ApiServer:
         live = [self._row(i) for i in sorted(self.instances.values(), key=lambda x: x["id"]) if not i["_destroyed_at"]]
         if self.garbage == "shape":
             live = [{"id": r["id"]} for r in live] or [{"nothing": True}]
-        limit = int(query.get("limit") or 25)
-        start = int(query.get("after_token") or 0)
-        page = live[start : start + limit]
-        token = str(start + limit) if start + limit < len(live) else None
-        return ok({"instances": page, "next_token": token, "total_instances": len(live)})
+        try:
+            return ok(listing.page(live, query))
+        except listing.BadQuery as exc:
+            return error(400, "invalid_args", str(exc))

@@ -198,6 +198,7 @@ class Box:
                 listen=self.setup.listen,
                 prefix=self.setup.prefix,
                 force_command=f"{self.root / 'enter'} {self.root / 'session.sh'}",
+                more_authorized_keys=(self.home / ".ssh" / "authorized_keys",),  # the box's own /root/.ssh
             )
         if self.onstart:
             with open(self.onstart_log, "ab") as log:

@@ -23,12 +23,13 @@ from tests.fakes.vast.creates import Creates
 from tests.fakes.vast.faults import Fault, RateLimiter
 from tests.fakes.vast.offers import default_offers
 from tests.fakes.vast.realism import Realism
+from tests.fakes.vast.ssh_access import SshAccess
 
 DESTROY_GRACE_S = 0.3  # from a destroy to its container stopping
 STATUS_MSG = {None: None, "created": "scheduling", "loading": "pulling image", "running": "success, running"}
 
 
-class VastEmulator(Creates, ApiServer):
+class VastEmulator(SshAccess, Creates, ApiServer):
     def __init__(
         self,
         *,
