@@ -63,7 +63,7 @@ else
   timeout --kill-after="$KILL_AFTER" "${LIMIT[wheels]}" "$PY" -m pip install -q --no-index --no-deps --no-compile \
     --no-cache-dir --upgrade --target "$SITE" .whl/*.whl >>"$LOG" 2>&1 ||
     stop "wheels from .whl/ did not install (exit $?: $(grep -v '^\s*$' "$LOG" | tail -1 | cut -c1-200)); see log.txt"
-  record wheels "$(elapsed "$t")" 0 "$n wheels installed"
+  record wheels "$(elapsed "$t")" 0 "$n installed from .whl/"
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"

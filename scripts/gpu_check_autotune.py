@@ -32,8 +32,10 @@ def command(out: Path, rows: Path) -> list[str]:
     return cmd + ["--model", "csm-1b-random", "--device", "cuda", "--rounds", "2", "--compile", compile_modes]
 
 
-def _count_lines(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
+def measured_rows(path: Path) -> int:
+    """How many measured rows autotune streamed (its `row` events; the file also holds start, rounds, the server)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for x in lines if x.startswith("{") and json.loads(x).get("event") == "row")
 
 
 def part_autotune(work: Path, out: Path, limit_s: float) -> None:
@@ -49,14 +51,14 @@ def part_autotune(work: Path, out: Path, limit_s: float) -> None:
     with stdout.open("w") as so, stderr.open("w") as se:
         result = run_bounded(cmd, deadline, env=env, cwd=ROOT, stdout=so, stderr=se)
     sys.stderr.write(stderr.read_text()[-6000:])
-    part.numbers(exit_code=result.returncode, rows_streamed=_count_lines(rows))
+    part.numbers(exit_code=result.returncode, rows_streamed=measured_rows(rows))
     if result.timed_out:
         part.numbers(groups_ended=list(result.groups_ended))
         part.check(
             "autotune --quick",
             "fail",
             f"stopped at {deadline:.0f} s, its process groups {list(result.groups_ended)} ended; "
-            f"{_count_lines(rows)} measured rows kept in autotune_rows.jsonl",
+            f"{measured_rows(rows)} measured rows kept in autotune_rows.jsonl",
         )
         part.finish("timeout")
         return

@@ -44,7 +44,7 @@ def part_status(run: dict, data: dict | None) -> str:
 
 def _tally(data: dict | None, run: dict) -> str:
     if data is None:
-        return run["note"]
+        return run["note"] or ("ended at its limit before its first record" if run["status"] == "timeout" else "")
     counts: dict[str, int] = {}
     for c in data.get("checks", []):
         counts[c["status"]] = counts.get(c["status"], 0) + 1
@@ -59,13 +59,13 @@ def part_summary(work: Path, out: Path) -> int:
         path = work / f"{run['part']}.json"
         data = json.loads(path.read_text()) if path.exists() else None
         run["status"] = part_status(run, data)
-        run["result"] = _tally(data, run)
         if data is not None:
             if run["status"] == "timeout" and data.get("status") != "timeout":
                 detail = f"ended at its limit of {run['limit_s']} s"
                 data["checks"].append({"name": "time limit", "status": "fail", "detail": detail})
             data["status"] = run["status"]
             parts[run["part"]] = data
+        run["result"] = _tally(data, run)
     copied = []
     for path in sorted((work / "profiles").glob("*")) if (work / "profiles").is_dir() else []:
         if path.suffix in (".yaml", ".png") and not path.name.startswith("."):
@@ -79,9 +79,9 @@ def part_summary(work: Path, out: Path) -> int:
         "parts": parts,
         "bench": {"rows": rows, **derived(rows)},
         "files": [*copied, *(p.name for p in out.glob("autotune_rows.jsonl"))],
-        "limits_s": limits,
-        "worst_case_s": budget.worst_case_s(limits),
+        "limits_s": {**limits, **{r["part"]: r["limit_s"] for r in runs}},
     }
+    results["worst_case_s"] = budget.worst_case_s(results["limits_s"])
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     text = render(results)
     (out / "summary.md").write_text(text)
