@@ -57,6 +57,16 @@ def _say(message: str) -> None:
         os.write(2, f"› {message}\n".encode())
 
 
+def _detach_terminal(fds: tuple[int, ...]) -> None:
+    """A hung-up terminal fails every write (EIO), which would stop the rollback at its first log line: what went
+    to it goes nowhere from now on. Pipes and files are left alone (the log and the last line still reach them)."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in fds:
+            os.dup2(null, fd)
+        os.close(null)
+
+
 def _main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -72,6 +82,7 @@ class CancelToken(threading.Event):
         self._interruptible = 0  # depth, main thread only: signal handlers run there
         self._shielded = 0
         self._rollbacks: dict[int, str] = {}  # thread id -> what its rollback is destroying
+        self.tty_fds: tuple[int, ...] = ()  # stdin/stdout/stderr that were a terminal when the handlers went in
 
     def cancel(self, signum: int | None = None) -> None:
         if not self.is_set():
@@ -123,6 +134,8 @@ class CancelToken(threading.Event):
             self._rollbacks.pop(key, None)
 
     def on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            _detach_terminal(self.tty_fds)
         first = not self.is_set()
         self.cancel(signum)
         doing = "; ".join(self._rollbacks.values())
@@ -162,6 +175,7 @@ def handle_signals(token: CancelToken | None = None, *, abandon: bool = True) ->
         yield token
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    token.tty_fds = tuple(fd for fd in (0, 1, 2) if _isatty(fd))
     _installed.append(token)
     for s in SIGNALS:
         signal.signal(s, token.on_signal)
@@ -171,6 +185,13 @@ def handle_signals(token: CancelToken | None = None, *, abandon: bool = True) ->
         for s, handler in previous.items():
             signal.signal(s, handler)
         _installed.remove(token)
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def ending(exc: BaseException) -> tuple[str, int] | None:

@@ -23,6 +23,7 @@ fabric, httpx, sqlite3 or torch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 import traceback
 
                 traceback.print_exc()
-            print(ended[0], file=sys.stderr)
+            with contextlib.suppress(OSError):  # a terminal that hung up: the exit code still says it
+                print(ended[0], file=sys.stderr)
             return ended[1]
         for kind, message in _errors():
             if isinstance(exc, kind):

@@ -1,18 +1,22 @@
 """Signals that end `deploy provision`: the real console script against the vast emulator (vast.ai itself cannot be
 reached here) through the real vastai CLI, the box stuck loading so the signal lands in `wait_running`, after rent.
 
-SIGINT and SIGHUP go to the command's whole process group, as a terminal's Ctrl-C and hangup do (the vastai calls it
-runs must not get them); SIGTERM goes to its pid, as `kill` does. Each one: the rental is destroyed by id, its row
-closed, the exit code is 128 + the signal and the last line says nothing is left billing. A second Ctrl-C during the
-rollback is reported and the destroy goes on; a third abandons it and names the teardown that ends what may bill.
+SIGINT goes to the command's whole process group, as a terminal's Ctrl-C does (the vastai calls it runs must not get
+it); SIGTERM to its pid, as `kill` does; SIGHUP comes from the kernel when the command's controlling terminal (a pty)
+is closed. Each one: the rental is destroyed by id, its row closed, the exit code is 128 + the signal and the last
+line says nothing is left billing. A second Ctrl-C during the rollback is reported and the destroy goes on; a third
+abandons it and names the teardown that ends what may bill.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import sqlite3
 import subprocess
+import termios
 import time
 
 import pytest
@@ -60,9 +64,9 @@ def provision(vast, vast_env):
     env = {**vast_env, "DEPLOY_READY_TIMEOUT_S": "600"}
     started: list[subprocess.Popen] = []
 
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen([str(DEPLOY_BIN), *ARGS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)  # fmt: skip
+    def start(**popen) -> subprocess.Popen:
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+        proc = subprocess.Popen([str(DEPLOY_BIN), *ARGS], env=env, text=True, start_new_session=True, **streams)
         started.append(proc)
         return proc
 
@@ -77,18 +81,42 @@ def last_line(err: str) -> str:
     return [line for line in err.splitlines() if line.strip()][-1]
 
 
-# SIGINT after rent: the second test below (its first Ctrl-C), with the same checks.
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
-def test_a_signal_after_rent_destroys_the_rental_and_exits_with_the_signal(sig, provision, vast, deploy_home):
+def test_sigterm_after_rent_destroys_the_rental_and_exits_143(provision, vast, deploy_home):
     proc = provision()
     wait_for(proc, deploy_home, "step:wait_running")
-    send(proc, sig)
+    send(proc, signal.SIGTERM)
     _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + sig, err[-3000:]
+    assert proc.returncode == 143, err[-3000:]
     (row,) = rows(deploy_home)
     assert row.provider_id is not None and row.status == "destroyed", (row.status, err[-3000:])
     assert vast.running_ids() == set()
-    assert last_line(err) == f"interrupted ({sig.name}): rental {row.id} destroyed, nothing left billing"
+    assert last_line(err) == f"interrupted (SIGTERM): rental {row.id} destroyed, nothing left billing"
+
+
+def _controlling_terminal() -> None:
+    """In the child, after its setsid: the pty on stdin becomes its controlling terminal, as a login shell's is."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def test_a_closed_terminal_hangs_up_the_provision_and_it_still_destroys(provision, vast, deploy_home):
+    """stdin and stdout on a pty that is the command's controlling terminal, stderr on a pipe (as `2>log`): closing
+    the pty's master makes the kernel send SIGHUP, and every write to the terminal fails from then on."""
+    master, slave = pty.openpty()
+    try:
+        proc = provision(stdin=slave, stdout=slave, preexec_fn=_controlling_terminal)
+    finally:
+        os.close(slave)
+    try:
+        wait_for(proc, deploy_home, "step:wait_running")
+    finally:
+        os.close(master)  # the terminal goes away
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 129, err[-3000:]
+    (row,) = rows(deploy_home)
+    assert row.provider_id is not None and row.status == "destroyed", (row.status, err[-3000:])
+    assert vast.running_ids() == set()
+    assert last_line(err) == f"interrupted (SIGHUP): rental {row.id} destroyed, nothing left billing"
 
 
 def test_ctrl_c_while_the_create_is_in_flight_lets_it_finish_then_destroys_its_box(provision, vast, deploy_home):
