@@ -138,7 +138,7 @@ class CancelToken(threading.Event):
             _detach_terminal(self.tty_fds)
         first = not self.is_set()
         self.cancel(signum)
-        doing = "; ".join(self._rollbacks.values())
+        doing = "; ".join(list(self._rollbacks.values()))  # a copy: replicas' threads change it
         name = signal.Signals(signum).name
         if first and not doing:
             _say(f"{name}: stopping; what this command rented is destroyed before it ends")
@@ -146,10 +146,13 @@ class CancelToken(threading.Event):
                 raise Interrupt(signum)
             return
         can_abandon = self.abandonable and (not doing or threading.main_thread().ident in self._rollbacks)
-        if not self._reported or not can_abandon:
+        if not can_abandon:
+            _say(f"rollback in progress: {doing or 'none yet'}; every rollback finishes before the command ends")
+            return
+        if not self._reported:
             self._reported = True
             what = f"rollback in progress: {doing}" if doing else "stopping: the current call ends, then the rollback"
-            _say(f"{what}; " + ("press Ctrl-C again to abandon it" if can_abandon else "it ends before the command"))
+            _say(f"{what}; press Ctrl-C again to abandon it")
             return
         raise Abandon(self.signum)
 
