@@ -43,7 +43,6 @@ log = logging.getLogger("csm_runtime.server.speech")
 POLL_S = 0.25  # how often a waiting request checks whether its client is still there
 FRAME_SAMPLES = 1920
 TRUNCATED = "max_audio_ms"  # what X-Audio-Truncated and the done event's `truncated` say: the cap that ended it
-CUT_SHORT = ("timeout", "shutdown")  # ticket reasons that end a stream before its text was said
 
 
 class _ClientGone(Exception):
