@@ -6,6 +6,7 @@
     autotune  push the profile this GPU already has, or measure one on the box and keep a copy here
     start     fresh token (here 0600, there 0600), the server started detached, its log on the box; on a public
               bind it serves TLS with a certificate for the public address (certificate.py)
+              and the box's watchdog, which must arm (watchdog.py): one that does not fails the step
     ready     ready.py: /ready with the token, directly where the provider says the port answers, else through an
               SSH tunnel; until 200 or the deadline
 
@@ -39,7 +40,8 @@ from deploy.provision.layout import (
 )
 from deploy.provision.options import RuntimeOptions
 from deploy.provision.ready import step_ready
-from deploy.provision.server import WATCHDOG_NAME, server_command, watchdog_command
+from deploy.provision.server import server_command
+from deploy.provision.watchdog import start_watchdog
 from deploy.remote.tokens import new_rental_token
 
 
@@ -186,29 +188,6 @@ def step_start(ctx: Context) -> None:
     ctx.log(f"started {SERVER_NAME} (pid {pid}) serving {opts.model}; log on the box: ~/{SERVER_LOG}")
     if opts.watchdog is not None:
         start_watchdog(ctx, opts, layout)
-
-
-def start_watchdog(ctx: Context, opts: RuntimeOptions, layout: BoxLayout) -> None:
-    """The box's dead man's switch, detached beside the server; a watchdog that dies at once (no instance-scoped
-    key) is reported, not fatal: the box then bills until `deploy teardown`, and the printout says so."""
-    assert ctx.host is not None and opts.watchdog is not None
-    rental = ctx.refresh()
-    started_at = rental.started_at or rental.created_at
-    command = watchdog_command(opts, layout, layout.dir, rate_usd_h=rental.rate_usd_h, started_at=started_at)
-    pid = ctx.host.start_detached(command, name=WATCHDOG_NAME)
-    time.sleep(1.0)
-    alive = ctx.host.run(f"kill -0 {pid}", stream=False, check=False).ok
-    limits = opts.watchdog.describe()
-    if not alive:
-        tail = ctx.host.run(f"tail -n 3 .csm-deploy-run/{WATCHDOG_NAME}.log", stream=False, check=False).stdout
-        why = (tail.strip().splitlines() or ["no output"])[-1]
-        ctx.ledger.update_meta(ctx.rental_id, watchdog={"limits": limits, "running": False, "error": why})
-        ctx.event("watchdog-failed", why)
-        ctx.log(f"WARNING: the box's watchdog did not start ({why}): this box bills until `deploy teardown`")
-        return
-    ctx.ledger.update_meta(ctx.rental_id, watchdog={"limits": limits, "running": True, "pid": pid})
-    ctx.event("watchdog", f"pid {pid}: {limits}")
-    ctx.log(f"started the box's watchdog (pid {pid}): it destroys the box at {limits}")
 
 
 RUNTIME_STEPS: tuple[Step, ...] = (

@@ -44,6 +44,8 @@ def watchdog_command(
     args = [layout.runtime_bin, "watchdog", *local_server_args(opts.bind, opts.server_port, box_dir)]
     args += ["--token-file", f"{box_dir}/token", "--state-file", f"{box_dir}/watchdog.json"]
     args += ["--started-at", f"{started_at:.3f}", *opts.watchdog.args(rate_usd_h)]
+    if "--rate" not in args:  # the rate also without a spend cap: the state file then says what the box spent
+        args += ["--rate", f"{rate_usd_h:g}"]
     if os.environ.get("VAST_URL"):
         args += ["--api-url", os.environ["VAST_URL"]]
     return f"cd {q(box_dir)} && exec env -u VAST_API_KEY " + " ".join(q(a) for a in args)
