@@ -43,7 +43,7 @@ from csm_runtime.watchdog_vast import (  # noqa: F401  (re-exported: the watchdo
 log = logging.getLogger("csm_runtime.watchdog")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 ARM_DELAYS_S = (2.0, 4.0, 8.0)  # a vast that does not answer at start is asked again this many times
-DESTROY_FIRST_DELAY_S, DESTROY_MAX_DELAY_S = 5.0, 300.0
+DESTROY_FIRST_DELAY_S, DESTROY_MAX_DELAY_S = 5.0, 60.0  # a box whose destroy fails bills: try each minute at least
 
 
 @dataclass(frozen=True)
