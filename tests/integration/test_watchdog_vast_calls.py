@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -124,3 +125,36 @@ def test_the_vastai_cli_passes_the_edge(vast, tmp_path):
     assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 1, proc.stderr[-1000:]
     agents = {a[2].split("/")[0] for a in vast.agents}
     assert "vastai-cli" in agents and not any(a[0] == "GET" and "1010" in a[2] for a in vast.agents)
+
+
+def test_the_command_exits_3_with_one_line_when_vast_refuses_its_key_and_arms_when_vast_takes_it(vast, tmp_path):
+    """`csm-runtime watchdog` as the box runs it (its environment holding vast's instance variables)."""
+    key = rented(vast)
+    (tmp_path / "token").write_text("tok\n")
+    state = tmp_path / "watchdog.json"
+    args = [str(ROOT / ".venv" / "bin" / "csm-runtime"), "watchdog", "--server", "http://127.0.0.1:1"]
+    args += ["--token-file", str(tmp_path / "token"), "--state-file", str(state), "--max-hours", "8"]
+    args += ["--api-url", vast.url]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CONTAINER_ID": key.instance_id}
+
+    refused = subprocess.run(
+        args, env={**env, "CONTAINER_API_KEY": "revoked"}, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 3
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [
+        "Error: not armed: vast refused the instance key: HTTP 401: Invalid user key; the box cannot destroy itself"
+    ]
+    written = json.loads(state.read_text())
+    assert written["action"] == "refused" and not written["armed"] and "HTTP 401" in written["last_error"]
+
+    armed = subprocess.Popen(args, env={**env, "CONTAINER_API_KEY": key.api_key}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (state.exists() and json.loads(state.read_text()).get("armed")):
+            assert armed.poll() is None and time.monotonic() < deadline, armed.stderr.read()
+            time.sleep(0.1)
+    finally:
+        armed.kill()
+        armed.wait()
+    assert json.loads(state.read_text())["action"] == "watching" and key.instance_id in vast.running_ids()
