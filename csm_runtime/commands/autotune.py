@@ -161,10 +161,15 @@ class _Reporter:
             self.progress.__exit__(*exc)
 
     def round(self, cid, n, extra, result) -> None:
-        """One sweep round, as soon as it is measured: into the progress file."""
+        """One sweep round, as soon as it is measured: into the progress file, and a line on a pipe (a row's line
+        comes once all its rounds are in, minutes later on a loaded CPU)."""
         ms = statistics.fmean(result.step_ms)
         self.plog("round", candidate=cid, round=n, extra=extra, ms_per_frame=round(ms, 3), rtf=round(ms / 80, 4),
                   ttfa_ms={k: round(v, 2) for k, v in result.ttfa_ms.items()})  # fmt: skip
+        if self.progress is None:
+            again = " (measured again: the rounds disagreed)" if extra else ""
+            sys.stderr.write(f"  round {n} {cid}: {ms:.1f} ms/frame{again}\n")
+            sys.stderr.flush()
 
     def __call__(self, phase, done, total, cid, row) -> None:
         if phase == "done":

@@ -49,7 +49,7 @@ class Plan:
     check_tolerance: float = 0.25
     check_ttfa_slack_ms: float = 10.0  # loopback HTTP (request, response head) is not in the sweep's TTFA
     check_attempts: int = 3  # measured again while delivery and prediction, or the rounds, disagree (at most)
-    check_budget_s: float = 120.0  # no attempt after the first starts once the check has measured this long
+    check_budget_s: float = 120.0  # once the check has measured this long: no new attempt, and 3 rounds an attempt
 
 
 def default_plan(device_kind: str, quick: bool = False, **changes) -> Plan:

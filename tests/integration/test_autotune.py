@@ -221,9 +221,8 @@ def test_sweep_serves_the_choice_over_http_and_records_what_it_delivered(swept):
     f = p.chosen.figures  # what the server delivered is the profile's figure; the sweep's is beside it
     assert f.source == "delivered" and f.rtf == d.delivered_rtf and f.predicted.rtf == p.chosen.measurement.rtf
     assert summary["figures"] == f.model_dump(mode="json")
-    assert (
-        d.streams == p.chosen.settings.max_streams and d.rounds == 2 and len(d.round_rtf) == len(d.round_ttfa_ms) == 2
-    )
+    assert d.streams == p.chosen.settings.max_streams and d.rounds == 2 * d.attempts  # 2 a try, more if noisy
+    assert len(d.round_rtf) == len(d.round_ttfa_ms) == d.rounds
     assert d.predicted_rtf == p.chosen.measurement.rtf and d.delivered_rtf > 0 and d.delivered_ttfa_ms > 0
     assert d.predicted_ttfa_ms == p.chosen.measurement.ttfa_ms[p.chosen.settings.first_chunk_frames]
     assert d.rtf_error == pytest.approx(d.delivered_rtf / d.predicted_rtf - 1, abs=1e-3)
