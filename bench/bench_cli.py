@@ -39,6 +39,8 @@ def bench_help(runs: int) -> dict:
 
 
 def bench_provision(n: int) -> dict:
+    from emulator_env import emulator_env
+
     import deploy.providers.vast as pv
     import deploy.remote.host as remote
     from deploy.ledger import Ledger
@@ -55,18 +57,7 @@ def bench_provision(n: int) -> dict:
     emu = VastEmulator(ssh_host=sshd.host, ssh_port=sshd.port, authorized_keys=sshd.authorized_keys)
     emu.start()
     home = tmp / "home"
-    os.environ.update(
-        VAST_URL=emu.url,
-        VAST_API_KEY=emu.api_key,
-        VASTAI_NO_UPDATE_CHECK="1",
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_CACHE_HOME=str(home / ".cache"),
-        DEPLOY_HOME=str(tmp / "deploy"),
-        DEPLOY_POLL_INTERVAL_S="0.2",
-        DEPLOY_SSH_USER=sshd.user,
-        DEPLOY_CHECK_COMMAND="uname -sm",
-    )
+    os.environ.update(emulator_env(emu, home, poll_s=0.2, DEPLOY_HOME=str(tmp / "deploy"), DEPLOY_SSH_USER=sshd.user))
     slept = [0.0]
 
     class CountingTime:
