@@ -1,4 +1,4 @@
-"""The Hub stand-in (tests/fakes/hub.py) against the real clients: transformers' from_pretrained, huggingface_hub's
+"""The Hub stand-in (tests/fakes/hub/) against the real clients: transformers' from_pretrained, huggingface_hub's
 hf_hub_download / login, and moshi's Mimi loader, each in its own process with HF_ENDPOINT pointing at the stand-in
 and a fresh HF_HOME (huggingface_hub reads both once, at import). These pin what the runtime will see from the real
 Hub for a gated checkpoint: which exception, which message, where the token goes, how progress shows on disk.

@@ -1,4 +1,4 @@
-"""The runtime against a local stand-in for the Hub (tests/fakes/hub.py) serving a small random CSM checkpoint as the
+"""The runtime against a local stand-in for the Hub (tests/fakes/hub/) serving a small random CSM checkpoint as the
 gated `acme/csm-gated`: `csm-runtime serve` and `generate` download it with a token file and explain themselves in
 one line without one (or with a token the Hub refuses, or for a repo or revision that does not exist); /ready shows
 the download's progress; the Mimi download carries the same token; the token is in no output, log or argv.
