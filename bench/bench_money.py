@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=30.0, help="how long the normal and adopted boxes run, seconds")
     args = parser.parse_args()
 
+    from emulator_env import emulator_env
+
     from deploy.remote.host import free_port
     from tests.fakes.vast import VastEmulator
     from tests.fakes.vast.boxes import this_venv_as_image
@@ -83,17 +85,7 @@ def main() -> None:
     home = tmp / "home"
     results: list[dict] = []
     try:
-        base = dict(
-            os.environ,
-            VAST_URL=emu.url,
-            VAST_API_KEY=emu.api_key,
-            VASTAI_NO_UPDATE_CHECK="1",
-            HOME=str(home),
-            XDG_CONFIG_HOME=str(home / ".config"),
-            XDG_CACHE_HOME=str(home / ".cache"),
-            DEPLOY_POLL_INTERVAL_S="0.5",
-            DEPLOY_CHECK_COMMAND="uname -sm",
-        )
+        base = {**os.environ, **emulator_env(emu, home, poll_s=0.5)}
         box_only = ["provision", "--gpu", "4090", "--no-runtime", "--json"]
 
         env = {**base, "DEPLOY_HOME": str(tmp / "normal")}
