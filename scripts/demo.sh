@@ -17,16 +17,37 @@ mkdir -p .demo
 AUTOTUNE_ARGS=${DEMO_AUTOTUNE_ARGS---compile off}
 TEXT=${DEMO_TEXT:-Hello from csm-deploy. This audio was generated on this machine.}
 MAX_AUDIO_MS=${DEMO_MAX_AUDIO_MS:-2000} # tiny-random's weights are random: cap the audio it speaks
+# DEMO_LOAD=bursts runs the demo on a machine loaded in bursts: one busy loop per core, busy 0.5 s then idle 0.5 s,
+# for 15 minutes at most. Autotune then records what the server delivers under that load; the demo still passes.
+LOAD=${DEMO_LOAD:-}
+BURSTS=()
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 cleanup() {
   rc=$?
+  for pid in "${BURSTS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ $rc -ne 0 ]; then
     echo "demo: failed (exit $rc); ending whatever it started: deploy teardown --all --yes" >&2
     "$DEPLOY" teardown --all --yes >&2 || true
   fi
 }
 trap cleanup EXIT
+if [ "$LOAD" = bursts ]; then
+  for _ in $(seq "$(nproc)"); do
+    .venv/bin/python -c 'import time
+end = time.monotonic() + 900
+while time.monotonic() < end:
+    busy = time.monotonic() + 0.5
+    while time.monotonic() < busy:
+        pass
+    time.sleep(0.5)' &
+    BURSTS+=($!)
+  done
+  echo "demo: CPU load in bursts on $(nproc) core(s) (pids ${BURSTS[*]})" >&2
+elif [ -n "$LOAD" ]; then
+  echo "demo: DEMO_LOAD takes 'bursts', got '$LOAD'" >&2
+  exit 2
+fi
 
 step "1/4 provision: local box, tiny-random, quick autotune, start, /ready"
 "$DEPLOY" provision --provider local --model tiny-random --autotune --autotune-quick \

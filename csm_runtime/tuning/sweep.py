@@ -8,9 +8,10 @@ machine hits every candidate alike instead of whichever happened to run then (on
 whose rounds disagree - spread past `plan.spread_limit`, as a burst of load on a shared machine makes them - gets
 `plan.rounds` more, interleaved with the others that disagree, and its figures are the medians over all of them.
 
-A setting's batch stops growing once its first round is slower than real time (RTF > `stop_rtf`) or runs out of
-memory; larger ones are recorded as skipped with that reason. Settings the device cannot run are recorded as skipped
-too (`setting_skip_reason`). int8 settings also get their divergence from the unquantized weights (divergence.py).
+A setting's batch stops growing once its first round, and a second one run at once to confirm it (a burst of load
+slows one round), are slower than real time (RTF > `stop_rtf`), or once it runs out of memory; larger ones are
+recorded as skipped with that reason. Settings the device cannot run are recorded as skipped too
+(`setting_skip_reason`). int8 settings also get their divergence from the unquantized weights (divergence.py).
 The rule that picks among the rows is choice.py; the check that the pick holds over HTTP is delivery.py.
 """
 
@@ -206,24 +207,33 @@ class _Say:
     on_round: OnRound
 
 
-def _one_round(entry: _Open, batch: int, plan: Plan, r: int, say: _Say) -> None:
+def _one_round(entry: _Open, batch: int, plan: Plan, r: int, say: _Say, extra: bool = False) -> None:
     s = entry.setting
     cid = candidate_id(s.dtype, s.compile, s.cuda_graphs, batch, s.quantize)
-    of = plan.rounds if r < plan.rounds else 2 * plan.rounds
-    say.report("start", say.done, say.total, f"round {r + 1}/{of} {cid}", None)
+    done = entry.rounds.get(batch, [])
+    say.report("start", say.done, say.total, f"round {len(done) + 1} {cid}", None)
     try:
-        result = measure_round(entry.gen, batch, plan, seed=r * 1000)
+        result = measure_round(entry.gen, batch, plan, seed=len(done) * 1000)
     except Exception as exc:  # noqa: BLE001 - recorded on the row, the sweep goes on
         entry.stop_at, entry.stop_status = batch, "oom" if is_oom(exc) else "failed"
         entry.stop_reason = f"{'out of memory' if is_oom(exc) else 'failed'} at batch {batch}: {_describe(exc)}"
         _reset(entry)
         return
     entry.rounds.setdefault(batch, []).append(result)
-    say.on_round(cid, r + 1, r >= plan.rounds, result)
-    rtf = statistics.fmean(result.step_ms) / FRAME_MS
-    if r == 0 and rtf > plan.stop_rtf and batch != max(plan.batches):
-        entry.stop_at = next(b for b in plan.batches if b > batch)
-        entry.stop_reason = f"batch {batch} is already slower than real time (RTF {rtf:.2f} > {plan.stop_rtf:g})"
+    say.on_round(cid, len(entry.rounds[batch]), extra or r >= plan.rounds, result)
+    if r != 0 or batch == max(plan.batches):
+        return
+    rtfs = [statistics.fmean(x.step_ms) / FRAME_MS for x in entry.rounds[batch]]
+    if min(rtfs) <= plan.stop_rtf:
+        return
+    if len(rtfs) == 1:  # one slow round may be a burst of load: the batch stops growing only when a second agrees
+        entry.extra[batch] = entry.extra.get(batch, 0) + 1
+        _one_round(entry, batch, plan, r, say, extra=True)
+        return
+    entry.stop_at = next(b for b in plan.batches if b > batch)
+    entry.stop_reason = (
+        f"batch {batch} is already slower than real time (RTF {min(rtfs):.2f} > {plan.stop_rtf:g} in 2 rounds)"
+    )
 
 
 def _reset(entry: _Open) -> None:

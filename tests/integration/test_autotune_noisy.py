@@ -164,10 +164,11 @@ def test_autotune_under_bursts_of_load_writes_the_delivered_figures(tmp_path, bu
 
 def test_sigterm_during_the_delivery_check_ends_the_servers_group_and_keeps_every_measured_row(tmp_path):
     """SIGTERM once the delivery check measures: autotune exits 143, its server's process group is gone, and the
-    progress file holds every sweep row (each round measured again: a spread limit no rounds can meet), the rounds,
-    and a last `stopped` line."""
+    progress file holds every sweep row, the rounds, and a last `stopped` line. On the way, the sweep measures again:
+    a slow first round is confirmed by a second before the batch stops growing (a stop RTF no round can meet), and
+    rounds that disagree get as many more (a spread limit no rounds can meet)."""
     out, log = tmp_path / "profiles", tmp_path / "rows.jsonl"
-    cmd = [CSM, "autotune", *SMALL, "--batches", "1", "--rounds", "2", "--spread-limit", "1e-9",
+    cmd = [CSM, "autotune", *SMALL, "--batches", "1,2", "--rounds", "2", "--spread-limit", "1e-9", "--stop-rtf", "1e-6",
            "--check-rounds", "1000", "--check-frames", "6", "--out", str(out), "--progress-jsonl", str(log)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -190,8 +191,9 @@ def test_sigterm_during_the_delivery_check_ends_the_servers_group_and_keeps_ever
     assert lines[-1] == {**lines[-1], "event": "stopped", "signal": "SIGTERM", "exit": 143}
     rows = [e["candidate"] for e in lines if e["event"] == "row"]
     measured = [r for r in rows if r["status"] == "measured"]
-    assert len(rows) == 2 and len(measured) == 1  # b1 with graphs off; graphs on is skipped on CPU
+    assert len(rows) == 4 and len(measured) == 1  # b1 with graphs off; graphs on is skipped on CPU
+    assert next(r for r in rows if r["id"] == "float32/off/no-graphs/b2")["reason"].endswith("in 2 rounds)")
     m = measured[0]["measurement"]
-    assert m["rounds"] == 4 and m["extra_rounds"] == 2  # 2 rounds, then 2 more: they disagreed
-    assert [e["extra"] for e in lines if e["event"] == "round"] == [False, False, True, True]
+    assert m["rounds"] == 5 and m["extra_rounds"] == 3  # round 1 confirmed, round 2, then 2 more: they disagreed
+    assert [e["extra"] for e in lines if e["event"] == "round"] == [False, True, False, True, True]
     assert not list(out.glob("*.yaml")) and not list(out.glob(".*checking*"))
