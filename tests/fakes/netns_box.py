@@ -3,16 +3,25 @@
 It shares this machine's filesystem (so the box can be handed a prepared Python environment: it has no internet),
 but not its network: the box's 127.0.0.1 is its own, so a server the toolkit starts there is reachable only
 through SSH, exactly as on a rented machine. Only addresses inside 10.200.0.0/16, on links we create, are used.
+
+Also what the end-to-end modules do with such a box: one per module (`box_for_module`), its processes ended as
+destroying a container ends them (`kill_box_processes`), a home of its own over /root (`box_prefix`), and a scan of
+what it wrote for a secret (`files_containing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _ip(*args: str) -> None:
@@ -82,3 +91,69 @@ def _create_box(index: int) -> NetnsBox:
         box.destroy()
         raise
     return box
+
+
+# ---- what the end-to-end modules do with a box
+
+
+@contextlib.contextmanager
+def box_for_module() -> Iterator[NetnsBox]:
+    """A box for one test module, skipped with the reason where namespaces cannot be made; the connection guard
+    (tests/conftest.py) allows its address while it lives. On the way out everything in it ends and it is removed."""
+    import pytest
+
+    from tests.conftest import allow_box_address, forget_box_address, require_binary
+
+    require_binary("ip", "iproute2")
+    reason = netns_available()
+    if reason:
+        pytest.skip(f"end-to-end box needs a network namespace: {reason}")
+    box = create_box()
+    allow_box_address(box.box_addr)
+    try:
+        yield box
+    finally:
+        kill_box_processes(box, keep=set())
+        box.destroy()
+        forget_box_address(box.box_addr)
+
+
+def box_pids(box: NetnsBox) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", box.name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def kill_box_processes(box: NetnsBox, keep: set[int], grace_s: float = 5.0) -> None:
+    """What destroying a container does to what runs in it: SIGTERM, then SIGKILL to what is left, each followed by
+    a wait until the namespace holds no process but `keep` (up to `grace_s`), so nothing outlives the call and a
+    server gets its time to stop cleanly. Every pid in the namespace was started by the test that made the box."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for p in box_pids(box) if p not in keep]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline and [p for p in box_pids(box) if p not in keep]:
+            time.sleep(0.1)
+
+
+def box_prefix(box: NetnsBox, home: Path, needed: Iterable[str]) -> list[str]:
+    """Run a command in the namespace with `home` mounted over /root, keeping the entries of /root that the `needed`
+    paths (an interpreter, its site-packages, this checkout) live in."""
+    keep = sorted({Path(p).parts[2] for p in needed if Path(p).parts[1:2] == ("root",)})
+    lines = ["set -e"]
+    for name in keep:
+        lines += [f"mkdir -p {home}/{name}", f"mount --bind /root/{name} {home}/{name}"]
+    lines += [f"mount --rbind {home} /root", 'exec "$@"']
+    return [*box.exec_prefix(), "unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(lines), "box"]
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    """Every file under `root` (the box's home, the operator's) holding `needle`: where a secret must not be."""
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+    return hits
