@@ -1,6 +1,6 @@
 """End to end with a gated checkpoint and a public port: `deploy provision --model acme/csm-gated` on the network-
 namespace box (tests/fakes/netns_box.py, a real sshd, the vast emulator), the checkpoint downloaded from the Hub
-stand-in (tests/fakes/hub.py) through the box's own network.
+stand-in (tests/fakes/hub/) through the box's own network.
 
 With the operator's token (HF_TOKEN here) the token reaches the box as a 0600 file, the box downloads the checkpoint
 (provision shows the progress), the server binds the mapped port with TLS, its certificate is pinned, and
@@ -13,7 +13,6 @@ on this machine do, through two relays (tests/fakes/tcp_relay.py). Runs as root;
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,7 +22,6 @@ import ssl
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,10 +30,10 @@ import openai
 import pytest
 
 from deploy.ledger import Ledger
-from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, run_deploy, unknown_running
+from tests.conftest import ROOT, run_deploy, unknown_running
 from tests.fakes.hub import FakeHub, build_csm_checkpoint, make_tls_files
 from tests.fakes.ledger_view import ledger_rows as rows
-from tests.fakes.netns_box import NetnsBox, create_box, netns_available
+from tests.fakes.netns_box import NetnsBox, box_for_module, box_prefix, files_containing, kill_box_processes
 from tests.fakes.server_fixtures import free_port
 from tests.fakes.tcp_relay import Relay
 from tests.fakes.vast import VastEmulator
@@ -46,31 +44,6 @@ TOKEN = f"hf_{secrets.token_hex(17)}"
 THROTTLE_BPS = 12_000_000  # the ~58 MB checkpoint takes a few seconds: long enough to watch it come
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # this checkout's .venv: the box's "prepared" environment
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-
-
-# --- the box: a network namespace with its own home over /root, one sshd -------------------------------------------
-
-
-def box_prefix(box: NetnsBox, home: Path) -> list[str]:
-    """Run a command in the namespace with `home` mounted over /root (keeping what the box needs from /root)."""
-    keep = sorted(
-        {Path(p).parts[2] for p in (BASE_PYTHON, SITE_PACKAGES, str(ROOT)) if Path(p).parts[1:2] == ("root",)}
-    )
-    lines = ["set -e"]
-    for name in keep:
-        lines += [f"mkdir -p {home}/{name}", f"mount --bind /root/{name} {home}/{name}"]
-    lines += [f"mount --rbind {home} /root", 'exec "$@"']
-    return [*box.exec_prefix(), "unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(lines), "box"]
-
-
-def kill_box_processes(box: NetnsBox, keep: set[int]) -> None:
-    """What destroying a container does to what runs in it; every pid in the namespace was started by this test."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        out = subprocess.run(["ip", "netns", "pids", box.name], capture_output=True, text=True).stdout
-        for pid in (int(p) for p in out.split() if int(p) not in keep):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(0.5)
 
 
 class BoxEmulator(VastEmulator):
@@ -87,31 +60,14 @@ class BoxEmulator(VastEmulator):
         return result
 
 
-def files_containing(root: Path, needle: bytes) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            with contextlib.suppress(OSError):
-                if needle in path.read_bytes():
-                    hits.append(str(path))
-    return hits
-
-
 # --- fixtures ------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def box():
-    require_binary("ip", "iproute2")
-    reason = netns_available()
-    if reason:
-        pytest.skip(f"end-to-end box needs a network namespace: {reason}")
-    box = create_box()
-    allow_box_address(box.box_addr)
-    yield box
-    kill_box_processes(box, keep=set())
-    box.destroy()
-    forget_box_address(box.box_addr)
+def box() -> Iterator[NetnsBox]:
+    """A network namespace with its own home over /root (box_home), one sshd."""
+    with box_for_module() as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +103,8 @@ def sshd(box, box_home, hub, relays, tmp_path_factory):
 
     env = {**hub.client_env(), "HF_HUB_DISABLE_TELEMETRY": "1", "CSM_MIMI_WEIGHTS": "random"}
     root = tmp_path_factory.mktemp("box-sshd")
-    server = start_sshd(root, listen=box.box_addr, prefix=box_prefix(box, box_home), env=env)
+    prefix = box_prefix(box, box_home, (BASE_PYTHON, SITE_PACKAGES, str(ROOT)))
+    server = start_sshd(root, listen=box.box_addr, prefix=prefix, env=env)
     yield server
     server.stop()
 
@@ -182,8 +139,7 @@ def deploy(vast_env):
 
 def provision_args(*extra: str) -> list[str]:
     box = ["--box-python", BASE_PYTHON, "--box-site-packages", SITE_PACKAGES]
-    # --no-watchdog: this kind emulator gives the box no instance key, and a watchdog that cannot arm fails provision
-    return ["provision", "--runtime", "--gpu", "4090", "--model", GATED, *box, "--no-autotune", "--no-watchdog", *extra]
+    return ["provision", "--runtime", "--gpu", "4090", "--model", GATED, *box, "--no-autotune", *extra]
 
 
 def test_gated_checkpoint_with_a_token_over_a_pinned_tls_endpoint(

@@ -14,24 +14,21 @@ Runs as root (network and mount namespaces); elsewhere it is skipped with the re
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import sysconfig
-import time
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy.ledger import Ledger
-from tests.conftest import ROOT, allow_box_address, forget_box_address, require_binary, unknown_running
+from tests.conftest import ROOT, unknown_running
 from tests.fakes.ledger_view import ledger_rows as rows
-from tests.fakes.netns_box import NetnsBox, create_box, netns_available
+from tests.fakes.netns_box import NetnsBox, box_for_module, files_containing, kill_box_processes
 from tests.fakes.vast import VastEmulator
 from tests.fakes.vast.boxes import BoxSetup, keep_for_this_python
 
@@ -41,23 +38,6 @@ BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 # A cheap but real sweep: one setting, one batch, few frames (the box is a shared 2-core CPU). No delivery check: a
 # 2-frame measurement on a loaded CPU is no prediction to hold the served setting to (its own tests cover it).
 AUTOTUNE_ARGS = "--compile off --batches 1 --timed-frames 2 --warmup-frames 1 --no-check"
-
-
-def box_pids(box: NetnsBox) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", box.name], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def kill_box_processes(box: NetnsBox, keep: set[int]) -> None:
-    """What destroying a container does to what runs in it; every pid here was started by this test's box."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [p for p in box_pids(box) if p not in keep]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 5
-        while pids and time.monotonic() < deadline and [p for p in box_pids(box) if p not in keep]:
-            time.sleep(0.1)
 
 
 def running(pid: int) -> bool:
@@ -70,17 +50,9 @@ def running(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def box():
-    require_binary("ip", "iproute2")
-    reason = netns_available()
-    if reason:
-        pytest.skip(f"end-to-end box needs a network namespace: {reason}")
-    box = create_box()
-    allow_box_address(box.box_addr)
-    yield box
-    kill_box_processes(box, keep=set())
-    box.destroy()
-    forget_box_address(box.box_addr)
+def box() -> Iterator[NetnsBox]:
+    with box_for_module() as box:
+        yield box
 
 
 @pytest.fixture
@@ -132,18 +104,6 @@ def events(home: Path, rid: int) -> list[tuple[str, str | None]]:
             (r["kind"], r["detail"])
             for r in ledger.db.execute("SELECT kind, detail FROM events WHERE rental_id=?", (rid,))
         ]
-
-
-def files_containing(root: Path, needle: bytes) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            try:
-                if needle in path.read_bytes():
-                    hits.append(str(path))
-            except OSError:
-                pass
-    return hits
 
 
 def test_provision_generate_teardown_cost_on_a_rented_box(deploy_cli, vast, box, deploy_home, tmp_path):
