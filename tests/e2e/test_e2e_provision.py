@@ -29,6 +29,7 @@ from deploy.ledger import Ledger
 from tests.conftest import ROOT, unknown_running
 from tests.fakes.ledger_view import ledger_rows as rows
 from tests.fakes.netns_box import NetnsBox, box_for_module, files_containing, kill_box_processes
+from tests.fakes.ssh_rental import running  # alive and not a zombie: a killed orphan stays in /proc until reaped
 from tests.fakes.vast import VastEmulator
 from tests.fakes.vast.boxes import BoxSetup, keep_for_this_python
 
@@ -38,15 +39,6 @@ BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 # A cheap but real sweep: one setting, one batch, few frames (the box is a shared 2-core CPU). No delivery check: a
 # 2-frame measurement on a loaded CPU is no prediction to hold the served setting to (its own tests cover it).
 AUTOTUNE_ARGS = "--compile off --batches 1 --timed-frames 2 --warmup-frames 1 --no-check"
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan stays in /proc until this container's init reaps it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.fixture(scope="module")
