@@ -28,8 +28,10 @@ from pathlib import Path
 from generator_cpu import work_hf, work_ours, work_throughput
 from generator_cuda import _factory as _factory  # re-exported: scripts/gpu_check_bench.py imports them from here
 from generator_cuda import codec_ms as codec_ms
+from generator_cuda import grid_setting as grid_setting
 from generator_cuda import hf_generate_row as hf_generate_row
 from generator_cuda import main_device
+from generator_cuda import measured_row as measured_row
 from generator_inputs import DTYPES, fmt
 
 ROOT = Path(__file__).resolve().parent.parent

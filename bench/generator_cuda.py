@@ -97,20 +97,12 @@ def codec_ms(gen, device: str, reps: int = 10) -> float:
     return (time.perf_counter() - t0) * 1000 / reps
 
 
-def grid_rows(model, dtype, device, compile_mode, graphs, batches, frames, keep=lambda row: None) -> list[dict]:
-    """One generator (max_streams = the largest batch), warmed up (compile, graph capture per bucket), then one
-    sweep round per batch: ms/frame over `frames` steps with b streams, TTFA of a request joining them."""
-    import statistics
-
-    import torch
-
+def grid_setting(model, dtype, device, compile_mode, graphs, batches, frames):
+    """One generator for a (compile mode, CUDA graphs) setting, max_streams = the largest batch, not warmed up; the
+    sweep plan that measures it (one round per batch, `frames` timed frames) and the setting's label."""
     from csm_runtime.settings import RuntimeSettings
     from csm_runtime.tuning.plan import Plan
-    from csm_runtime.tuning.sweep import measure_round
 
-    if _COMPILED.setdefault("mode", compile_mode) != compile_mode:  # compiled code is reused across graphs on/off
-        torch._dynamo.reset()
-        _COMPILED["mode"] = compile_mode
     settings = RuntimeSettings(
         model=model,
         device=device,
@@ -121,39 +113,58 @@ def grid_rows(model, dtype, device, compile_mode, graphs, batches, frames, keep=
         max_seq_len=512,
     )
     gen = _factory(model, device).build(settings)
-    label = f"{dtype} compile {compile_mode}{' + graphs' if graphs else ''}"
+    plan = Plan(
+        dtypes=(dtype,),
+        compile_modes=(compile_mode,),
+        cuda_graphs=(graphs,),
+        batches=tuple(batches),
+        first_chunk_frames=(1, 2),
+        warmup_frames=4,
+        timed_frames=frames,
+        rounds=1,
+    )
+    return gen, plan, f"{dtype} compile {compile_mode}{' + graphs' if graphs else ''}"
+
+
+def measured_row(gen, plan, label: str, device: str, batch: int, warm: dict) -> dict:
+    """The sweep's own round at `batch` streams: ms/frame over the plan's timed frames, TTFA of a request joining."""
+    import statistics
+
+    from csm_runtime.tuning.sweep import measure_round
+
+    r = measure_round(gen, batch, plan)
+    mean = statistics.fmean(r.step_ms)
+    return {
+        "impl": "ours",
+        "setting": label,
+        "batch": batch,
+        "ms_per_frame": round(mean, 3),
+        "ms_per_frame_p50": round(statistics.median(r.step_ms), 3),
+        "rtf": round(mean / 80, 4),
+        "ttfa_ms": round(r.ttfa_ms.get(1, float("nan")), 2),
+        "prefill_ms": round(r.prefill_ms, 2),
+        "codec_ms": round(codec_ms(gen, device), 3),
+        "peak_memory_mb": round(r.peak_memory_mb, 1),
+        "compile_s": warm.get("compile_s"),
+        "frames": plan.timed_frames,
+    }
+
+
+def grid_rows(model, dtype, device, compile_mode, graphs, batches, frames, keep=lambda row: None) -> list[dict]:
+    """One generator (max_streams = the largest batch), warmed up (compile, graph capture per bucket), then one
+    sweep round per batch: ms/frame over `frames` steps with b streams, TTFA of a request joining them."""
+    import torch
+
+    if _COMPILED.setdefault("mode", compile_mode) != compile_mode:  # compiled code is reused across graphs on/off
+        torch._dynamo.reset()
+        _COMPILED["mode"] = compile_mode
+    gen, plan, label = grid_setting(model, dtype, device, compile_mode, graphs, batches, frames)
     rows = []
     try:
         warm = gen.warmup()
-        plan = Plan(
-            dtypes=(dtype,),
-            compile_modes=(compile_mode,),
-            cuda_graphs=(graphs,),
-            batches=tuple(batches),
-            first_chunk_frames=(1, 2),
-            warmup_frames=4,
-            timed_frames=frames,
-            rounds=1,
-        )
         for b in batches:
-            r = measure_round(gen, b, plan)
-            mean = statistics.fmean(r.step_ms)
-            row = {
-                "impl": "ours",
-                "setting": label,
-                "batch": b,
-                "ms_per_frame": round(mean, 3),
-                "ms_per_frame_p50": round(statistics.median(r.step_ms), 3),
-                "rtf": round(mean / 80, 4),
-                "ttfa_ms": round(r.ttfa_ms.get(1, float("nan")), 2),
-                "prefill_ms": round(r.prefill_ms, 2),
-                "codec_ms": round(codec_ms(gen, device), 3),
-                "peak_memory_mb": round(r.peak_memory_mb, 1),
-                "compile_s": warm.get("compile_s"),
-                "prepare_s": warm.get("prepare_s"),
-                "cuda_graphs": warm.get("cuda_graphs"),
-                "frames": frames,
-            }
+            row = measured_row(gen, plan, label, device, b, warm)
+            row.update(prepare_s=warm.get("prepare_s"), cuda_graphs=warm.get("cuda_graphs"))
             keep(row)
             rows.append(row)
     finally:

@@ -8,8 +8,6 @@ Each round's untimed warm-up frames capture (or compile) the bucket it runs at, 
 
 from __future__ import annotations
 
-import statistics
-
 from gpu_check_record import DRY, Part, guarded
 
 MODEL = "tiny-random" if DRY else "csm-1b-random"
@@ -28,54 +26,13 @@ def setting_rows(part: Part, device: str, compile_mode: str, graphs: bool) -> in
     """One row per measured batch, each kept as it comes; returns how many."""
     import bench_generator as bg
 
-    from csm_runtime.settings import RuntimeSettings
-    from csm_runtime.tuning.plan import Plan
-    from csm_runtime.tuning.sweep import measure_round
-
-    settings = RuntimeSettings(
-        model=MODEL,
-        device=device,
-        dtype=DTYPE,
-        compile=compile_mode,
-        cuda_graphs=graphs,
-        max_streams=max(BATCHES),
-        max_seq_len=512,
-    )
-    gen = bg._factory(MODEL, device).build(settings)
-    label = f"{DTYPE} compile {compile_mode}{' + graphs' if graphs else ''}"
-    plan = Plan(
-        dtypes=(DTYPE,),
-        compile_modes=(compile_mode,),
-        cuda_graphs=(graphs,),
-        batches=BATCHES,
-        first_chunk_frames=(1, 2),
-        warmup_frames=4,
-        timed_frames=FRAMES,
-        rounds=1,
-    )
+    gen, plan, label = bg.grid_setting(MODEL, DTYPE, device, compile_mode, graphs, BATCHES, FRAMES)
     measured = 0
     try:
         warm = gen.warmup(sampling=())  # one utterance through the whole path (the compile); no bucket prepared
         for batch in BATCHES:
-            r = measure_round(gen, batch, plan)
-            mean = statistics.fmean(r.step_ms)
-            part.row(
-                {
-                    "impl": "ours",
-                    "setting": label,
-                    "batch": batch,
-                    "ms_per_frame": round(mean, 3),
-                    "ms_per_frame_p50": round(statistics.median(r.step_ms), 3),
-                    "rtf": round(mean / 80, 4),
-                    "ttfa_ms": round(r.ttfa_ms.get(1, float("nan")), 2),
-                    "prefill_ms": round(r.prefill_ms, 2),
-                    "codec_ms": round(bg.codec_ms(gen, device), 3),
-                    "peak_memory_mb": round(r.peak_memory_mb, 1),
-                    "compile_s": warm.get("compile_s"),
-                    "graphs_captured": len(getattr(gen, "_graphs", {})),
-                    "frames": FRAMES,
-                }
-            )
+            row = bg.measured_row(gen, plan, label, device, batch, warm)
+            part.row({**row, "graphs_captured": len(getattr(gen, "_graphs", {})), "frames": FRAMES})
             measured += 1
     finally:
         gen.close()
