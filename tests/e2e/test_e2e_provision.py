@@ -32,6 +32,7 @@ from tests.fakes.netns_box import NetnsBox, box_for_module, files_containing, ki
 from tests.fakes.ssh_rental import running  # alive and not a zombie: a killed orphan stays in /proc until reaped
 from tests.fakes.vast import VastEmulator
 from tests.fakes.vast.boxes import BoxSetup, keep_for_this_python
+from tests.fakes.vast.relay import api_inside
 
 pytestmark = pytest.mark.slow
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]  # this checkout's .venv: the box's "prepared" environment
@@ -67,7 +68,8 @@ def vast(box, tmp_path):
         running_after_s=6.0,
     )
     emu.start()
-    yield emu
+    with api_inside(box, emu.url):  # the box's watchdog arms by asking vast about its instance (VAST_URL)
+        yield emu
     emu.stop()
     kill_box_processes(box, keep=set())
 
