@@ -96,4 +96,7 @@ def _delivery(part: Part, d: dict | None) -> None:
     if DRY:
         part.check("delivery check", "info", f"ran (tolerance widened for the dry run): {figures}")
     else:
-        part.check("delivery check", "pass" if d.get("ok") else "fail", figures)
+        # Autotune fails (non-zero exit) only when the served setting does not serve; a delivery off its prediction
+        # is recorded as the profile's figures, so here it is a figure, not a failure.
+        within = "within 25 % of the sweep" if d.get("ok") else "off the sweep's prediction; delivered figures kept"
+        part.check("delivery check", "pass" if d.get("ok") else "info", f"{figures} ({within})")

@@ -76,20 +76,22 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
     if cacert is not None and not cacert.is_file():
         raise UsageError(f"--cacert {cacert}: no such file")
     extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
-    result = synthesize(
-        endpoint,
-        text,
-        out,
-        token=read_token_file(token_file),
-        voice=voice,
-        fmt=fmt,
-        model=model,
-        extra=extra,
-        on_progress=None if as_json else _progress,
-        cacert=cacert,
-    )
-    if not as_json:
-        sys.stderr.write("\n")
+    try:
+        result = synthesize(
+            endpoint,
+            text,
+            out,
+            token=read_token_file(token_file),
+            voice=voice,
+            fmt=fmt,
+            model=model,
+            extra=extra,
+            on_progress=None if as_json else _progress,
+            cacert=cacert,
+        )
+    finally:
+        if not as_json:
+            sys.stderr.write("\n")  # end the progress line, so an error starts a line of its own
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
