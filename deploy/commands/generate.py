@@ -71,7 +71,7 @@ def generate(
 
 
 def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert) -> None:
-    from deploy.remote.tokens import read_token_file
+    from deploy.secrets.tokens import read_token_file
 
     if cacert is not None and not cacert.is_file():
         raise UsageError(f"--cacert {cacert}: no such file")

@@ -50,7 +50,7 @@ def open_(
     """
     from deploy.ledger import TUNNEL
     from deploy.providers import provider_for
-    from deploy.remote.tokens import read_token_file
+    from deploy.secrets.tokens import read_token_file
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")

@@ -208,7 +208,7 @@ def _hub_token_file(path: Path | None, model: str) -> str | None:
     """A named token file must be readable now, before anything is rented; no token at all for a Hub model is said
     now too (the box would be refused a gated checkpoint). The token itself is read again at `push`."""
     from deploy.provision.hub import missing_token_note, needs_hub
-    from deploy.remote.hub_token import find_hub_token
+    from deploy.secrets.hub_token import find_hub_token
 
     if needs_hub(model) and find_hub_token(path) is None:
         output.progress(missing_token_note(model))

@@ -17,7 +17,7 @@ from deploy.errors import UsageError
 from deploy.ledger.fleets import Replica
 from deploy.provision.options import ProvisionOptions
 from deploy.remote.tls import client_context, pinned
-from deploy.remote.tokens import read_token_file
+from deploy.secrets.tokens import read_token_file
 
 
 @dataclass(frozen=True)

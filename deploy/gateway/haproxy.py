@@ -26,7 +26,7 @@ from pathlib import Path
 
 from deploy.errors import DeployError, UsageError
 from deploy.gateway.config import BACKEND
-from deploy.remote.tokens import read_token_file, token_path, write_token
+from deploy.secrets.tokens import read_token_file, token_path, write_token
 
 _SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes; HAProxy appends a suffix while it binds
 

@@ -1,6 +1,6 @@
 """The Hub token on the box, and the box's checkpoint download as the ready step sees it.
 
-`put_hub_token` (end of `push`): the operator's token (deploy/remote/hub_token.py) goes to `<box dir>/hf-token`, a
+`put_hub_token` (end of `push`): the operator's token (deploy/secrets/hub_token.py) goes to `<box dir>/hf-token`, a
 file created 0600 on the box before the secret is copied into it over SFTP (sha256-checked), from a 0600 file here
 that is deleted right after. The runtime reads it (`--hf-token-file`); the ledger records only where the token came
 from. Nothing at all is put for the random models, which download nothing.
@@ -18,8 +18,8 @@ import tempfile
 from typing import Any
 
 from deploy.provision.context import Context
-from deploy.remote.hub_token import find_hub_token
-from deploy.remote.tokens import token_path
+from deploy.secrets.hub_token import find_hub_token
+from deploy.secrets.tokens import token_path
 
 BOX_FILE = "hf-token"
 RANDOM_MODELS = ("tiny-random", "csm-1b-random")  # built on the box: no download, no token

@@ -26,8 +26,8 @@ from deploy.provision.hub import describe_download, download_bytes
 from deploy.provision.layout import SERVER_LOG
 from deploy.provision.options import RuntimeOptions
 from deploy.remote.tls import client_context, is_certificate_error
-from deploy.remote.tokens import read_token_file
 from deploy.remote.tunnels import forward
+from deploy.secrets.tokens import read_token_file
 
 LOG_TAIL_LINES = 30
 DIRECT_PROBE_S = 20.0  # how long a direct address may stay silent before the ready step falls back to the tunnel

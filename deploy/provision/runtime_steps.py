@@ -42,7 +42,7 @@ from deploy.provision.options import RuntimeOptions
 from deploy.provision.ready import step_ready
 from deploy.provision.server import server_command
 from deploy.provision.watchdog import start_watchdog
-from deploy.remote.tokens import new_rental_token
+from deploy.secrets.tokens import new_rental_token
 
 
 def _q(path: str) -> str:

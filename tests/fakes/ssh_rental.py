@@ -23,7 +23,7 @@ from deploy.provision.layout import BoxLayout
 from deploy.provision.options import RuntimeOptions
 from deploy.provision.server import server_command
 from deploy.remote.host import RemoteHost, free_port
-from deploy.remote.tokens import new_rental_token
+from deploy.secrets.tokens import new_rental_token
 from deploy.settings import load_settings
 
 

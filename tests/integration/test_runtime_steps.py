@@ -27,7 +27,7 @@ from deploy.provision.options import ProvisionOptions, RuntimeOptions, is_runtim
 from deploy.provision.runtime_steps import profile_dirs
 from deploy.provision.server import server_command
 from deploy.provision.summary import summary, text
-from deploy.remote.tokens import new_rental_token
+from deploy.secrets.tokens import new_rental_token
 from deploy.settings import load_settings
 from tests.conftest import DEPLOY_BIN
 

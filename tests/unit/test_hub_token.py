@@ -9,7 +9,7 @@ import pytest
 from deploy.errors import UsageError
 from deploy.provision.hub import describe_download, missing_token_note, needs_hub
 from deploy.provision.ready import DownloadClock
-from deploy.remote.hub_token import find_hub_token, login_file
+from deploy.secrets.hub_token import find_hub_token, login_file
 
 
 def test_the_hubs_order_file_option_then_variables_then_login_file(tmp_path):
