@@ -70,7 +70,7 @@ def _pause(ctx: Context, deadline: float) -> None:
         ctx.cancel.pause(seconds, "cancelled while waiting for the server")
 
 
-def wait_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
+def wait_box_server_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
     """On the box: until the server's port accepts connections (uvicorn binds once the model is loaded), failing at
     once when the process is gone. A tunnel opened before that would only carry refusals."""
     pid = int(ctx.server_pid or ctx.refresh().meta["server_pid"])
@@ -201,7 +201,7 @@ def step_ready(ctx: Context) -> None:
     tls = serves_tls(opts.bind)
     scheme = "https" if tls else "http"
     on_box = f"{scheme}://{'127.0.0.1' if opts.bind == '0.0.0.0' else opts.bind}:{opts.server_port}"
-    wait_listening(ctx, opts, deadline)
+    wait_box_server_listening(ctx, opts, deadline)
     verify = client_context(fetch_and_pin(ctx)) if tls else True  # the server wrote it before it listened
     public = f"{scheme}://{ctx.direct.host}:{ctx.direct.port}" if ctx.direct else None
     if public and (why := answers(public, deadline, verify=verify)) is not None:

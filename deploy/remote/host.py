@@ -100,7 +100,7 @@ def mismatch(name: str, presented: str, pinned: str) -> str:
     )
 
 
-def wait_listening(port: int, timeout: float, check: Callable[[], None] = lambda: None) -> bool:
+def wait_local_port_open(port: int, timeout: float, check: Callable[[], None] = lambda: None) -> bool:
     """Whether something accepts connections on 127.0.0.1:`port` within `timeout` seconds; `check` runs between
     tries and raises when waiting is pointless (the process that should listen has exited)."""
     deadline = time.monotonic() + timeout
@@ -291,7 +291,7 @@ class RemoteHost:
         port = local_port or free_port()
         self.conn.open()
         with self.conn.forward_local(port, remote_port=remote_port, remote_host="127.0.0.1", local_host="127.0.0.1"):
-            if not wait_listening(port, 10.0):  # Fabric binds the local end in a thread, after returning control
+            if not wait_local_port_open(port, 10.0):  # Fabric binds the local end in a thread, after returning control
                 raise RemoteError(f"the local end of the SSH forward (127.0.0.1:{port}) never listened")
             yield port
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from deploy.errors import RemoteError, UsageError
 from deploy.ledger import Rental
-from deploy.remote.host import free_port, wait_listening
+from deploy.remote.host import free_port, wait_local_port_open
 
 
 def _files(directory: Path, name: str) -> tuple[Path, Path, Path]:
@@ -80,7 +80,7 @@ def ensure(directory: Path, name: str, rental: Rental, key: Path, *, timeout: fl
             tail = log_f.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise RemoteError(f"SSH tunnel to replica {name} exited: {tail[0]}")
 
-    if wait_listening(local, timeout, exited):
+    if wait_local_port_open(local, timeout, exited):
         return local
     close(directory, name)
     raise RemoteError(f"SSH tunnel to replica {name} did not open within {timeout:g} s")
