@@ -42,6 +42,7 @@ from deploy.provision.options import RuntimeOptions
 from deploy.provision.ready import step_ready
 from deploy.provision.server import server_command
 from deploy.provision.watchdog import start_watchdog
+from deploy.remote.detached import stop_detached
 from deploy.secrets.tokens import new_rental_token
 
 
@@ -167,9 +168,7 @@ def step_start(ctx: Context) -> None:
     ctx.host.put(token_path, box_token)
     ctx.host.run(f"chmod 600 {_q(box_token)}", stream=False)
     # a server this toolkit started here before (re-provisioning an ssh box) gives the port back first
-    ctx.host.run(
-        f"[ -f {SERVER_PID} ] && kill -TERM -- -$(cat {SERVER_PID}) 2>/dev/null; rm -f {SERVER_PID}; true", stream=False
-    )
+    stop_detached(ctx.host, SERVER_PID)
     command = server_command(opts, layout, box_dir, extra=[*hub_args(ctx), *tls_args(ctx, box_dir)])
     pid = ctx.host.start_detached(command, name=SERVER_NAME)
     ctx.server_pid = pid

@@ -3,7 +3,8 @@
 
 The server runs detached as its own process group (setsid); its pid is in the ledger meta (`server_pid`) and in a pid
 file on the box (`server_pid_file`, default ~/.csm-deploy-run/csm-runtime.pid). The group is signalled only while
-the pid file still names that pid, so a pid the box has since reused for something else is never touched.
+the pid file still names that pid and it is still the process started then (deploy/remote/detached.py), so a pid
+the box has since reused for something else is never touched.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from deploy.errors import RemoteError
 from deploy.provision.certificate import local_server_args
 from deploy.provision.layout import SERVER_PID, BoxLayout
 from deploy.provision.options import RuntimeOptions
+from deploy.remote.detached import stop_detached
 
 
 def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str, extra: Sequence[str] = ()) -> str:
@@ -51,28 +52,10 @@ def watchdog_command(
     return f"cd {q(box_dir)} && exec env -u VAST_API_KEY " + " ".join(q(a) for a in args)
 
 
-# stdout's last line: stopped | killed | not-running
-_SCRIPT = r"""
-pid={pid}; f={pid_file}
-alive() {{ s=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f1); [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]; }}
-if [ ! -f "$f" ] || [ "$(cat "$f")" != "$pid" ] || ! alive; then echo not-running; exit 0; fi
-kill -TERM -- -$pid 2>/dev/null
-for i in $(seq 1 {polls}); do alive || break; sleep 0.2; done
-if alive; then kill -KILL -- -$pid 2>/dev/null; sleep 0.2; rm -f "$f"; echo killed; else rm -f "$f"; echo stopped; fi
-"""
-
-
 def stop_server(host: Any, meta: dict[str, Any], *, grace_s: float = 10.0) -> str:
     """SIGTERM the server's process group (SIGKILL after `grace_s`); returns stopped | killed | not-running, or
     "no server recorded" when the rental never started one."""
     pid = meta.get("server_pid")
     if not pid:
         return "no server recorded"
-    script = _SCRIPT.format(
-        pid=int(pid), pid_file=shlex.quote(str(meta.get("server_pid_file") or SERVER_PID)), polls=int(grace_s / 0.2)
-    )
-    res = host.run(f"bash -c {shlex.quote(script)}", stream=False, check=False, timeout=grace_s + 30)
-    last = (res.stdout.strip().splitlines() or [""])[-1]
-    if last not in ("stopped", "killed", "not-running"):
-        raise RemoteError(f"could not stop the server (pid {pid}): exit {res.exit_code} {res.stderr.strip()[-200:]!r}")
-    return last
+    return stop_detached(host, str(meta.get("server_pid_file") or SERVER_PID), pid=int(pid), grace_s=grace_s)

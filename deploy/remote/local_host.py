@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from deploy.errors import RemoteError
+from deploy.remote.detached import stop_detached
 from deploy.remote.host import CommandResult, Tee, check_copy, free_port, sha256_file
 
 __all__ = ["LocalHost", "free_port"]
@@ -119,16 +120,12 @@ class LocalHost:
         return "".join(text.splitlines(keepends=True)[-tail_lines:]) if tail_lines else text
 
     def stop_all(self) -> list[int]:
-        """Terminate every process `start_detached` started here (the local provider's `destroy`)."""
+        """Stop every process `start_detached` started here that still runs (the local provider's `destroy`)."""
         stopped = []
         for pidfile in sorted((self.root / ".csm-deploy-run").glob("*.pid")):
-            try:
-                pid = int(pidfile.read_text().strip())
-                os.killpg(pid, signal.SIGTERM)
-                stopped.append(pid)
-            except (ValueError, ProcessLookupError, PermissionError):
-                pass
-            pidfile.unlink(missing_ok=True)
+            pid = pidfile.read_text().strip()
+            if stop_detached(self, str(pidfile)) != "not-running":
+                stopped.append(int(pid))
         return stopped
 
     def close(self) -> None:
