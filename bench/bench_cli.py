@@ -46,7 +46,7 @@ def bench_provision(n: int) -> dict:
     from deploy.ledger import Ledger
     from deploy.providers.vast import VastProvider
     from deploy.providers.vastai_cli import VastCli
-    from deploy.provision.driver import provision
+    from deploy.provision.driver import run_provision
     from deploy.provision.options import ProvisionOptions
     from deploy.settings import load_settings
     from tests.fakes.sshd import start_sshd
@@ -91,7 +91,7 @@ def bench_provision(n: int) -> dict:
             remote.wait_for_ssh = timed_wait  # Provider.open_host looks it up at call time
             with Ledger(settings.ledger_path) as ledger:
                 t = time.perf_counter()
-                ctx = provision(
+                ctx = run_provision(
                     settings, ProvisionOptions.from_settings(settings, gpu=_gpu()), VastProvider(cli), ledger
                 )
                 total = time.perf_counter() - t

@@ -61,7 +61,7 @@ app = typer.Typer(
 
 # The command table, in the order `deploy --help` lists them.
 app.command("offers")(offers.offers)
-app.command("provision")(provision.provision)
+app.command("provision")(provision.provision_command)
 app.command("status")(status.status)
 app.command("teardown")(teardown.teardown)
 app.command("cost")(cost.cost)

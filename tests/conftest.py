@@ -230,9 +230,10 @@ def box_only(args: list[str]) -> list[str]:
     the control-plane scenarios test renting, not installing the runtime (which has its own tests)."""
     import inspect
 
-    from deploy.commands.provision import provision
+    from deploy.commands.provision import provision_command
 
-    if args[:1] == ["provision"] and "runtime" in inspect.signature(provision).parameters and "--runtime" not in args:
+    takes_runtime = "runtime" in inspect.signature(provision_command).parameters
+    if args[:1] == ["provision"] and takes_runtime and "--runtime" not in args:
         return [*args, "--no-runtime"]
     return args
 

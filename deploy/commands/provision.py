@@ -10,7 +10,7 @@ from deploy.commands import options as c
 from deploy.errors import UsageError
 
 
-def provision(
+def provision_command(
     gpu: c.OptionalGpu = None,
     provider: c.Provider_ = "vast",
     max_price: c.MaxPrice = None,
@@ -216,11 +216,11 @@ def _hub_token_file(path: Path | None, model: str) -> str | None:
 
 
 def _provision_one(s, options, prov, json_: bool) -> None:
-    from deploy.provision.driver import provision as run
+    from deploy.provision.driver import run_provision
     from deploy.provision.summary import box_text, summary, text
 
     with c.open_ledger() as ledger:
-        ctx = run(s, options, prov, ledger, log=output.progress)
+        ctx = run_provision(s, options, prov, ledger, log=output.progress)
         rental = ctx.refresh()
         if ctx.host is not None:
             ctx.host.close()

@@ -21,7 +21,7 @@ from deploy.ledger import Ledger
 from deploy.ledger.fleets import ACTIVE, FleetStore
 from deploy.providers import make_provider
 from deploy.provision.box_steps import ensure_ssh_key
-from deploy.provision.driver import provision
+from deploy.provision.driver import run_provision
 from deploy.settings import DeploySettings
 
 Log = Callable[[str], None]
@@ -35,7 +35,7 @@ def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel
         for i, gpu in enumerate(gpus):
             provider = make_provider(spec.provider, settings, **spec.options.ssh)
             try:
-                ctx = provision(settings, spec.options_for(gpu), provider, ledger, log=log, cancel=cancel)
+                ctx = run_provision(settings, spec.options_for(gpu), provider, ledger, log=log, cancel=cancel)
             except NoOffersError as exc:
                 failures.append(f"{gpu or 'any gpu'}: {exc}")
                 if i + 1 < len(gpus):

@@ -41,7 +41,7 @@ from deploy.provision.release import end_rental
 from deploy.provision.runtime_steps import RUNTIME_STEPS
 from deploy.settings import DeploySettings
 
-__all__ = ["Context", "Step", "provision", "search_offers", "steps_for"]
+__all__ = ["Context", "Step", "run_provision", "search_offers", "steps_for"]
 
 
 def steps_for(options: ProvisionOptions) -> list[Step]:
@@ -61,7 +61,7 @@ def search_offers(provider: Provider, options: ProvisionOptions, *, limit: int =
     return provider.search(query)
 
 
-def provision(
+def run_provision(
     settings: DeploySettings,
     options: ProvisionOptions,
     provider: Provider,
