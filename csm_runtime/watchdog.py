@@ -15,7 +15,6 @@ and streams running or queued. What it sees, spends and does goes to its state f
 from __future__ import annotations
 
 import logging
-import re
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csm_common.prometheus import values as metric_values
 from csm_runtime.watchdog_state import State
 from csm_runtime.watchdog_vast import (  # noqa: F401  (re-exported: the watchdog's public names)
     DEFAULT_API,
@@ -41,7 +41,7 @@ from csm_runtime.watchdog_vast import (  # noqa: F401  (re-exported: the watchdo
 )
 
 log = logging.getLogger("csm_runtime.watchdog")
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+_ACTIVITY = frozenset({"csm_last_request_timestamp_seconds", "csm_active_streams", "csm_queue_depth"})
 ARM_DELAYS_S = (2.0, 4.0, 8.0)  # a vast that does not answer at start is asked again this many times
 DESTROY_FIRST_DELAY_S, DESTROY_MAX_DELAY_S = 5.0, 60.0  # a box whose destroy fails bills: try each minute at least
 
@@ -118,14 +118,7 @@ class Watch:
 
 def parse_activity(text: str) -> Observation:
     """The watchdog's view of a Prometheus page: last request time, and whether anything runs or waits."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line.strip())
-        if m and m.group(1) in ("csm_last_request_timestamp_seconds", "csm_active_streams", "csm_queue_depth"):
-            try:
-                values[m.group(1)] = float(m.group(3))
-            except ValueError:
-                continue
+    values = metric_values(text, _ACTIVITY)
     busy = values.get("csm_active_streams", 0) > 0 or values.get("csm_queue_depth", 0) > 0
     return Observation(True, values.get("csm_last_request_timestamp_seconds") or None, busy)
 

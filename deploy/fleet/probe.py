@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from csm_common.prometheus import samples
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -25,31 +27,24 @@ class Probe:
         return self.metrics.get("active_streams", 0) > 0 or self.metrics.get("queue_depth", 0) > 0
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+_SPEECH = "/v1/audio/speech"
+_GAUGES = {
+    "csm_audio_seconds_total": "audio_seconds",
+    "csm_active_streams": "active_streams",
+    "csm_queue_depth": "queue_depth",
+}
 
 
 def parse_metrics(text: str) -> dict[str, float]:
     """The numbers the fleet needs from a replica's Prometheus text: speech requests served (2xx), audio seconds,
     active streams, queue depth."""
     out = {"speech_requests": 0.0, "audio_seconds": 0.0, "active_streams": 0.0, "queue_depth": 0.0}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line.strip())
-        if not m:
-            continue
-        name, labels, raw = m.groups()
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        if name == "csm_requests_total" and 'route="/v1/audio/speech"' in (labels or ""):
-            if re.search(r'status="2\d\d"', labels or ""):
-                out["speech_requests"] += value
-        elif name == "csm_audio_seconds_total":
-            out["audio_seconds"] = value
-        elif name == "csm_active_streams":
-            out["active_streams"] = value
-        elif name == "csm_queue_depth":
-            out["queue_depth"] = value
+    for s in samples(text):
+        if s.name == "csm_requests_total" and s.labels.get("route") == _SPEECH:
+            if re.fullmatch(r"2\d\d", s.labels.get("status", "")):
+                out["speech_requests"] += s.value
+        elif s.name in _GAUGES:
+            out[_GAUGES[s.name]] = s.value
     return out
 
 
