@@ -120,7 +120,8 @@ def provision_command(
     """
     from deploy.cancel import handle_signals
     from deploy.fleet.model import FleetSpec
-    from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog
+    from deploy.provision.layout import runtime_torch
+    from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog, check_torch
 
     s = c.settings()
     gpus = [g.strip() for g in (gpu or "").split(",") if g.strip()]  # `4090,3090`: the next type when one runs out
@@ -159,6 +160,10 @@ def provision_command(
             hf_token_file=_hub_token_file(hf_token_file, model),
             watchdog=_watchdog(prov, limits, enabled=watchdog, idle_off=idle_off),
         )
+    if runtime:  # every GPU the command may rent, before anything is rented
+        pinned = runtime_torch()
+        for alias in gpus:
+            check_torch(c.gpu(alias), pinned)
     options = ProvisionOptions.from_settings(
         s,
         provider=provider,

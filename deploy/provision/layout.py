@@ -158,3 +158,16 @@ def device_probe_command(layout: BoxLayout) -> str:
         "print(json.dumps(dataclasses.asdict(detect_device())))"
     )
     return f"{shlex.quote(layout.python)} -c {shlex.quote(code)}"
+
+
+def runtime_torch() -> str | None:
+    """The torch version the runtime's lock pins (requirements/runtime.txt), None without a source checkout."""
+    try:
+        lines = LOCK_FILE.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if name.strip().lower() == "torch" and version:
+            return version.strip()
+    return None

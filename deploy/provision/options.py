@@ -163,16 +163,6 @@ class ProvisionOptions:
     runtime: RuntimeOptions | None = None  # None: box only (rent, wait_running, connect, check)
     ssh: dict[str, Any] = field(default_factory=dict)  # the ssh provider's host/port/user
 
-    def __post_init__(self) -> None:
-        if self.runtime is not None and self.gpu is not None and self.gpu.min_torch:
-            pinned = runtime_torch()
-            if pinned and version_tuple(pinned) < version_tuple(self.gpu.min_torch):
-                raise UsageError(
-                    f"the {self.gpu.vast_name} needs PyTorch >= {self.gpu.min_torch} built for CUDA "
-                    f"{self.gpu.min_cuda:g} (its kernels are missing from older wheels); the runtime is pinned to torch "
-                    f"{pinned}: choose another GPU, or --no-runtime to rent the box alone"
-                )
-
     @property
     def rent_image(self) -> str:
         """The image to rent with: a GPU family that needs a newer CUDA than the default image starts from its own
@@ -215,16 +205,12 @@ class ProvisionOptions:
         return cls(**values)
 
 
-def runtime_torch() -> str | None:
-    """The torch version the runtime's lock pins (requirements/runtime.txt), None without a source checkout."""
-    from deploy.provision.layout import LOCK_FILE
-
-    try:
-        lines = LOCK_FILE.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        name, _, version = line.split("#", 1)[0].strip().partition("==")
-        if name.strip().lower() == "torch" and version:
-            return version.strip()
-    return None
+def check_torch(gpu: Gpu, pinned: str | None) -> None:
+    """Refuse a GPU whose kernels the runtime's pinned torch lacks (`pinned`: layout.runtime_torch(), read by the
+    command that builds the options), before anything is rented."""
+    if gpu.min_torch and pinned and version_tuple(pinned) < version_tuple(gpu.min_torch):
+        raise UsageError(
+            f"the {gpu.vast_name} needs PyTorch >= {gpu.min_torch} built for CUDA "
+            f"{gpu.min_cuda:g} (its kernels are missing from older wheels); the runtime is pinned to torch "
+            f"{pinned}: choose another GPU, or --no-runtime to rent the box alone"
+        )
