@@ -11,8 +11,8 @@ from deploy.fleet.model import Added, HealResult, due_for_replacement, replica_t
 from deploy.fleet.probe import Probe, probe
 from deploy.fleet.replicas import add_replicas
 from deploy.fleet.scale import end_replica, remove
-from deploy.gateway import haproxy as gw
 from deploy.gateway.fleet_gateway import backends, gateway_reload, paths, replica_url
+from deploy.gateway.process import master_pid
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import ACTIVE, DRAINING, REMOVED, FleetStore, Replica
 from deploy.providers import provider_for
@@ -65,7 +65,7 @@ def heal(
                 ready, detail = True, "no server (box only)"
                 if alive and r.endpoint:
                     url = replica_url(settings, fleet, r)
-                    if url is None and r.needs_tunnel and gw.master_pid(paths(settings, fleet)) is not None:
+                    if url is None and r.needs_tunnel and master_pid(paths(settings, fleet)) is not None:
                         try:
                             backends(settings, fleet, [r])  # reopens its tunnel
                         except DeployError as exc:

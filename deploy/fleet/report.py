@@ -18,8 +18,10 @@ from deploy.costs.price import price
 from deploy.errors import DeployError
 from deploy.fleet.model import replica_token, replica_verify
 from deploy.fleet.probe import probe
-from deploy.gateway import haproxy as gw
+from deploy.gateway.errors import GatewayError
 from deploy.gateway.fleet_gateway import paths, replica_url
+from deploy.gateway.process import master_pid
+from deploy.gateway.runtime_api import ServerStat, server_stats
 from deploy.ledger import Ledger, Rental
 from deploy.ledger.fleets import FleetStore
 from deploy.providers.records import Charge
@@ -40,11 +42,11 @@ def fleet_reports(
     out = []
     for fleet in store.fleets():
         p = paths(settings, fleet)
-        stats: dict[str, gw.ServerStat] = {}
-        if gw.master_pid(p) is not None:
+        stats: dict[str, ServerStat] = {}
+        if master_pid(p) is not None:
             try:
-                stats = gw.server_stats(p)
-            except gw.GatewayError:
+                stats = server_stats(p)
+            except GatewayError:
                 stats = {}
         store.retire_closed(fleet)  # `deploy teardown ID` of a replica: it left the fleet
         rows, capacity_audio_h_per_h = [], 0.0
@@ -78,7 +80,7 @@ def fleet_reports(
         out.append(
             {
                 "fleet": fleet.name,
-                "gateway": {"running": bool(stats) or gw.master_pid(p) is not None, "port": fleet.gateway.get("port")},
+                "gateway": {"running": bool(stats) or master_pid(p) is not None, "port": fleet.gateway.get("port")},
                 "replicas": rows,
                 "total": {
                     "replicas": len(rows),

@@ -14,8 +14,10 @@ from deploy.errors import DeployError, UsageError
 from deploy.fleet.model import Added, ScaleResult, choose_for_removal, replica_token, replica_verify
 from deploy.fleet.probe import probe
 from deploy.fleet.replicas import add_replicas
-from deploy.gateway import haproxy as gw
+from deploy.gateway.errors import GatewayError
 from deploy.gateway.fleet_gateway import gateway_reload, paths, replica_url
+from deploy.gateway.process import master_pid
+from deploy.gateway.runtime_api import drain, server_stats
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import ACTIVE, DRAINING, REMOVED, Fleet, FleetStore, Replica
 from deploy.providers import provider_for
@@ -48,8 +50,8 @@ def wait_idle(
     last = ""
     while True:
         busy = []
-        if gw.master_pid(p) is not None:
-            stat = gw.server_stats(p).get(r.name)
+        if master_pid(p) is not None:
+            stat = server_stats(p).get(r.name)
             if stat is not None and stat.current > 0:
                 busy.append(f"{stat.current} open at the gateway")
         url = replica_url(settings, fleet, r)
@@ -75,14 +77,14 @@ def remove(
 ) -> list[str]:
     """Drain, wait, reload without them, destroy, record. Returns the names removed."""
     p = paths(settings, fleet)
-    running = gw.master_pid(p) is not None
+    running = master_pid(p) is not None
     for r in victims:
         if r.state == ACTIVE:
             store.set_state(r, DRAINING, "scale down")
         if running:
             try:
-                gw.drain(p, r.name)
-            except gw.GatewayError as exc:
+                drain(p, r.name)
+            except GatewayError as exc:
                 log(f"{r.name}: {exc}")
         log(f"{r.name} (rental {r.rental.id}): out of rotation, waiting for its streams to finish")
     for r in victims:
@@ -110,8 +112,8 @@ def scale(settings: DeploySettings, fleet_name: str, target: int, *, log: Log, d
         removed = remove(settings, store, fleet, leftover, log=log, drain_s=drain_s) if leftover else []
         if len(active) > target:
             unhealthy = []
-            if gw.master_pid(paths(settings, fleet)) is not None:
-                unhealthy = [n for n, s in gw.server_stats(paths(settings, fleet)).items() if not s.up]
+            if master_pid(paths(settings, fleet)) is not None:
+                unhealthy = [n for n, s in server_stats(paths(settings, fleet)).items() if not s.up]
             victims = choose_for_removal(active, len(active) - target, unhealthy)
             removed += remove(settings, store, fleet, victims, log=log, drain_s=drain_s)
     added = Added()

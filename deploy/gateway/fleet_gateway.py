@@ -8,16 +8,20 @@ from typing import Any
 
 from deploy.errors import UsageError
 from deploy.fleet.model import replica_cert, replica_token
-from deploy.gateway import haproxy as gw
+from deploy.gateway import process
+from deploy.gateway.binary import find_haproxy
 from deploy.gateway.config import Backend, GatewayConfig, address_of, render
+from deploy.gateway.files import Paths
+from deploy.gateway.runtime_api import server_stats
+from deploy.gateway.tokens import client_token
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import ACTIVE, Fleet, FleetStore, Replica
 from deploy.remote.tunnels import close_all, current, ensure
 from deploy.settings import DeploySettings
 
 
-def paths(settings: DeploySettings, fleet: Fleet) -> gw.Paths:
-    return gw.Paths.for_fleet(settings.home_path, fleet.name)
+def paths(settings: DeploySettings, fleet: Fleet) -> Paths:
+    return Paths.for_fleet(settings.home_path, fleet.name)
 
 
 def backends(settings: DeploySettings, fleet: Fleet, replicas: list[Replica]) -> list[Backend]:
@@ -55,7 +59,7 @@ def render_for(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> tup
     ended outside the fleet, `deploy teardown ID`, leaves it here)."""
     store.retire_closed(fleet)
     g = fleet.gateway
-    token_path, token = gw.client_token(settings.home_path, fleet.name)
+    token_path, token = client_token(settings.home_path, fleet.name)
     active = store.replicas(fleet, (ACTIVE,))
     bes = backends(settings, fleet, active)
     p = paths(settings, fleet)
@@ -71,7 +75,7 @@ def render_for(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> tup
 
 
 def gateway_start(settings: DeploySettings, fleet_name: str, *, bind: str, port: int, check_ms: int) -> dict:
-    gw.find_haproxy(settings.haproxy)  # the cheapest error first
+    find_haproxy(settings.haproxy)  # the cheapest error first
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -79,16 +83,16 @@ def gateway_start(settings: DeploySettings, fleet_name: str, *, bind: str, port:
         if not store.replicas(fleet, (ACTIVE,)):
             raise UsageError(f"fleet {fleet_name!r} has no active replicas: `deploy scale N --fleet {fleet_name}`")
         p = paths(settings, fleet)
-        if gw.master_pid(p) is not None:
+        if process.master_pid(p) is not None:
             raise UsageError(
                 f"the gateway of fleet {fleet_name!r} already runs on port {fleet.gateway.get('port')} "
-                f"(pid {gw.master_pid(p)}): `deploy gateway stop` first"
+                f"(pid {process.master_pid(p)}): `deploy gateway stop` first"
             )
-        gw.check_port_free(bind, port)
+        process.check_port_free(bind, port)
         fleet = store.set_gateway(fleet, bind=bind, port=port, check_interval_ms=check_ms)
         text, names, secrets_ = render_for(settings, store, fleet)
-        pid = gw.start(p, text, bind=bind, port=port, secrets_=secrets_, names=names, binary=settings.haproxy)
-        token_path, _ = gw.client_token(settings.home_path, fleet.name)
+        pid = process.start(p, text, bind=bind, port=port, secrets_=secrets_, names=names, binary=settings.haproxy)
+        token_path, _ = client_token(settings.home_path, fleet.name)
         store.set_gateway(fleet, pid=pid, config=str(p.config), token_file=str(token_path), started_at=time.time())
         ledger.event(None, "gateway", f"fleet {fleet_name}: started on {bind}:{port} (pid {pid}), servers {names}")
         return gateway_info(settings, store, store.get(fleet_name))
@@ -97,10 +101,10 @@ def gateway_start(settings: DeploySettings, fleet_name: str, *, bind: str, port:
 def gateway_reload(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> bool:
     """Point a running gateway at the fleet's active replicas (False: no gateway runs, nothing to do)."""
     p = paths(settings, fleet)
-    if gw.master_pid(p) is None:
+    if process.master_pid(p) is None:
         return False
     text, names, secrets_ = render_for(settings, store, fleet)
-    gw.reload(p, text, secrets_=secrets_, names=names, binary=settings.haproxy)
+    process.reload(p, text, secrets_=secrets_, names=names, binary=settings.haproxy)
     store.ledger.event(None, "gateway", f"fleet {fleet.name}: reloaded, servers {names}")
     return True
 
@@ -110,7 +114,7 @@ def gateway_stop(settings: DeploySettings, fleet_name: str, *, graceful: bool = 
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
         p = paths(settings, fleet)
-        stopped = gw.stop(p, graceful=graceful)
+        stopped = process.stop(p, graceful=graceful)
         close_all(p.dir)
         store.set_gateway(fleet, pid=None)
         if stopped:
@@ -121,7 +125,7 @@ def gateway_stop(settings: DeploySettings, fleet_name: str, *, graceful: bool = 
 def gateway_info(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> dict[str, Any]:
     """What `deploy gateway status` shows: the process, the URL, the token's file, and HAProxy's view per replica."""
     p = paths(settings, fleet)
-    pid = gw.master_pid(p)
+    pid = process.master_pid(p)
     g = fleet.gateway
     info: dict[str, Any] = {
         "fleet": fleet.name,
@@ -133,5 +137,5 @@ def gateway_info(settings: DeploySettings, store: FleetStore, fleet: Fleet) -> d
         "servers": {},
     }
     if pid is not None:
-        info["servers"] = {name: s.__dict__ for name, s in gw.server_stats(p).items()}
+        info["servers"] = {name: s.__dict__ for name, s in server_stats(p).items()}
     return info

@@ -129,10 +129,11 @@ def test_a_wrong_token_shows_the_401_as_a_message(server, browser):
 @pytest.mark.usefixtures("haproxy")
 def test_the_page_works_through_the_gateway(server, browser, tmp_path):
     from deploy.gateway import config as gw_config
-    from deploy.gateway import haproxy as gw
+    from deploy.gateway import process
+    from deploy.gateway.files import Paths
 
     client_token = "gateway-client-token-0123"
-    paths = gw.Paths.for_fleet(tmp_path, "page")
+    paths = Paths.for_fleet(tmp_path, "page")
     port = free_port()
     cfg = gw_config.GatewayConfig(
         client_token=client_token,
@@ -142,13 +143,13 @@ def test_the_page_works_through_the_gateway(server, browser, tmp_path):
         check_interval_ms=200,
     )
     text = gw_config.render(cfg, [gw_config.Backend("r1", f"127.0.0.1:{server.port}", TOKEN)])
-    gw.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
+    process.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
     try:
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(url + "/").status_code == 200 and httpx.get(url + "/v1/voices").status_code == 401
         assert_spoke(speak_on_page(browser, url, client_token))
     finally:
-        gw.stop(paths, graceful=False)
+        process.stop(paths, graceful=False)
 
 
 @contextmanager

@@ -23,7 +23,8 @@ import pytest
 
 from deploy.fleet.model import replica_token
 from deploy.fleet.probe import probe
-from deploy.gateway import haproxy as gw
+from deploy.gateway.files import Paths
+from deploy.gateway.runtime_api import ServerStat, server_stats
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
@@ -51,8 +52,8 @@ class Fleet:
         """Speech requests each active replica answered, from its own /metrics."""
         return {r.name: probe(r.endpoint, replica_token(r)).requests for r in self.replicas()}
 
-    def stats(self) -> dict[str, gw.ServerStat]:
-        return gw.server_stats(gw.Paths.for_fleet(self.home, "default"))
+    def stats(self) -> dict[str, ServerStat]:
+        return server_stats(Paths.for_fleet(self.home, "default"))
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.token, max_retries=0, timeout=120)

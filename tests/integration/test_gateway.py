@@ -14,8 +14,13 @@ from csm_runtime.server.tls import make_self_signed
 from deploy.errors import NotFoundError, UsageError
 from deploy.fleet.model import choose_for_removal, due_for_replacement
 from deploy.fleet.probe import parse_metrics
+from deploy.gateway import binary
 from deploy.gateway import config as gw_config
-from deploy.gateway import haproxy as gw
+from deploy.gateway.binary import find_haproxy
+from deploy.gateway.errors import GatewayError
+from deploy.gateway.files import Paths, write_private
+from deploy.gateway.process import check_port_free
+from deploy.gateway.tokens import client_token, scrub
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
@@ -108,17 +113,17 @@ def test_address_of_endpoints():
 
 def test_files_hold_tokens_so_they_are_private(tmp_path):
     path = tmp_path / "x.cfg"
-    gw.write_private(path, "secret")
+    write_private(path, "secret")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    tok_path, token = gw.client_token(tmp_path, "default")
+    tok_path, token = client_token(tmp_path, "default")
     assert stat.S_IMODE(tok_path.stat().st_mode) == 0o600 and len(token) >= 32
-    assert gw.client_token(tmp_path, "default")[1] == token  # made once, then reused
-    assert gw.scrub(f"line with {token} in it", [token]) == "line with *** in it"
+    assert client_token(tmp_path, "default")[1] == token  # made once, then reused
+    assert scrub(f"line with {token} in it", [token]) == "line with *** in it"
 
 
 def test_long_homes_get_short_socket_paths(tmp_path):
     deep = tmp_path / ("d" * 90)
-    p = gw.Paths.for_fleet(deep, "default")
+    p = Paths.for_fleet(deep, "default")
     assert len(str(p.sockets / "r123456.sock")) < 100 and p.dir == deep / "gateway" / "default"
 
 
@@ -128,16 +133,16 @@ def test_port_in_use_is_one_clear_line():
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(UsageError, match=f"port {port} on 127.0.0.1 is in use"):
-            gw.check_port_free("127.0.0.1", port)
+            check_port_free("127.0.0.1", port)
 
 
 def test_haproxy_missing_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(gw.os, "access", lambda *a: False)
-    with pytest.raises(gw.GatewayError, match="apt-get install haproxy"):
-        gw.find_haproxy()
-    with pytest.raises(gw.GatewayError, match="DEPLOY_HAPROXY=.* is not an executable"):
-        gw.find_haproxy(str(tmp_path / "nope"))
+    monkeypatch.setattr(binary.os, "access", lambda *a: False)
+    with pytest.raises(GatewayError, match="apt-get install haproxy"):
+        find_haproxy()
+    with pytest.raises(GatewayError, match="DEPLOY_HAPROXY=.* is not an executable"):
+        find_haproxy(str(tmp_path / "nope"))
 
 
 def test_metrics_parsing_counts_only_served_speech():

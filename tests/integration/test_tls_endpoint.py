@@ -22,7 +22,9 @@ import pytest
 
 from csm_runtime.server.tls import make_self_signed
 from deploy.gateway import config as gw_config
-from deploy.gateway import haproxy as gw
+from deploy.gateway import process
+from deploy.gateway.files import Paths
+from deploy.gateway.runtime_api import server_stats
 from deploy.provision.summary import client_lines
 from deploy.remote.tls import client_context, pem_fingerprint
 from tests.conftest import run_deploy
@@ -191,7 +193,7 @@ def test_deploy_generate_trusts_only_the_given_certificate(server, wrong_cert, t
 def test_gateway_verifies_the_replica_against_its_pinned_certificate(server, wrong_cert, tmp_path):
     client_token = "gateway-client-token-0123"
     for ca, expect in ((server.cert, 200), (wrong_cert, 503)):
-        paths = gw.Paths.for_fleet(tmp_path, f"gw{expect}")
+        paths = Paths.for_fleet(tmp_path, f"gw{expect}")
         port = free_port()
         cfg = gw_config.GatewayConfig(
             client_token=client_token,
@@ -204,7 +206,7 @@ def test_gateway_verifies_the_replica_against_its_pinned_certificate(server, wro
         text = gw_config.render(cfg, [backend])
         assert f"ssl verify required ca-file {ca}" in text
         try:
-            gw.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
+            process.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
             headers = {"Authorization": f"Bearer {client_token}"}
             r = httpx.get(f"http://127.0.0.1:{port}/ready", headers=headers, timeout=30)
             assert r.status_code == expect, r.text
@@ -219,9 +221,9 @@ def test_gateway_verifies_the_replica_against_its_pinned_certificate(server, wro
                 speech = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, headers=headers, timeout=60)
                 assert speech.status_code == 200 and len(speech.content) > 0
             else:
-                assert not gw.server_stats(paths)["r1"].up  # the health check itself is refused
+                assert not server_stats(paths)["r1"].up  # the health check itself is refused
         finally:
-            gw.stop(paths, graceful=False)
+            process.stop(paths, graceful=False)
 
 
 def test_own_certificate_and_key_are_served(tmp_path):
