@@ -23,7 +23,7 @@ def work_hf(model: str, frames: int, threads: int, dtype: str | None = None) -> 
     torch.set_num_threads(threads)
     gen = load_generator(model, device="cpu", dtype=dtype or DTYPES[model], max_streams=1, max_seq_len=512)
     m = gen.loaded.model
-    m.config.codebook_eos_token_id = -1  # fixed length, as in NOTES.md
+    m.config.codebook_eos_token_id = -1  # fixed length: generate() stops once codebooks 0..N-2 all equal this id (0)
     ids = torch.tensor([gen.prompt.text_rows(TEXT, 0)])
 
     class Clock(BaseStreamer):

@@ -56,7 +56,7 @@ def hf_generate_row(model: str, dtype: str, device: str, frames: int) -> dict:
             pass
 
     saved = m.config.codebook_eos_token_id
-    m.config.codebook_eos_token_id = -1  # fixed length, as in NOTES.md
+    m.config.codebook_eos_token_id = -1  # fixed length: generate() stops once codebooks 0..N-2 all equal this id (0)
     try:
 
         def run(n):

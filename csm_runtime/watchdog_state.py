@@ -62,7 +62,3 @@ def write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())

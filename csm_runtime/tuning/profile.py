@@ -98,9 +98,6 @@ class Measurement(_Strict):
     warmup_s: float = Field(ge=0)
     cuda_graphs_active: bool
 
-    def ttfa_at(self, first_chunk_frames: int) -> float:
-        return self.ttfa_ms[first_chunk_frames]
-
 
 class Divergence(_Strict):
     """How far int8 weights move the model from the same dtype unquantized (greedy, same prompt)."""

@@ -125,9 +125,6 @@ class FleetStore:
         self.db.execute("UPDATE fleets SET gateway=? WHERE id=?", (json.dumps(merged), fleet.id))
         return self.get(fleet.name)
 
-    def set_spec(self, fleet: Fleet, spec: dict[str, Any]) -> None:
-        self.db.execute("UPDATE fleets SET spec=? WHERE id=?", (json.dumps(spec), fleet.id))
-
     # --- replicas ---------------------------------------------------------------------------------------------------
     def add(self, fleet: Fleet, rental_id: int) -> Replica:
         self.db.execute(

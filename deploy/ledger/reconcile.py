@@ -169,10 +169,6 @@ def _close_self_destroyed(ledger: Ledger, provider: Provider, rental: Rental) ->
     return _close_gone(ledger, rental, reason)
 
 
-def close_ghost(ledger: Ledger, rental: Rental) -> None:
-    _close_gone(ledger, rental, "the provider no longer knows this instance")
-
-
 def _close_gone(ledger: Ledger, rental: Rental, reason: str) -> Rental:
     bound = end_bound(rental)
     if bound is not None:

@@ -62,12 +62,6 @@ def client_context(cert: str | Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cert))
 
 
-def verify_for(meta: dict[str, Any]) -> ssl.SSLContext | bool:
-    """What an httpx client passes as `verify=` for this rental: its pinned certificate, or the default."""
-    cert = pinned(meta)
-    return client_context(cert) if cert is not None else True
-
-
 def with_scheme(url: str, tls: bool) -> str:
     """`http://h:p` -> `https://h:p` when `tls` (and back)."""
     parts = urlsplit(url)

@@ -1,4 +1,4 @@
-"""deploy/remote.py against the real loopback sshd (Fabric) and this machine (LocalHost)."""
+"""deploy/remote/ (host.py, local_host.py) against the real loopback sshd (Fabric) and this machine (LocalHost)."""
 
 from __future__ import annotations
 

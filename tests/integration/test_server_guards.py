@@ -54,18 +54,6 @@ def read_response(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
-def closed_by_server(sock: socket.socket) -> bool:
-    """True once the server closed the connection (EOF or reset); False if it stayed open for PATIENCE_S."""
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def post_head(path: str, length: int, token: str | None = None) -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"

@@ -1,4 +1,4 @@
-"""deploy/vast.py against the vast.ai emulator through the REAL vastai CLI (vast.ai itself is what is emulated)."""
+"""deploy/providers/vastai_cli.py against the vast.ai emulator through the REAL vastai CLI (vast.ai itself is what is emulated)."""
 
 from __future__ import annotations
 

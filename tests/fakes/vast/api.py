@@ -1,4 +1,4 @@
-"""The HTTP side: what vastai 1.9.1 sends (NOTES.md lists the endpoints) and what vast answers, kind or strict.
+"""The HTTP side: what vastai 1.9.1 sends (the endpoints `route` answers) and what vast answers, kind or strict.
 
 `route` is one method so a test can subclass the emulator and wrap it (tests/e2e does). Order per request: record
 it, the edge's User-Agent check (edge.py), injected faults, an outage, the failures armed after a create, the two

@@ -235,9 +235,6 @@ class Box:
             raise TimeoutError("the box never started its onstart")
         return self.onstart_proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
-    def read_environment(self) -> str:
-        return (self.root / "environment").read_text()
-
 
 def keep_for_this_python() -> tuple[str, ...]:
     """The entries of /root that this interpreter and its environment live in (e.g. ".pyenv"): what a box must
