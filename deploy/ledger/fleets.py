@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.errors import NotFoundError, UsageError
-from deploy.ledger.store import TUNNEL, Ledger, Rental
+from deploy.ledger.store import Ledger, Rental
 
 ACTIVE, DRAINING, REMOVED = "active", "draining", "removed"
 LIVE_STATES = (ACTIVE, DRAINING)
@@ -52,11 +52,11 @@ class Replica:
 
     @property
     def endpoint(self) -> str | None:
-        return self.rental.meta.get("endpoint")
+        return self.rental.server.endpoint
 
     @property
     def needs_tunnel(self) -> bool:
-        return self.rental.meta.get("access") == TUNNEL
+        return self.rental.server.tunnelled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +69,7 @@ class Replica:
             "rate_usd_h": self.rental.rate_usd_h,
             "rental_status": self.rental.status,
             "endpoint": self.endpoint,
-            "access": self.rental.meta.get("access"),
+            "access": self.rental.server.access,
             "added_at": self.added_at,
             "removed_at": self.removed_at,
             "failing_since": self.failing_since,

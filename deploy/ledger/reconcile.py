@@ -22,6 +22,7 @@ from deploy import ledger as L
 from deploy.costs.price import end_bound
 from deploy.errors import DeployError, ProviderError
 from deploy.ledger import Ledger, Rental
+from deploy.ledger.records import adopted
 from deploy.ledger.sightings import seen_gone, seen_listed
 from deploy.providers import PROVIDERS, Provider, provider_class
 from deploy.providers.records import Box
@@ -125,7 +126,7 @@ def _reconcile_one(ledger: Ledger, settings: DeploySettings, provider: Provider,
                     f"the listing omitted instance {rental.provider_id} (ledger row {rental.id}), which still exists"
                 )
             rental = seen_gone(ledger, provider, rental, answered)
-            if (rental.meta.get("watchdog") or {}).get("running"):
+            if rental.watchdog is not None and rental.watchdog.running:
                 entries.append(Entry("ended", name, _close_self_destroyed(ledger, provider, rental), None))
             else:
                 entries.append(Entry("ghost", name, rental, None))
@@ -142,8 +143,8 @@ def unknown_outcome(entry: Entry) -> str:
 def create_lands_by(rental: Rental, provider: Provider) -> float:
     """When a create that a row without a provider id began can no longer rent a box: the time its provision wrote
     before the create call, else the row's creation (just before it) plus the provider's create window."""
-    at = rental.meta.get("create_lands_by")
-    return float(at) if at is not None else rental.created_at + provider.create_window_s
+    at = rental.billing.create_lands_by
+    return at if at is not None else rental.created_at + provider.create_window_s
 
 
 def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
@@ -154,7 +155,7 @@ def _adopt(ledger: Ledger, box: Box, result: Reconciliation) -> Rental | None:
     if candidate is None or candidate.provider_id is not None:
         return None
     ledger.record_rented(candidate.id, box.id, started_at=box.started_at or candidate.created_at)
-    ledger.update_meta(candidate.id, adopted=True)
+    ledger.update_meta(candidate.id, **adopted())
     ledger.event(candidate.id, "adopted", "found at the provider by its label after a crash")
     result.adopted.append(candidate.id)
     return ledger.get(candidate.id)
@@ -164,7 +165,7 @@ def _close_self_destroyed(ledger: Ledger, provider: Provider, rental: Rental) ->
     """A rental whose box had a watchdog and is gone: the box destroyed itself (idle, or a cap). The row closes with
     that reason, its cost ending where the provider's charges end within the bound its sightings give, else at the
     last sighting (`seen_gone` asked the charges)."""
-    limits = rental.meta["watchdog"].get("limits", "its limits")
+    limits = (rental.watchdog and rental.watchdog.limits) or "its limits"
     reason = f"the box destroyed itself: its watchdog ({limits}) ended it, or the provider did"
     return _close_gone(ledger, rental, reason)
 

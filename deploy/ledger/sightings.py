@@ -10,6 +10,7 @@ charge rows within that bound, else to the last sighting. A sighting is stamped 
 from __future__ import annotations
 
 from deploy.errors import DeployError
+from deploy.ledger.records import charges_ended
 from deploy.ledger.store import Ledger, Rental
 from deploy.providers.base import Provider
 from deploy.providers.records import Box, State
@@ -21,7 +22,7 @@ def seen_listed(ledger: Ledger, rental: Rental, box: Box, asked: float) -> Renta
     it was seen not running, else from its start: an upper bound, where the GPU would otherwise not count at all."""
     if box.state is State.GONE:
         return rental
-    if rental.split_billing and rental.running_at is None and box.state is State.RUNNING and rental.meta.get("adopted"):
+    if rental.split_billing and rental.running_at is None and box.state is State.RUNNING and rental.billing.adopted:
         since = rental.last_seen_alive or rental.started_at or rental.created_at
         what = "the last listing that saw it not running" if rental.last_seen_alive else "its start"
         ledger.set_running(rental.id, since, f"running when listed after adoption, counted from {what}")
@@ -33,11 +34,11 @@ def seen_gone(ledger: Ledger, provider: Provider, rental: Rental, answered: floa
     """An open rental's box is in no listing (answered by `answered`) and the provider does not know it: it ended
     before then. The provider's charge rows are asked once for where its billing ended (`meta["charges_end"]`)."""
     ledger.seen_gone(rental.id, answered, f"{rental.provider} {rental.provider_id} is in no listing")
-    if "charges_end" not in rental.meta:
+    if not rental.billing.charges_asked:
         try:
             end = provider.ended_at(str(rental.provider_id))
         except DeployError:
             end = None
         if end is not None:
-            ledger.update_meta(rental.id, charges_end=end)
+            ledger.update_meta(rental.id, **charges_ended(end))
     return ledger.require(rental.id)

@@ -20,6 +20,9 @@ from typing import Any
 
 from deploy.errors import NotFoundError, UsageError
 from deploy.ledger.migrations import MIGRATIONS
+from deploy.ledger.records import DIRECT as DIRECT  # how a server is reached, importable from here too
+from deploy.ledger.records import TUNNEL as TUNNEL
+from deploy.ledger.records import Billing, ServerRecord, SshTarget, WatchdogRecord, ssh_target, tls_pinned
 
 # Rental statuses. Open = still (possibly) billing; the rest are final and carry `ended_at`.
 INTENT = "intent"  # row written, create call not (yet) confirmed
@@ -31,10 +34,6 @@ RELEASED = "released"  # not ours to destroy (ssh/local): ledger closed, box lef
 NOT_CREATED = "not_created"  # create refused: nothing was rented
 GONE = "gone"  # the provider no longer knows it (a ghost, now closed)
 OPEN_STATUSES = (INTENT, RENTED, READY, FAILED)
-
-# How a rental's server is reached (meta["access"], written by the ready step).
-DIRECT = "direct"  # as recorded in meta["endpoint"]: a mapped public port, or this machine
-TUNNEL = "ssh-tunnel"  # bound to the box's loopback: through an SSH tunnel to meta["port"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,24 @@ class Rental:
     def split_billing(self) -> bool:
         """Billed as the GPU while running plus the disk for the whole life (vast), not rate x time."""
         return self.disk_usd_h is not None
+
+    @property
+    def server(self) -> ServerRecord:
+        """The runtime server provision started on the box (all None before it did)."""
+        return ServerRecord.from_meta(self.meta)
+
+    @property
+    def ssh(self) -> SshTarget:
+        return ssh_target(self.meta, host=self.ssh_host, port=self.ssh_port, user=self.ssh_user, host_key=self.host_key)
+
+    @property
+    def watchdog(self) -> WatchdogRecord | None:
+        """The box's watchdog as provision armed it (or why it did not), None where none was started."""
+        return WatchdogRecord.from_meta(self.meta)
+
+    @property
+    def billing(self) -> Billing:
+        return Billing.from_meta(self.meta)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -228,7 +245,7 @@ class Ledger:
     def pin_tls_cert(self, rid: int, path: str, sha256: str) -> None:
         """The server's certificate, fetched over the pinned SSH connection: the only one its clients accept. The
         PEM stays in a file (`path`); the row keeps the path and the certificate's sha256, never a key."""
-        self.update_meta(rid, tls_cert=path, tls_cert_sha256=sha256)
+        self.update_meta(rid, **tls_pinned(path=path, sha256=sha256))
         self.event(rid, "tls_cert_pinned", f"sha256 {sha256}")
 
     def set_status(self, rid: int, status: str, reason: str | None = None) -> None:
