@@ -24,7 +24,7 @@ UNREACHABLE = "watchdog: unknown (box unreachable)"
 def watched(entry: Any) -> bool:
     """A rental whose box runs and whose provision armed a watchdog there."""
     r = entry.rental
-    return bool(entry.kind == "tracked" and r and entry.box and (r.meta.get("watchdog") or {}).get("running"))
+    return bool(entry.kind == "tracked" and r and entry.box and r.watchdog and r.watchdog.running)
 
 
 def watchdog_report(entries: list[Any], settings: Any, ledger: Any, *, timeout_s: float = READ_TIMEOUT_S) -> dict:
@@ -35,7 +35,7 @@ def watchdog_report(entries: list[Any], settings: Any, ledger: Any, *, timeout_s
     threads = []
     for entry in filter(watched, entries):
         rental = entry.rental
-        path = rental.meta["watchdog"].get("state_file")
+        path = rental.watchdog.state_file
         if not path or not rental.host_key or not rental.ssh_host:
             states[rental.id] = None  # no file recorded, or no pinned key to check the box against
             continue

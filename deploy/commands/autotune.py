@@ -48,7 +48,7 @@ def autotune(
         rental = ledger.require(rental_id)
         if not rental.is_open:
             raise NotFoundError(f"rental {rental_id} is {rental.status}: nothing to autotune on")
-        runtime = runtime or runtime_on_box(rental.meta.get("runtime_mode"), s.remote_dir)
+        runtime = runtime or runtime_on_box(rental.server.runtime_mode, s.remote_dir)
         ledger.event(rental_id, "autotune", f"start: model {model}, {'quick' if quick else 'full'} sweep")
         host = provider_for(rental, s).host(rental, s, ledger)
         try:
@@ -62,7 +62,7 @@ def autotune(
                 # the Hub token `provision` put in the box dir (the sweep runs there), for a gated checkpoint
                 extra=[
                     *shlex.split(sweep_args),
-                    *(["--hf-token-file", BOX_FILE] if rental.meta.get("hf_token") else []),
+                    *(["--hf-token-file", BOX_FILE] if rental.server.hf_token else []),
                 ],
                 timeout=timeout,
                 log=output.progress,

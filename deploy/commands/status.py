@@ -110,7 +110,7 @@ def _ssh(rental) -> str:
     """Where SSH reaches the rental, and by which route where its provider has two (vast: direct or proxy)."""
     if rental is None or not rental.ssh_host:
         return ""
-    path = rental.meta.get("ssh_path")
+    path = rental.ssh.path
     return f"{rental.ssh_host}:{rental.ssh_port}" + (f" ({path})" if path else "")
 
 

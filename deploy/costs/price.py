@@ -10,7 +10,7 @@ Two ways a rental bills:
 Where the billing ended:
 - open and still there: it bills up to now;
 - ended by the flow's destroy: when the accepted destroy returned (the ledger's `ended_at`), narrowed to the end of the
-  provider's charge rows where that falls between the destroy's request (`meta["destroy_asked_at"]`) and its answer
+  provider's charge rows where that falls between the destroy's request (`billing.destroy_asked_at`) and its answer
   (vastai exits a second or more after vast took the destroy);
 - gone outside the flow (its watchdog, the host, the web console: `gone_seen_at` is set): somewhere between the last
   time a listing or poll saw it alive and the first one that saw it gone. The provider's charge rows say where
@@ -61,13 +61,13 @@ def utc(t: float) -> str:
 
 def end_bound(rental: Rental, charge: Charge | None = None) -> EndBound | None:
     """None unless the rental vanished outside the flow. The provider's charge rows (`charge`, else the end they
-    gave when the rental was seen gone, `meta["charges_end"]`) win over the last sighting."""
+    gave when the rental was seen gone, `billing.charges_end`) win over the last sighting."""
     if rental.gone_seen_at is None:
         return None
     sightings = (rental.last_seen_alive, rental.running_at, rental.started_at, rental.created_at)
     lo = max(t for t in sightings if t is not None)
     hi = max(lo, rental.gone_seen_at)
-    end = charge.end if charge is not None and charge.end is not None else rental.meta.get("charges_end")
+    end = charge.end if charge is not None and charge.end is not None else rental.billing.charges_end
     if isinstance(end, (int, float)):
         return EndBound(lo, hi, min(max(float(end), lo), hi), CHARGES)
     return EndBound(lo, hi, lo, LAST_SEEN)
@@ -75,7 +75,7 @@ def end_bound(rental: Rental, charge: Charge | None = None) -> EndBound | None:
 
 def billed_until(rental: Rental, charge: Charge | None) -> Rental:
     """The rental with its end narrowed to where the provider's charges end, when they end within its destroy."""
-    asked = rental.meta.get("destroy_asked_at")
+    asked = rental.billing.destroy_asked_at
     end = charge.end if charge is not None else None
     if rental.ended_at is None or end is None or not isinstance(asked, (int, float)):
         return rental

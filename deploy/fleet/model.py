@@ -80,7 +80,7 @@ class HealResult:
 def replica_cert(replica: Replica) -> str | None:
     """The pinned certificate of an https replica (the only one its clients accept), or None for plain http."""
     try:
-        cert = pinned(replica.rental.meta)
+        cert = pinned(replica.rental.server)
     except UsageError as exc:
         raise UsageError(f"replica {replica.name}: {exc}") from None
     return str(cert) if cert is not None else None
@@ -94,7 +94,7 @@ def replica_verify(replica: Replica) -> ssl.SSLContext | bool:
 
 def replica_token(replica: Replica) -> str:
     """The replica's own bearer token, read from its 0600 file under DEPLOY_HOME."""
-    path = replica.rental.meta.get("token_file")
+    path = replica.rental.server.token_file
     if not path:
         raise UsageError(f"replica {replica.name} (rental {replica.rental.id}) has no token file recorded")
     try:

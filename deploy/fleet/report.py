@@ -59,7 +59,7 @@ def fleet_reports(
                     detail = pr.detail
                 except DeployError as exc:  # a missing token file: a status line, never a crash
                     detail = str(exc)
-            profile = r.rental.meta.get("profile") or {}
+            profile = r.rental.server.profile or {}
             capacity_audio_h_per_h += audio_hours_per_hour(profile.get("rtf"), profile.get("max_streams")) or 0.0
             stat = stats.get(r.name)
             rows.append(

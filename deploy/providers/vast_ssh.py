@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from deploy.errors import ProviderError
+from deploy.ledger import records
 
 if TYPE_CHECKING:
     from deploy.ledger import Ledger, Rental
@@ -49,15 +50,7 @@ def authorized_key_onstart(public_key: str) -> str:
 def routes_of(rental: Rental) -> list[tuple[str, str, int]]:
     """The rental's SSH routes as recorded when it ran (`ssh_routes`, direct first), one per address; else its
     recorded endpoint alone."""
-    recorded = rental.meta.get("ssh_routes") or {}
-    routes: list[tuple[str, str, int]] = []
-    for name in ("direct", "proxy"):
-        host, _, port = str(recorded.get(name) or "").rpartition(":")
-        if host and port.isdigit() and all((host, int(port)) != (h, p) for _, h, p in routes):
-            routes.append((name, host, int(port)))
-    if not routes and rental.ssh_host and rental.ssh_port:
-        routes.append(("", rental.ssh_host, int(rental.ssh_port)))
-    return routes
+    return rental.ssh.route_list()
 
 
 def open_by_route(
@@ -113,7 +106,7 @@ def _record(ledger: Ledger, rental: Rental, name: str, host: RemoteHost, *, trie
         ledger.record_connection(rental.id, ssh_host=host.host, ssh_port=host.port, ssh_user=current.ssh_user)
     if not name:
         return
-    ledger.update_meta(rental.id, ssh_path=name)
+    ledger.update_meta(rental.id, **records.ssh_path(name))
     why = " (the direct route did not answer)" if name == "proxy" and "direct" in tried else ""
     ledger.event(rental.id, "ssh_path", f"{name} {host.host}:{host.port}{why}")
     if why:

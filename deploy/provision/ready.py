@@ -73,7 +73,7 @@ def _pause(ctx: Context, deadline: float) -> None:
 def wait_box_server_listening(ctx: Context, opts: RuntimeOptions, deadline: float) -> None:
     """On the box: until the server's port accepts connections (uvicorn binds once the model is loaded), failing at
     once when the process is gone. A tunnel opened before that would only carry refusals."""
-    pid = int(ctx.server_pid or ctx.refresh().meta["server_pid"])
+    pid = int(ctx.server_pid or ctx.refresh().server.pid)
     on_box = "127.0.0.1" if opts.bind == "0.0.0.0" else opts.bind
     probe = f"kill -0 {pid} 2>/dev/null || exit 7; (exec 3<>/dev/tcp/{on_box}/{opts.server_port}) 2>/dev/null || exit 8"
     polls = 0
@@ -196,7 +196,7 @@ def answers(url: str, deadline: float, *, within_s: float | None = None, verify:
 def step_ready(ctx: Context) -> None:
     opts = ctx.runtime
     assert ctx.host is not None and opts is not None
-    token = read_token_file(ctx.refresh().meta["token_file"])
+    token = read_token_file(str(ctx.refresh().server.token_file))
     deadline = time.monotonic() + opts.runtime_timeout_s
     tls = serves_tls(opts.bind)
     scheme = "https" if tls else "http"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from deploy import ledger as L
 from deploy.errors import DeployError
-from deploy.ledger import Ledger, Rental
+from deploy.ledger import Ledger, Rental, records
 from deploy.providers import Provider
 from deploy.providers.records import State
 from deploy.provision.server import stop_server
@@ -36,7 +36,7 @@ def destroy_rental(
         ledger.close_rental(rental.id, L.NOT_CREATED, reason)
         return L.NOT_CREATED
     ledger.event(rental.id, "destroying", reason)
-    ledger.update_meta(rental.id, destroy_asked_at=ledger.clock())  # billing cannot have stopped before this
+    ledger.update_meta(rental.id, **records.destroy_asked(ledger.clock()))  # billing cannot have stopped before this
     if rental.split_billing and rental.running_at is None:
         _note_running(provider, ledger, rental)
     try:
@@ -72,7 +72,7 @@ def end_rental(
     """On a box we do not own, stop our server and delete the Hub token we put there (destroying the box would
     have done both); then `destroy_rental`."""
     server = None
-    if not provider.owns_boxes and (rental.meta.get("server_pid") or rental.meta.get("hf_token_file")):
+    if not provider.owns_boxes and (rental.server.pid or rental.server.hf_token_file):
         server = _clean_box(provider, ledger, rental, settings)
         if server:
             log(f"server on {rental.provider_id}: {server}")
@@ -80,13 +80,13 @@ def end_rental(
 
 
 def _clean_box(provider: Provider, ledger: Ledger, rental: Rental, settings: DeploySettings) -> str | None:
-    pid = rental.meta.get("server_pid")
+    pid = rental.server.pid
     what = f"the server (pid {pid})" if pid else "the Hub token file"
     try:
         host = provider.host(rental, settings, ledger)
         try:
-            outcome = stop_server(host, rental.meta) if pid else None
-            if token_file := rental.meta.get("hf_token_file"):
+            outcome = stop_server(host, rental.server) if pid else None
+            if token_file := rental.server.hf_token_file:
                 host.run(f"rm -f {shlex.quote(str(token_file))}", stream=False)
                 ledger.event(rental.id, "hub_token_removed", str(token_file))
         finally:

@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from deploy.ledger.records import ServerRecord
 from deploy.provision.certificate import local_server_args
 from deploy.provision.layout import SERVER_PID, BoxLayout
 from deploy.provision.options import RuntimeOptions
@@ -52,10 +53,10 @@ def watchdog_command(
     return f"cd {q(box_dir)} && exec env -u VAST_API_KEY " + " ".join(q(a) for a in args)
 
 
-def stop_server(host: Any, meta: dict[str, Any], *, grace_s: float = 10.0) -> str:
+def stop_server(host: Any, server: ServerRecord, *, grace_s: float = 10.0) -> str:
     """SIGTERM the server's process group (SIGKILL after `grace_s`); returns stopped | killed | not-running, or
     "no server recorded" when the rental never started one."""
-    pid = meta.get("server_pid")
+    pid = server.pid
     if not pid:
         return "no server recorded"
-    return stop_detached(host, str(meta.get("server_pid_file") or SERVER_PID), pid=int(pid), grace_s=grace_s)
+    return stop_detached(host, server.pid_file or SERVER_PID, pid=int(pid), grace_s=grace_s)

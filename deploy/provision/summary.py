@@ -13,7 +13,7 @@ from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour
 
 def summary(rental: Any, ctx: Any) -> dict[str, Any]:
     """The JSON `deploy provision --json` prints: the rental, and with a runtime its endpoint and audio cost."""
-    meta = rental.meta
+    server = rental.server
     box = {
         "id": rental.id,
         "provider": rental.provider,
@@ -28,21 +28,21 @@ def summary(rental: Any, ctx: Any) -> dict[str, Any]:
     }
     if ctx.runtime is None:
         return box
-    profile = meta.get("profile") or ctx.profile
+    profile = server.profile or ctx.profile
     rtf = (profile or {}).get("rtf")
     streams = (profile or {}).get("max_streams")
     return box | {
-        "endpoint": meta.get("endpoint"),
-        "access": meta.get("access"),
-        "token_file": meta.get("token_file"),
-        "model": meta.get("model"),
-        "runtime_mode": meta.get("runtime_mode"),
+        "endpoint": server.endpoint,
+        "access": server.access,
+        "token_file": server.token_file,
+        "model": server.model,
+        "runtime_mode": server.runtime_mode,
         "profile": profile,
         "usd_per_audio_hour": usd_per_audio_hour(rental.rate_usd_h, audio_hours_per_hour(rtf, streams)),
-        "tls_cert": meta.get("tls_cert"),  # the pinned certificate of an https endpoint
-        "tls_cert_sha256": meta.get("tls_cert_sha256"),
-        "hf_token": meta.get("hf_token"),  # where the Hub token came from (never the token)
-        "watchdog": meta.get("watchdog"),
+        "tls_cert": server.tls_cert,  # the pinned certificate of an https endpoint
+        "tls_cert_sha256": server.tls_cert_sha256,
+        "hf_token": server.hf_token,  # where the Hub token came from (never the token)
+        "watchdog": rental.watchdog.as_dict() if rental.watchdog else None,
     }
 
 

@@ -14,10 +14,13 @@ import hashlib
 import os
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from deploy.errors import RemoteError, UsageError
+
+if TYPE_CHECKING:
+    from deploy.ledger.records import ServerRecord
 
 
 def certs_dir(home: Path) -> Path:
@@ -42,9 +45,9 @@ def pem_fingerprint(pem: bytes) -> str:
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)] + "\n")).hexdigest()
 
 
-def pinned(meta: dict[str, Any]) -> Path | None:
-    """The pinned certificate of a rental (from its ledger meta), after checking the file still is that one."""
-    path = meta.get("tls_cert")
+def pinned(server: ServerRecord) -> Path | None:
+    """The pinned certificate of a rental's server, after checking the file still is that one."""
+    path = server.tls_cert
     if not path:
         return None
     p = Path(path)
@@ -52,7 +55,7 @@ def pinned(meta: dict[str, Any]) -> Path | None:
         digest = pem_fingerprint(p.read_bytes())
     except OSError as exc:
         raise UsageError(f"cannot read the pinned TLS certificate {p}: {exc.strerror}") from None
-    if digest != meta.get("tls_cert_sha256"):
+    if digest != server.tls_cert_sha256:
         raise UsageError(f"the TLS certificate file {p} is not the one pinned in the ledger (sha256 differs)")
     return p
 

@@ -57,7 +57,9 @@ def ensure(directory: Path, name: str, rental: Rental, key: Path, *, timeout: fl
     ssh = shutil.which("ssh")
     if not ssh:
         raise UsageError("ssh (OpenSSH client) not found: the gateway reaches tunnelled replicas through it")
-    remote_port = int(rental.meta["port"])
+    remote_port = rental.server.port
+    if remote_port is None:
+        raise UsageError(f"replica {name}: rental {rental.id} has no server port recorded")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     known = directory / f"tunnel-{name}.known_hosts"
     known.write_text(f"[{rental.ssh_host}]:{rental.ssh_port} {rental.host_key}\n")

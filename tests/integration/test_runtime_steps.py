@@ -19,6 +19,7 @@ import yaml
 from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour
 from deploy.errors import UsageError
 from deploy.ledger import Ledger
+from deploy.ledger.records import ServerRecord
 from deploy.providers import provider_class
 from deploy.provision.autotune import find_local_profile
 from deploy.provision.driver import steps_for
@@ -173,7 +174,8 @@ def test_cost_of_an_hour_of_audio():
         provider_id="7000001",
         gpu_name="RTX 4090",
         rate_usd_h=0.40,
-        meta=meta,
+        server=ServerRecord.from_meta(meta),  # what the row's meta reads as
+        watchdog=None,
         label="x",
         ssh_host=None,
         ssh_user=None,
