@@ -49,38 +49,32 @@ def open_(
       BROWSER=firefox deploy open 3
     """
     from deploy.ledger import TUNNEL
-    from deploy.providers import provider_for
+    from deploy.remote.endpoint import recorded_endpoint
     from deploy.secrets.tokens import read_token_file
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
     with c.open_ledger() as ledger:
-        rental = ledger.require(rental_id)
-        meta = rental.meta
-        if not rental.is_open:
-            raise UsageError(f"rental {rental_id} is {rental.status}: its server is gone (see `deploy status`)")
-        if not meta.get("endpoint") or not meta.get("port"):
-            raise UsageError(f"rental {rental_id} has no server recorded (provisioned with --no-runtime?)")
-        if not meta.get("token_file"):
+        found = recorded_endpoint(ledger, rental_id)
+        if not found.server.token_file:
             raise UsageError(f"rental {rental_id} has no token file recorded; `deploy status` shows its state")
-        token = read_token_file(meta["token_file"])
-        token_file = Path(meta["token_file"]).expanduser()
-        cacert = meta.get("tls_cert")
-        if meta.get("access") != TUNNEL:
-            access = str(meta.get("access") or "direct")
-            _show(rental_id, str(meta["endpoint"]), token, token_file, cacert, browser, json_, access)
+        token = read_token_file(found.server.token_file)
+        token_file = Path(found.server.token_file).expanduser()
+        cacert = found.server.tls_cert
+        if not found.tunnelled:
+            access = found.server.access or "direct"
+            _show(rental_id, found.url, token, token_file, cacert, browser, json_, access)
             return
         if local_port is not None:
             check_port_free(local_port)
-        host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
+        host = found.box(c.settings(), ledger)
 
     def opened(port: int) -> None:
-        scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
-        _show(rental_id, f"{scheme}://127.0.0.1:{port}", token, token_file, cacert, browser, json_, TUNNEL)
+        _show(rental_id, found.local_url(port), token, token_file, cacert, browser, json_, TUNNEL)
         output.progress(f"holding the SSH tunnel to rental {rental_id} open for the page; Ctrl-C ends it")
 
     try:
-        hold_forward(host, int(meta["port"]), local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
+        hold_forward(host, found.port, local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
         output.progress("tunnel closed")
     finally:
         host.close()

@@ -30,35 +30,29 @@ def tunnel(
       curl -H "Authorization: Bearer $(cat ~/.csm-deploy/tokens/rental-3.token)" http://127.0.0.1:8000/ready
     """
     from deploy.ledger import TUNNEL
-    from deploy.providers import provider_for
+    from deploy.remote.endpoint import recorded_endpoint
 
     if local_port is not None and not 0 < local_port < 65536:
         raise UsageError(f"--local-port must be between 1 and 65535, not {local_port}")
     with c.open_ledger() as ledger:
-        rental = ledger.require(rental_id)
-        meta = rental.meta
-        if not rental.is_open:
-            raise UsageError(f"rental {rental_id} is {rental.status}: its server is gone (see `deploy status`)")
-        if not meta.get("endpoint") or not meta.get("port"):
-            raise UsageError(f"rental {rental_id} has no server recorded (provisioned with --no-runtime?)")
-        cacert = meta.get("tls_cert")  # an https server: the certificate pinned for it
-        if meta.get("access") != TUNNEL:
-            url, access = str(meta["endpoint"]), meta.get("access")
-            _emit(json_, url=url, token_file=meta.get("token_file"), access=access, cacert=cacert)
+        found = recorded_endpoint(ledger, rental_id)
+        server = found.server
+        cacert = server.tls_cert  # an https server: the certificate pinned for it
+        if not found.tunnelled:
+            _emit(json_, url=found.url, token_file=server.token_file, access=server.access, cacert=cacert)
             return
         if local_port is not None:
             check_port_free(local_port)
-        host = provider_for(rental, c.settings()).host(rental, c.settings(), ledger)
+        host = found.box(c.settings(), ledger)
 
     def opened(port: int) -> None:
-        scheme = "https" if str(meta["endpoint"]).startswith("https:") else "http"
-        _emit(
-            json_, url=f"{scheme}://127.0.0.1:{port}", token_file=meta.get("token_file"), access=TUNNEL, cacert=cacert
+        _emit(json_, url=found.local_url(port), token_file=server.token_file, access=TUNNEL, cacert=cacert)
+        output.progress(
+            f"tunnel to rental {rental_id} ({found.rental.ssh_host}:{found.port} on the box); Ctrl-C ends it"
         )
-        output.progress(f"tunnel to rental {rental_id} ({rental.ssh_host}:{meta['port']} on the box); Ctrl-C ends it")
 
     try:
-        hold_forward(host, int(meta["port"]), local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
+        hold_forward(host, found.port, local_port, opened)  # until SIGINT, SIGTERM or SIGHUP
         output.progress("tunnel closed")
     finally:
         host.close()
