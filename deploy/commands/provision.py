@@ -75,9 +75,10 @@ def provision_command(
             help="Serve on the box's loopback only, reached through an SSH tunnel (vast: ask for no public port).",
         ),
     ] = False,
-    hf_token_file: Annotated[
+    local_hf_token_file: Annotated[
         Path | None,
         typer.Option(
+            "--hf-token-file",
             help="The Hugging Face token's file, for a gated model [default: HF_TOKEN, then `hf auth login`'s file].",
             show_default=False,
         ),
@@ -157,7 +158,7 @@ def provision_command(
             box_site_packages=box_site_packages,
             runtime_timeout_s=runtime_s,
             tunnel=tunnel,
-            hf_token_file=_hub_token_file(hf_token_file, model),
+            local_hf_token_file=_hub_token_file(local_hf_token_file, model),
             watchdog=_watchdog(prov, limits, enabled=watchdog, idle_off=idle_off),
         )
     if runtime:  # every GPU the command may rent, before anything is rented

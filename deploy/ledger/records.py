@@ -54,7 +54,7 @@ class ServerRecord:
     tls_cert_sha256: str | None = None
     profile: Mapping[str, Any] | None = None  # the tuning profile served (autotune's record, or the ready step's)
     hf_token: str | None = None  # where the Hub token came from (never the token)
-    hf_token_file: str | None = None  # where the Hub token lies on the box
+    box_hf_token_file: str | None = None  # where the Hub token lies on the box
 
     @property
     def tunnelled(self) -> bool:
@@ -82,7 +82,7 @@ class ServerRecord:
             tls_cert_sha256=_str(meta.get("tls_cert_sha256")),
             profile=profile if isinstance(profile, Mapping) else None,
             hf_token=_str(meta.get("hf_token")),
-            hf_token_file=_str(meta.get("hf_token_file")),
+            box_hf_token_file=_str(meta.get("hf_token_file")),
         )
 
 

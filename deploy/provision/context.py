@@ -42,7 +42,7 @@ class Context:
     profile: dict[str, Any] | None = None  # the profile pushed or measured (autotune)
     direct: DirectAddress | None = None  # where the server answers without a tunnel (start)
     server_pid: int | None = None  # the detached server (start)
-    hub_token: str | None = None  # the Hub token's file on the box (push); None: none was found here
+    box_hf_token_file: str | None = None  # the Hub token's file on the box (push); None: none was found here
     cancel: CancelToken | None = None  # the command's one cancel token (signals, a fleet): a wait that sees it stops
 
     @property

@@ -45,7 +45,7 @@ def put_hub_token(ctx: Context) -> None:
     assert opts is not None and ctx.host is not None and ctx.layout is not None
     if not needs_hub(opts.model):
         return
-    found = find_hub_token(opts.hf_token_file)
+    found = find_hub_token(opts.local_hf_token_file)
     box_file = ctx.layout.path(BOX_FILE)
     q = shlex.quote(box_file)
     if found is None:  # `deploy provision` said so before renting (missing_token_note)
@@ -65,7 +65,7 @@ def put_hub_token(ctx: Context) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(local)
     ctx.host.run(f"chmod 600 {q}", stream=False)
-    ctx.hub_token = box_file
+    ctx.box_hf_token_file = box_file
     ctx.ledger.update_meta(ctx.rental_id, hf_token=found.source, hf_token_file=box_file)  # where, never what
     ctx.event("hub_token", f"from {found.source} to {box_file} (0600)")
     ctx.log(f"Hub token ({found.source}) put on the box: {box_file}, mode 0600")
@@ -73,7 +73,7 @@ def put_hub_token(ctx: Context) -> None:
 
 def hub_args(ctx: Context) -> list[str]:
     """The runtime's option naming the token file on the box, when one was put there."""
-    return ["--hf-token-file", ctx.hub_token] if ctx.hub_token else []
+    return ["--hf-token-file", ctx.box_hf_token_file] if ctx.box_hf_token_file else []
 
 
 def describe_download(body: dict[str, Any]) -> str | None:

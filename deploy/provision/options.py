@@ -70,7 +70,7 @@ class RuntimeOptions:
     autotune_quick: bool = True
     autotune_args: tuple[str, ...] = ()
     profiles_dir: str | None = None  # None: the project's profiles/ (deploy/provision/layout.py)
-    hf_token_file: str | None = None  # the Hub token's file here; None: HF_TOKEN, then `hf auth login`'s file
+    local_hf_token_file: str | None = None  # the Hub token's file here; None: HF_TOKEN, then `hf auth login`'s file
     install_timeout_s: float = 1800.0
     autotune_timeout_s: float = 3600.0
     runtime_timeout_s: float = 900.0  # start -> /ready (the first start on a real box downloads the checkpoint)

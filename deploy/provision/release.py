@@ -72,7 +72,7 @@ def end_rental(
     """On a box we do not own, stop our server and delete the Hub token we put there (destroying the box would
     have done both); then `destroy_rental`."""
     server = None
-    if not provider.owns_boxes and (rental.server.pid or rental.server.hf_token_file):
+    if not provider.owns_boxes and (rental.server.pid or rental.server.box_hf_token_file):
         server = _clean_box(provider, ledger, rental, settings)
         if server:
             log(f"server on {rental.provider_id}: {server}")
@@ -86,7 +86,7 @@ def _clean_box(provider: Provider, ledger: Ledger, rental: Rental, settings: Dep
         host = provider.host(rental, settings, ledger)
         try:
             outcome = stop_server(host, rental.server) if pid else None
-            if token_file := rental.server.hf_token_file:
+            if token_file := rental.server.box_hf_token_file:
                 host.run(f"rm -f {shlex.quote(str(token_file))}", stream=False)
                 ledger.event(rental.id, "hub_token_removed", str(token_file))
         finally:
