@@ -17,6 +17,18 @@ def progress(message: str) -> None:
     Console(file=sys.stderr, highlight=False, soft_wrap=True).print(f"[dim]›[/dim] {message}", markup=True)
 
 
+def progress_line(message: str) -> None:
+    """A progress line rewritten in place on stderr (a byte counter); `end_progress_line` ends it."""
+    sys.stderr.write(f"\r{message}")
+    sys.stderr.flush()
+
+
+def end_progress_line() -> None:
+    """Ends a `progress_line`, so what follows (the result, or an error) starts a line of its own."""
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str, sort_keys=True) + "\n")
     sys.stdout.flush()

@@ -12,21 +12,19 @@ for it when it was provisioned (deploy/remote/tls.py), and refuses a server that
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from deploy import output
 from deploy.client import FORMATS, play, synthesize
 from deploy.commands.options import Json, settings
 from deploy.errors import UsageError
 
 
 def _progress(nbytes: int, elapsed: float) -> None:
-    sys.stderr.write(f"\r  receiving: {nbytes / 1024:8.1f} KiB  {elapsed:6.2f} s")
-    sys.stderr.flush()
+    output.progress_line(f"  receiving: {nbytes / 1024:8.1f} KiB  {elapsed:6.2f} s")
 
 
 def generate(
@@ -91,13 +89,13 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
         )
     finally:
         if not as_json:
-            sys.stderr.write("\n")  # end the progress line, so an error starts a line of its own
+            output.end_progress_line()  # so an error starts a line of its own
     if as_json:
-        typer.echo(json.dumps(result.as_dict()))
+        output.emit_json(result.as_dict())
     else:
         audio = f"{result.audio_s:.2f} s audio" if result.audio_s is not None else "audio length unknown"
         rtf = f"RTF {result.rtf:.2f}" if result.rtf is not None else "RTF n/a (install soundfile to measure)"
-        typer.echo(
+        output.emit_text(
             f"wrote {result.path}: {audio}, {result.bytes} bytes; TTFA {result.ttfa_s * 1000:.0f} ms, {rtf} "
             f"(wall {result.wall_s:.2f} s)"
         )
