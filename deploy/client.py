@@ -130,7 +130,7 @@ def synthesize(
     fmt: str = "wav",
     model: str = "tts-1",
     timeout_s: float = 600.0,
-    extra: dict | None = None,
+    max_audio_ms: int | None = None,
     on_progress: Callable[[int, float], None] | None = None,
     cacert: str | Path | None = None,
 ) -> Result:
@@ -141,7 +141,9 @@ def synthesize(
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(out)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    body = {"model": model, "input": text, "voice": voice, "response_format": fmt, **(extra or {})}
+    body: dict[str, object] = {"model": model, "input": text, "voice": voice, "response_format": fmt}
+    if max_audio_ms:
+        body["max_audio_ms"] = max_audio_ms  # the server's cap on this request's audio
     url = endpoint.rstrip("/") + "/v1/audio/speech"
     import httpx
 

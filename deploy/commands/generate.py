@@ -73,7 +73,6 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
 
     if cacert is not None and not cacert.is_file():
         raise UsageError(f"--cacert {cacert}: no such file")
-    extra = {"max_audio_ms": max_audio_ms} if max_audio_ms else None
     try:
         result = synthesize(
             endpoint,
@@ -83,7 +82,7 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
             voice=voice,
             fmt=fmt,
             model=model,
-            extra=extra,
+            max_audio_ms=max_audio_ms,
             on_progress=None if as_json else _progress,
             cacert=cacert,
         )

@@ -52,7 +52,7 @@ def test_deploy_generate_streams_a_wav_and_prints_ttfa_and_rtf(server, tmp_path)
 
 
 def test_synthesize_compressed_format_measures_length_and_json_fields(server, tmp_path):
-    res = synthesize(server.url, "Hi.", tmp_path / "a.flac", token=TOKEN, fmt="flac", extra={"max_audio_ms": 160})
+    res = synthesize(server.url, "Hi.", tmp_path / "a.flac", token=TOKEN, fmt="flac", max_audio_ms=160)
     assert res.audio_s == pytest.approx(0.16) and res.bytes > 0 and res.ttfa_s <= res.wall_s
     assert set(res.as_dict()) >= {"ttfa_s", "rtf", "audio_s", "wall_s"}
     assert sf.read(str(tmp_path / "a.flac"))[0].shape == (2 * 1920,)  # STREAMINFO patched: plain sf.read works
