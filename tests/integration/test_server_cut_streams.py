@@ -119,6 +119,21 @@ def test_deploy_generate_reports_a_cut_stream_as_an_error(server, tmp_path):
     assert "cut the stream short" in r.stderr and "wrote" not in r.stdout, r.stderr
 
 
+def test_deploy_generate_shows_progress_on_stderr_and_its_result_on_stdout(server, tmp_path):
+    """Through the output sink: the in-place progress line (then ended) on stderr, one result line on stdout; with
+    --json only the result, as JSON, and no progress line."""
+    args = [str(DEPLOY), "generate", "--endpoint", server.url, "--token-file", str(server.token_file), "Hi."]
+    out = tmp_path / "ok.wav"
+    r = subprocess.run([*args, "-o", str(out)], capture_output=True, timeout=120)  # bytes: the \r stays
+    stdout, stderr = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0, stderr
+    assert stdout.startswith(f"wrote {out}: ") and " TTFA " in stdout and stdout.count("\n") == 1, stdout
+    assert stderr.startswith("\r  receiving: ") and stderr.endswith(" s\n") and "\n" not in stderr[:-1], stderr
+    j = subprocess.run([*args, "-o", str(tmp_path / "j.wav"), "--json"], capture_output=True, text=True, timeout=120)
+    assert j.returncode == 0, j.stderr
+    assert json.loads(j.stdout)["bytes"] == (tmp_path / "j.wav").stat().st_size and j.stderr == ""
+
+
 def test_the_audio_cap_is_announced_on_a_whole_body_and_in_the_done_event(server):
     r = server.client.post("/v1/audio/speech", json=speech(stream=False))  # the server's cap: 4 frames
     assert r.status_code == 200 and r.headers["x-audio-truncated"] == "max_audio_ms"
