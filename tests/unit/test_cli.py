@@ -93,3 +93,25 @@ def test_cost_on_empty_ledger_and_bad_since(deploy_home):
 def test_debug_shows_traceback(deploy_home):
     res = run_deploy(["teardown", "42"], env_with(DEPLOY_DEBUG="1"))
     assert res.returncode == 1 and "Traceback" in res.stderr and res.stderr.strip().endswith("them")
+
+
+def test_every_json_flag_is_the_one_shared_declaration():
+    """`--json` is declared once (deploy/commands/options.py `Json`); a command declaring its own would show here."""
+    import click
+    import typer.main
+
+    from deploy.cli import app
+
+    def commands(cmd: click.Command, path: str):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from commands(sub, f"{path} {name}")
+
+    found = {
+        path: (tuple(opt.opts), opt.help)
+        for path, cmd in commands(typer.main.get_command(app), "deploy")
+        for opt in cmd.params
+        if "--json" in getattr(opt, "opts", ())
+    }
+    assert len(found) >= 12, sorted(found)  # offers, provision, status, teardown, cost, ... gateway's subcommands
+    assert set(found.values()) == {(("--json",), "Machine-readable JSON on stdout.")}, found
