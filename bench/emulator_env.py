@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.fakes.vast.client_env import vastai_env
+
 
 def emulator_env(emu, home: Path, *, poll_s: float, **extra: str) -> dict[str, str]:
     """The emulator's URL and key, a HOME of their own (the vastai CLI keeps its key and cache there, not the
     operator's), polls every `poll_s`, a check command any box answers; `extra` adds or overrides variables."""
     return {
-        "VAST_URL": emu.url,
-        "VAST_API_KEY": emu.api_key,
-        "VASTAI_NO_UPDATE_CHECK": "1",
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
+        **vastai_env(emu, home),
         "DEPLOY_POLL_INTERVAL_S": f"{poll_s:g}",
         "DEPLOY_CHECK_COMMAND": "uname -sm",
         **extra,

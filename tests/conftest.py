@@ -192,16 +192,11 @@ def vast_env(vast: object, sshd: object, tmp_path: Path, deploy_home: Path, monk
 
     Also applied to this process (monkeypatch), so in-process calls see the same thing.
     """
+    from tests.fakes.vast.client_env import vastai_env
+
     home = tmp_path / "home"
     env = {
-        "VAST_URL": vast.url,
-        "VAST_API_KEY": vast.api_key,
-        "VASTAI_NO_UPDATE_CHECK": "1",
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_STATE_HOME": str(home / ".local" / "state"),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        **vastai_env(vast, home),
         "DEPLOY_HOME": str(deploy_home),
         "DEPLOY_POLL_INTERVAL_S": "0.2",
         "DEPLOY_SSH_USER": sshd.user,

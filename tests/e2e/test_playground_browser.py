@@ -128,28 +128,15 @@ def test_a_wrong_token_shows_the_401_as_a_message(server, browser):
 
 @pytest.mark.usefixtures("haproxy")
 def test_the_page_works_through_the_gateway(server, browser, tmp_path):
-    from deploy.gateway import config as gw_config
-    from deploy.gateway import process
-    from deploy.gateway.files import Paths
+    from deploy.gateway.config import Backend
+    from tests.fakes.gateway import one_replica_gateway
 
     client_token = "gateway-client-token-0123"
-    paths = Paths.for_fleet(tmp_path, "page")
-    port = free_port()
-    cfg = gw_config.GatewayConfig(
-        client_token=client_token,
-        sockets_dir=str(paths.sockets),
-        state_file=str(paths.state_file),
-        port=port,
-        check_interval_ms=200,
-    )
-    text = gw_config.render(cfg, [gw_config.Backend("r1", f"127.0.0.1:{server.port}", TOKEN)])
-    process.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
-    try:
-        url = f"http://127.0.0.1:{port}"
+    backend = Backend("r1", f"127.0.0.1:{server.port}", TOKEN)
+    with one_replica_gateway(tmp_path, "page", backend, client_token) as gateway:
+        url = gateway.url
         assert httpx.get(url + "/").status_code == 200 and httpx.get(url + "/v1/voices").status_code == 401
         assert_spoke(speak_on_page(browser, url, client_token))
-    finally:
-        process.stop(paths, graceful=False)
 
 
 @contextmanager

@@ -21,13 +21,12 @@ import openai
 import pytest
 
 from csm_runtime.server.tls import make_self_signed
-from deploy.gateway import config as gw_config
-from deploy.gateway import process
-from deploy.gateway.files import Paths
+from deploy.gateway.config import Backend
 from deploy.gateway.runtime_api import server_stats
 from deploy.provision.summary import client_lines
 from deploy.remote.tls import client_context, pem_fingerprint
 from tests.conftest import run_deploy
+from tests.fakes.gateway import one_replica_gateway
 from tests.fakes.server_fixtures import free_port, wait_ready
 
 SERVE = [sys.executable, "-m", "csm_runtime.cli", "serve"]
@@ -193,22 +192,11 @@ def test_deploy_generate_trusts_only_the_given_certificate(server, wrong_cert, t
 def test_gateway_verifies_the_replica_against_its_pinned_certificate(server, wrong_cert, tmp_path):
     client_token = "gateway-client-token-0123"
     for ca, expect in ((server.cert, 200), (wrong_cert, 503)):
-        paths = Paths.for_fleet(tmp_path, f"gw{expect}")
-        port = free_port()
-        cfg = gw_config.GatewayConfig(
-            client_token=client_token,
-            sockets_dir=str(paths.sockets),
-            state_file=str(paths.state_file),
-            port=port,
-            check_interval_ms=200,
-        )
-        backend = gw_config.Backend("r1", f"127.0.0.1:{server.port}", TOKEN, ca_file=str(ca))
-        text = gw_config.render(cfg, [backend])
-        assert f"ssl verify required ca-file {ca}" in text
-        try:
-            process.start(paths, text, bind="127.0.0.1", port=port, secrets_=[client_token, TOKEN], names=["r1"])
+        backend = Backend("r1", f"127.0.0.1:{server.port}", TOKEN, ca_file=str(ca))
+        with one_replica_gateway(tmp_path, f"gw{expect}", backend, client_token) as gateway:
+            assert f"ssl verify required ca-file {ca}" in gateway.config
             headers = {"Authorization": f"Bearer {client_token}"}
-            r = httpx.get(f"http://127.0.0.1:{port}/ready", headers=headers, timeout=30)
+            r = httpx.get(f"{gateway.url}/ready", headers=headers, timeout=30)
             assert r.status_code == expect, r.text
             if expect == 200:
                 body = {
@@ -218,12 +206,10 @@ def test_gateway_verifies_the_replica_against_its_pinned_certificate(server, wro
                     "response_format": "pcm",
                     "max_audio_ms": 160,
                 }
-                speech = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, headers=headers, timeout=60)
+                speech = httpx.post(f"{gateway.url}/v1/audio/speech", json=body, headers=headers, timeout=60)
                 assert speech.status_code == 200 and len(speech.content) > 0
             else:
-                assert not server_stats(paths)["r1"].up  # the health check itself is refused
-        finally:
-            process.stop(paths, graceful=False)
+                assert not server_stats(gateway.paths)["r1"].up  # the health check itself is refused
 
 
 def test_own_certificate_and_key_are_served(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.fakes.sshd import keygen
-from tests.fakes.vast import MANIFEST_UNKNOWN, OCI_FAILURE, Realism, VastEmulator
+from tests.fakes.vast import MANIFEST_UNKNOWN, OCI_FAILURE, Realism, VastEmulator, vastai_env
 from tests.fakes.vast.boxes import namespaces_available
 from tests.fakes.vast.realism import DOCUMENTED_RATE_LIMITS
 
@@ -41,14 +41,7 @@ def cli(vast, tmp_path):
     home = tmp_path / "home"
     env = {
         "PATH": "/usr/bin:/bin",
-        "VAST_URL": vast.url,
-        "VAST_API_KEY": vast.api_key,
-        "VASTAI_NO_UPDATE_CHECK": "1",
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_STATE_HOME": str(home / ".local" / "state"),
-        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        **vastai_env(vast, home),
     }
 
     def run(*args: str, raw: bool = True):

@@ -20,7 +20,7 @@ from csm_runtime import watchdog_vast
 from csm_runtime.watchdog import Limits, Observation, Settings, run
 from csm_runtime.watchdog_vast import USER_AGENT, InstanceKey, Refused, destroy_instance, verify_instance
 from tests.conftest import ROOT
-from tests.fakes.vast import VastEmulator
+from tests.fakes.vast import VastEmulator, vastai_env
 
 VASTAI = ROOT / ".venv-vastai" / "bin" / "vastai"
 
@@ -112,12 +112,7 @@ def test_the_vastai_cli_passes_the_edge(vast, tmp_path):
     home = tmp_path / "home"
     env = {
         "PATH": "/usr/bin:/bin",
-        "VAST_URL": vast.url,
-        "VAST_API_KEY": vast.api_key,
-        "VASTAI_NO_UPDATE_CHECK": "1",
-        "HOME": str(home),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_CONFIG_HOME": str(home / ".config"),
+        **vastai_env(vast, home),
     }
     proc = subprocess.run(
         [str(VASTAI), "show", "instances", "--raw"], env=env, capture_output=True, text=True, timeout=60

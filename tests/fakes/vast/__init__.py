@@ -11,16 +11,27 @@
     listing.py   `show instances` paged as vast pages it (25 a page, keyset tokens, label filters)
     ssh_access.py  SSH keys attached before an instance runs, and a direct SSH route that does not answer
     crowd.py     an account of many instances made straight in the state (for the listing)
+    client_env.py  the environment the real vastai CLI needs to talk to the emulator (URL, key, a HOME of its own)
 
 By default the emulator behaves as vast.ai does (`strict=True`: every realistic behaviour of realism.py on);
 `strict=False` is a kinder vast, for tests about something else. docs/provisioning.md#what-the-flow-asks-of-vastai
 says what real vast does, with sources, and which option shows it.
 """
 
+from tests.fakes.vast.client_env import vastai_env
 from tests.fakes.vast.creates import closed_port
 from tests.fakes.vast.emulator import VastEmulator
 from tests.fakes.vast.faults import Fault
 from tests.fakes.vast.offers import default_offers
 from tests.fakes.vast.realism import MANIFEST_UNKNOWN, OCI_FAILURE, Realism
 
-__all__ = ["MANIFEST_UNKNOWN", "OCI_FAILURE", "Fault", "Realism", "VastEmulator", "closed_port", "default_offers"]
+__all__ = [
+    "MANIFEST_UNKNOWN",
+    "OCI_FAILURE",
+    "Fault",
+    "Realism",
+    "VastEmulator",
+    "closed_port",
+    "default_offers",
+    "vastai_env",
+]
