@@ -39,6 +39,7 @@ def autotune(
       deploy autotune 3 --quick
       deploy autotune 3 --model sesame/csm-1b --sweep-args "--ttfa-target-ms 300"
     """
+    from deploy.ledger import records
     from deploy.providers import provider_for
     from deploy.provision.autotune import run_autotune
     from deploy.provision.hub import BOX_FILE
@@ -78,19 +79,17 @@ def autotune(
             "autotuned",
             f"{result.slug}: {result.summary.get('chosen')} max_streams {chosen.get('max_streams')} -> {result.profile}",
         )
-        ledger.update_meta(
-            rental_id,
-            profile={
-                "slug": result.slug,
-                "path": str(result.profile),
-                "sha256": result.summary.get("sha256"),
-                "chosen": result.summary.get("chosen"),
-                "settings": chosen,
-                "realtime": result.summary.get("realtime"),
-                "model": model,
-                "quick": quick,
-            },  # fmt: skip
-        )
+        tuned = {
+            "slug": result.slug,
+            "path": str(result.profile),
+            "sha256": result.summary.get("sha256"),
+            "chosen": result.summary.get("chosen"),
+            "settings": chosen,
+            "realtime": result.summary.get("realtime"),
+            "model": model,
+            "quick": quick,
+        }
+        ledger.update_meta(rental_id, **records.profile_record(tuned))
     if json_:
         output.emit_json(result.as_dict())
     else:

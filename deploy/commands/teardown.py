@@ -140,6 +140,7 @@ def _confirm(question: str) -> None:
 def _record_orphan(ledger, prefix: str, entry):
     """An orphan gets a ledger row before it is destroyed, so its cost and end are on record too."""
     from deploy import ledger as L
+    from deploy.ledger import records
 
     box = entry.box
     rental = ledger.record_intent(
@@ -149,7 +150,7 @@ def _record_orphan(ledger, prefix: str, entry):
         offer_id=None,
         gpu_name=box.gpu_name,
         rate_usd_h=box.price_usd_h or 0.0,
-        meta={"orphan_label": box.label},
+        meta=records.orphan(box.label),
     )
     ledger.record_rented(rental.id, box.id, started_at=box.started_at)
     ledger.set_status(rental.id, L.RENTED, f"orphan adopted for teardown (label {box.label})")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deploy import ledger as L
 from deploy.errors import OfferUnavailableError, ProvisionCancelled, RequestRefusedError, UsageError
+from deploy.ledger import records
 from deploy.providers import RentRequest
 from deploy.providers.records import Box
 from deploy.provision.context import Context, Step
@@ -58,11 +59,9 @@ def step_rent(ctx: Context) -> None:
         rate_usd_h=o.price_usd_h,
         disk_usd_h=disk_rate,
         # until then a create this row starts may still rent a box, even if this process is killed meanwhile
-        meta={
-            "image": image,
-            "disk_gb": opts.disk_gb,
-            "create_lands_by": ctx.ledger.clock() + ctx.provider.create_window_s,
-        },
+        meta=records.rent_intent(
+            image=image, disk_gb=opts.disk_gb, create_lands_by=ctx.ledger.clock() + ctx.provider.create_window_s
+        ),
     )
     label = ctx.rental.label or ""
     request = RentRequest(
@@ -145,7 +144,7 @@ def step_wait_running(ctx: Context) -> None:
         ctx.rental_id, ssh_host=box.ssh_host, ssh_port=box.ssh_port, ssh_user=box.ssh_user or ctx.settings.ssh_user
     )
     if routes := _ssh_routes(box):
-        ctx.ledger.update_meta(ctx.rental_id, ssh_routes=routes)
+        ctx.ledger.update_meta(ctx.rental_id, **records.ssh_routes(routes))
     ctx.refresh()
 
 

@@ -17,6 +17,7 @@ import shlex
 import tempfile
 from typing import Any
 
+from deploy.ledger import records
 from deploy.provision.context import Context
 from deploy.secrets.hub_token import find_hub_token
 from deploy.secrets.tokens import token_path
@@ -66,7 +67,8 @@ def put_hub_token(ctx: Context) -> None:
             os.unlink(local)
     ctx.host.run(f"chmod 600 {q}", stream=False)
     ctx.box_hf_token_file = box_file
-    ctx.ledger.update_meta(ctx.rental_id, hf_token=found.source, hf_token_file=box_file)  # where, never what
+    placed = records.hub_token_placed(source=found.source, box_file=box_file)  # where, never what
+    ctx.ledger.update_meta(ctx.rental_id, **placed)
     ctx.event("hub_token", f"from {found.source} to {box_file} (0600)")
     ctx.log(f"Hub token ({found.source}) put on the box: {box_file}, mode 0600")
 

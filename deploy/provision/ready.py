@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from deploy.errors import DeployError, RemoteError
-from deploy.ledger import DIRECT, TUNNEL
+from deploy.ledger import DIRECT, TUNNEL, records
 from deploy.provision.certificate import fetch_and_pin, serves_tls
 from deploy.provision.context import Context
 from deploy.provision.hub import describe_download, download_bytes
@@ -214,7 +214,7 @@ def step_ready(ctx: Context) -> None:
         with forward(ctx.host, opts.server_port) as local_port:
             body = poll_ready(ctx, f"{scheme}://127.0.0.1:{local_port}", token, deadline, verify=verify)
         endpoint, access = on_box, TUNNEL
-    ctx.ledger.update_meta(ctx.rental_id, endpoint=endpoint, access=access, profile=ctx.profile)
+    ctx.ledger.update_meta(ctx.rental_id, **records.server_ready(endpoint=endpoint, access=access, profile=ctx.profile))
     ctx.refresh()
     note = (body or {}).get("profile")
     ctx.event("ready", f"{endpoint} ({access}); profile: {json.dumps(note)[:300]}")

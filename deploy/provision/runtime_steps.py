@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from deploy.errors import RemoteError
+from deploy.ledger import records
 from deploy.provision.autotune import find_local_profile, profile_summary, run_autotune
 from deploy.provision.certificate import tls_args
 from deploy.provision.context import Context, Step
@@ -172,17 +173,17 @@ def step_start(ctx: Context) -> None:
     command = server_command(opts, layout, box_dir, extra=[*hub_args(ctx), *tls_args(ctx, box_dir)])
     pid = ctx.host.start_detached(command, name=SERVER_NAME)
     ctx.server_pid = pid
-    ctx.ledger.update_meta(
-        ctx.rental_id,
+    started = records.server_started(
         token_file=str(token_path),
         token_sha256=token_sha,
         model=opts.model,
         port=opts.server_port,
-        server_pid=pid,
-        server_pid_file=SERVER_PID,  # what stopping the server checks before it signals the group (server.py)
-        server_log=SERVER_LOG,
+        pid=pid,
+        pid_file=SERVER_PID,  # what stopping the server checks before it signals the group (server.py)
+        log=SERVER_LOG,
         runtime_mode=opts.mode,
     )
+    ctx.ledger.update_meta(ctx.rental_id, **started)
     ctx.event("start", f"{SERVER_NAME} pid {pid}: {opts.model} on {opts.bind}:{opts.server_port}, log ~/{SERVER_LOG}")
     ctx.log(f"started {SERVER_NAME} (pid {pid}) serving {opts.model}; log on the box: ~/{SERVER_LOG}")
     if opts.watchdog is not None:

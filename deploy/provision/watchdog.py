@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from deploy.errors import ProvisionCancelled, RemoteError
+from deploy.ledger.records import WatchdogRecord
 from deploy.provision.context import Context
 from deploy.provision.layout import BoxLayout
 from deploy.provision.options import RuntimeOptions
@@ -42,15 +43,15 @@ def start_watchdog(ctx: Context, opts: RuntimeOptions, layout: BoxLayout) -> Non
     limits = opts.watchdog.describe()
     seen, why = wait_armed(ctx, pid, state)
     if why is not None:
-        ctx.ledger.update_meta(
-            ctx.rental_id, watchdog={"limits": limits, "running": False, "error": why, "state_file": state}
-        )
+        failed = WatchdogRecord(running=False, limits=limits, error=why, state_file=state)
+        ctx.ledger.update_meta(ctx.rental_id, **failed.to_meta())
         ctx.event("watchdog-failed", why)
         raise RemoteError(
             f"the box's watchdog did not arm ({why}): nothing would end this box; it is destroyed "
             "(--no-watchdog provisions without one)"
         )
-    ctx.ledger.update_meta(ctx.rental_id, watchdog={"limits": limits, "running": True, "pid": pid, "state_file": state})
+    armed = WatchdogRecord(running=True, limits=limits, pid=pid, state_file=state)
+    ctx.ledger.update_meta(ctx.rental_id, **armed.to_meta())
     ctx.event("watchdog", f"pid {pid}, armed for instance {seen.get('instance')}: {limits}")
     ctx.log(f"the box's watchdog armed (pid {pid}): vast takes its key; it destroys the box at {limits}")
 
