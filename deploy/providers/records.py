@@ -34,10 +34,9 @@ class Offer:
     location: str = ""
     host_id: str = ""  # what goes on the skip list when a box from this host fails
     storage_usd_gb_month: float | None = None  # vast bills the disk apart from the GPU, from create to destroy
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

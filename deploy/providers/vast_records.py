@@ -87,7 +87,6 @@ def parse_offer(r: dict[str, Any]) -> Offer:
         location=str(r.get("geolocation") or ""),
         host_id=str(r.get("host_id") or r.get("machine_id") or ""),
         storage_usd_gb_month=number(r.get("storage_cost")),
-        extra={"machine_id": r.get("machine_id"), "inet_down": r.get("inet_down")},
     )
 
 
