@@ -87,13 +87,18 @@ class RuntimeOptions:
         port: int | None = None,
         autotune_quick: bool | None = None,
         autotune_args: str | None = None,
-        **given: Any,
+        autotune: bool | None = None,
+        tunnel: bool = False,
+        box_python: str = "auto",
+        box_site_packages: str | None = None,
+        runtime_timeout_s: float | None = None,
+        local_hf_token_file: str | None = None,
+        watchdog: Watchdog | None = None,
     ) -> RuntimeOptions:
         """The operator's choices for this provider: an `auto` mode becomes the provider's own. The port stays None
         when not given: each provision takes the provider's (`for_provider`), so local replicas get one each."""
         if port is not None and not 0 < int(port) < 65536:
             raise UsageError(f"--server-port must be between 1 and 65535, not {port}")
-        values = {k: v for k, v in given.items() if v is not None}
         return cls(
             model=model or DEFAULT_MODEL,
             mode=resolve_mode(mode, provider=provider, image=image),
@@ -101,7 +106,13 @@ class RuntimeOptions:
             system_site_packages=image.startswith(STOCK_IMAGE_PREFIX),
             autotune_quick=model.endswith("-random") if autotune_quick is None else bool(autotune_quick),
             autotune_args=tuple(shlex.split(autotune_args or "")),
-            **values,
+            autotune=autotune,
+            tunnel=tunnel,
+            box_python=box_python,
+            box_site_packages=box_site_packages,
+            runtime_timeout_s=cls.runtime_timeout_s if runtime_timeout_s is None else runtime_timeout_s,
+            local_hf_token_file=local_hf_token_file,
+            watchdog=watchdog,
         )
 
     def for_provider(self, provider: Provider) -> RuntimeOptions:
