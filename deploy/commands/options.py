@@ -14,6 +14,7 @@ from deploy.errors import UsageError
 if TYPE_CHECKING:
     from deploy.ledger import Ledger
     from deploy.providers import Provider
+    from deploy.providers.records import SshHost
 from csm_common.gpus import Gpu, resolve
 from deploy.settings import DeploySettings, load_settings
 
@@ -88,7 +89,7 @@ def open_ledger() -> Ledger:
     return Ledger(settings().ledger_path)
 
 
-def provider(name: str, **options: object) -> Provider:
+def provider(name: str, ssh: SshHost | None = None) -> Provider:
     from deploy.providers import make_provider
 
-    return make_provider(name, settings(), **options)
+    return make_provider(name, settings(), ssh)

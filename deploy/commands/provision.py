@@ -121,6 +121,7 @@ def provision_command(
     """
     from deploy.cancel import handle_signals
     from deploy.fleet.model import FleetSpec
+    from deploy.providers.records import SshHost
     from deploy.provision.layout import runtime_torch
     from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog, check_torch
 
@@ -138,8 +139,8 @@ def provision_command(
         max_hours=c.positive("--max-hours", max_hours),
         max_spend_usd=c.positive("--max-spend", max_spend),
     )
-    ssh = {"host": host, "port": port, "user": user}
-    prov = c.provider(provider, **ssh)
+    ssh = SshHost(host=host, port=port, user=user)
+    prov = c.provider(provider, ssh)
     if prov.needs_gpu and not gpus:
         raise UsageError(f"--gpu is required for the {provider} provider (e.g. --gpu 4090)")
     image = image or s.image

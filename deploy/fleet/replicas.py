@@ -33,7 +33,7 @@ def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel
     failures = []
     with Ledger(settings.ledger_path) as ledger:
         for i, gpu in enumerate(gpus):
-            provider = make_provider(spec.provider, settings, **spec.options.ssh)
+            provider = make_provider(spec.provider, settings, spec.options.ssh)
             try:
                 ctx = run_provision(settings, spec.options_for(gpu), provider, ledger, log=log, cancel=cancel)
             except NoOffersError as exc:
@@ -51,7 +51,7 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
     """Provision `count` replicas in parallel and add each one that passed to the fleet."""
     with Ledger(settings.ledger_path) as ledger:
         spec = FleetSpec.from_dict(FleetStore(ledger).get(fleet_name).spec)
-    if make_provider(spec.provider, settings, **spec.options.ssh).uses_ssh:
+    if make_provider(spec.provider, settings, spec.options.ssh).uses_ssh:
         ensure_ssh_key(settings)  # made once here: parallel first uses would race on ssh-keygen
     result = Added()
     cancel = current() or CancelToken()

@@ -13,13 +13,14 @@ imported only when used, so `deploy --help` never pays for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deploy.errors import UsageError
 from deploy.providers.base import DirectAddress, OfferQuery, Provider, RentRequest
 
 if TYPE_CHECKING:
     from deploy.ledger import Rental
+    from deploy.providers.records import SshHost
     from deploy.settings import DeploySettings
 
 PROVIDERS = ("vast", "ssh", "local")
@@ -53,9 +54,9 @@ def provider_class(name: str) -> type[Provider]:
     raise UsageError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
 
 
-def make_provider(name: str, settings: DeploySettings, **options: Any) -> Provider:
-    """`options` are the ssh provider's host/port/user (and rate); the others take none."""
-    return provider_class(name).from_settings(settings, **options)
+def make_provider(name: str, settings: DeploySettings, ssh: SshHost | None = None) -> Provider:
+    """`ssh`: the ssh provider's box (host/port/user); the others take none."""
+    return provider_class(name).from_settings(settings, ssh)
 
 
 def provider_for(rental: Rental, settings: DeploySettings) -> Provider:
@@ -63,5 +64,5 @@ def provider_for(rental: Rental, settings: DeploySettings) -> Provider:
     if rental.provider == "ssh":
         from deploy.providers.ssh import parse_box_id
 
-        return make_provider("ssh", settings, **parse_box_id(rental.provider_id or "unknown@unknown:22"))
+        return make_provider("ssh", settings, parse_box_id(rental.provider_id or "unknown@unknown:22"))
     return make_provider(rental.provider, settings)

@@ -14,11 +14,11 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, ClassVar
 
 from csm_common.gpus import Gpu
 from deploy.errors import UsageError
-from deploy.providers.records import Box, Charge, Offer
+from deploy.providers.records import Box, Charge, Offer, SshHost
 
 if TYPE_CHECKING:
     from deploy.ledger import Ledger, Rental
@@ -73,8 +73,8 @@ class Provider(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: DeploySettings, **options: Any) -> Provider:
-        """Build one from the settings (and, for the ssh provider, host/port/user)."""
+    def from_settings(cls, settings: DeploySettings, ssh: SshHost | None = None) -> Provider:
+        """Build one from the settings (and, for the ssh provider, the box it is given)."""
 
     @classmethod
     def configured(cls, settings: DeploySettings) -> bool:

@@ -14,11 +14,11 @@ import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from deploy.errors import ProviderError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
-from deploy.providers.records import Box, Offer, State
+from deploy.providers.records import Box, Offer, SshHost, State
 from deploy.remote.local_host import LocalHost, free_port
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class LocalProvider(Provider):
         return self.root / provider_id
 
     @classmethod
-    def from_settings(cls, settings: DeploySettings, **options: Any) -> LocalProvider:
+    def from_settings(cls, settings: DeploySettings, ssh: SshHost | None = None) -> LocalProvider:
         return cls(settings.home_path, rate_usd_h=settings.local_rate)
 
     def search(self, query: OfferQuery) -> list[Offer]:

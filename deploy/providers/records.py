@@ -21,6 +21,15 @@ TERMINAL = frozenset({State.STOPPED, State.FAILED, State.GONE})
 
 
 @dataclass(frozen=True)
+class SshHost:
+    """A box you already have, for the ssh provider (`--host/--port/--user`); the other providers take none."""
+
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
 class Offer:
     provider: str
     id: str

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deploy.errors import UsageError
 from deploy.providers.base import Log, OfferQuery, Provider, RentRequest
-from deploy.providers.records import Box, Offer, State
+from deploy.providers.records import Box, Offer, SshHost, State
 
 if TYPE_CHECKING:
     from deploy.settings import DeploySettings
@@ -27,11 +27,10 @@ class SshProvider(Provider):
         return f"{self.user}@{self.address}:{self.port}"
 
     @classmethod
-    def from_settings(cls, settings: DeploySettings, **options: Any) -> SshProvider:
-        if not options.get("host"):
+    def from_settings(cls, settings: DeploySettings, ssh: SshHost | None = None) -> SshProvider:
+        if ssh is None or not ssh.host:
             raise UsageError("the ssh provider needs --host (and --port/--user if not 22/root)")
-        user = options.get("user") or settings.ssh_user
-        return cls(options["host"], int(options.get("port") or 22), user, float(options.get("rate") or 0.0))
+        return cls(ssh.host, int(ssh.port or 22), ssh.user or settings.ssh_user)
 
     def search(self, query: OfferQuery) -> list[Offer]:
         name = query.gpu.vast_name if query.gpu else "unknown"
@@ -61,8 +60,8 @@ class SshProvider(Provider):
         return self._box() if provider_id == self.box_id else None
 
 
-def parse_box_id(box_id: str) -> dict[str, object]:
-    """`user@host:port` (an ssh rental's provider id) -> the SshProvider's options."""
+def parse_box_id(box_id: str) -> SshHost:
+    """`user@host:port` (an ssh rental's provider id) -> the box it names."""
     user, _, rest = box_id.partition("@")
     host, _, port = rest.rpartition(":")
-    return {"host": host, "port": int(port or 22), "user": user}
+    return SshHost(host=host, port=int(port or 22), user=user)

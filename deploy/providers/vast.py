@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deploy.errors import OfferUnavailableError, ProviderError, RequestRefusedError
 from deploy.providers.base import DirectAddress, Log, OfferQuery, Provider, RentRequest
-from deploy.providers.records import TERMINAL, Box, Charge, Offer, State
+from deploy.providers.records import TERMINAL, Box, Charge, Offer, SshHost, State
 from deploy.providers.vast_records import charges_by_instance
 from deploy.providers.vast_ssh import authorized_key_onstart, open_by_route
 from deploy.providers.vastai_cli import VastCli, VastError, api_key_source
@@ -94,7 +94,7 @@ class VastProvider(Provider):
         return self._cli
 
     @classmethod
-    def from_settings(cls, settings: DeploySettings, **options: Any) -> VastProvider:
+    def from_settings(cls, settings: DeploySettings, ssh: SshHost | None = None) -> VastProvider:
         return cls(
             timeout_s=settings.vast_timeout_s,
             retry_s=settings.vast_retry_s,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from csm_common.gpus import Gpu, resolve, version_tuple
 from deploy.errors import UsageError
+from deploy.providers.records import SshHost
 from deploy.settings import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class ProvisionOptions:
     ssh_timeout_s: float = 180.0
     keep_on_failure: bool = False
     runtime: RuntimeOptions | None = None  # None: box only (rent, wait_running, connect, check)
-    ssh: dict[str, Any] = field(default_factory=dict)  # the ssh provider's host/port/user
+    ssh: SshHost = field(default_factory=SshHost)  # the ssh provider's box
 
     @property
     def rent_image(self) -> str:
@@ -205,6 +206,7 @@ class ProvisionOptions:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["gpu"] = self.gpu.alias if self.gpu else None
         data["runtime"] = self.runtime.as_dict() if self.runtime else None
+        data["ssh"] = dataclasses.asdict(self.ssh)
         return data
 
     @classmethod
@@ -213,6 +215,7 @@ class ProvisionOptions:
         values = {k: v for k, v in data.items() if k in known}
         values["gpu"] = resolve(values["gpu"]) if values.get("gpu") else None
         values["runtime"] = RuntimeOptions.from_dict(values["runtime"]) if values.get("runtime") else None
+        values["ssh"] = SshHost(**(values.get("ssh") or {}))
         return cls(**values)
 
 

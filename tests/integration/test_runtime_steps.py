@@ -21,6 +21,7 @@ from deploy.errors import UsageError
 from deploy.ledger import Ledger
 from deploy.ledger.records import ServerRecord
 from deploy.providers import provider_class
+from deploy.providers.records import SshHost
 from deploy.provision.autotune import find_local_profile
 from deploy.provision.driver import steps_for
 from deploy.provision.layout import BoxLayout, install_script
@@ -34,7 +35,7 @@ from tests.conftest import DEPLOY_BIN
 
 
 def _provider(name: str):
-    return provider_class(name).from_settings(load_settings(), host="203.0.113.7")
+    return provider_class(name).from_settings(load_settings(), SshHost(host="203.0.113.7"))
 
 
 @pytest.mark.parametrize(
