@@ -184,19 +184,44 @@ class ProvisionOptions:
         return self.image
 
     @classmethod
-    def from_settings(cls, settings: DeploySettings, **given: Any) -> ProvisionOptions:
-        """The settings' defaults, then every option given that is not None."""
-        base = cls(
-            max_price=settings.max_price,
-            min_reliability=settings.min_reliability,
-            min_cuda=settings.min_cuda,
-            disk_gb=settings.disk_gb,
-            image=settings.image,
-            max_offers=settings.max_offers,
-            ready_timeout_s=settings.ready_timeout_s,
-            ssh_timeout_s=settings.ssh_timeout_s,
+    def from_settings(
+        cls,
+        settings: DeploySettings,
+        *,
+        provider: str = "vast",
+        gpu: Gpu | None = None,
+        max_price: float | None = None,
+        min_reliability: float | None = None,
+        min_cuda: float | None = None,
+        disk_gb: float | None = None,
+        image: str | None = None,
+        max_offers: int | None = None,
+        ready_timeout_s: float | None = None,
+        ssh_timeout_s: float | None = None,
+        keep_on_failure: bool = False,
+        runtime: RuntimeOptions | None = None,
+        ssh: SshHost | None = None,
+    ) -> ProvisionOptions:
+        """The settings' defaults, each replaced by the option given (None: not given)."""
+
+        def given(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return cls(
+            provider=provider,
+            gpu=gpu,
+            max_price=given(max_price, settings.max_price),
+            min_reliability=given(min_reliability, settings.min_reliability),
+            min_cuda=given(min_cuda, settings.min_cuda),
+            disk_gb=given(disk_gb, settings.disk_gb),
+            image=given(image, settings.image),
+            max_offers=given(max_offers, settings.max_offers),
+            ready_timeout_s=given(ready_timeout_s, settings.ready_timeout_s),
+            ssh_timeout_s=given(ssh_timeout_s, settings.ssh_timeout_s),
+            keep_on_failure=keep_on_failure,
+            runtime=runtime,
+            ssh=ssh or SshHost(),
         )
-        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
     def replace(self, **changes: Any) -> ProvisionOptions:
         return dataclasses.replace(self, **changes)
