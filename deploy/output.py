@@ -54,8 +54,11 @@ def emit_table(
 
 
 def _width() -> int:
+    """The terminal's width; a pipe or a file gets the widest table, so an address is never folded for a grep."""
     import shutil
 
+    if not sys.stdout.isatty():
+        return 200
     return shutil.get_terminal_size((140, 24)).columns
 
 
