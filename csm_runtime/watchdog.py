@@ -73,14 +73,21 @@ class Observation:
     busy: bool = False  # streams running or waiting
 
 
+# A server loading its model (a download on a fresh box included) is not idle: it gets this long, or the idle limit
+# when that is longer, to answer once. A short idle limit must not destroy a box before its server could serve.
+START_GRACE_S = 600.0
+
+
 @dataclass
 class Watch:
     """The decision, as pure state: feed it observations, it says when and why to destroy."""
 
     limits: Limits
-    since: float  # when watching began: the idle clock starts here
+    since: float  # when watching began: the idle clock starts here, or when a loading server first answers
     last_activity: float = 0.0
     dead_since: float | None = None
+    answered: bool = False  # the server has answered once: before that it is loading, not dead
+    loading: bool = False  # a poll found it not answering yet
 
     def __post_init__(self) -> None:
         self.last_activity = max(self.last_activity, self.since)
@@ -92,12 +99,17 @@ class Watch:
     def observe(self, seen: Observation, now: float) -> str | None:
         """The reason to destroy now, or None."""
         lim = self.limits
+        if seen.alive and not self.answered and self.loading:
+            self.last_activity = max(self.last_activity, now)  # loaded: the idle clock starts now
         if seen.alive:
+            self.answered = True
             self.dead_since = None
             if seen.busy:
                 self.last_activity = now
             elif seen.last_request:
                 self.last_activity = max(self.last_activity, seen.last_request)
+        elif not self.answered:
+            self.loading = True  # a server still loading its model does not answer /metrics yet
         elif self.dead_since is None:
             self.dead_since = now
         hours = (now - lim.started_at) / 3600.0
@@ -106,9 +118,17 @@ class Watch:
         if lim.max_spend_usd is not None and lim.rate_usd_h * hours >= lim.max_spend_usd:
             spent = lim.rate_usd_h * hours
             return f"the box cost ${spent:.4f} at {lim.rate_usd_h:g} USD/h, its cap is ${lim.max_spend_usd:g}"
+        start_limit = max(lim.idle_s or 0.0, START_GRACE_S)
+        if lim.idle_s is not None and not self.answered and now - self.since >= start_limit:
+            return f"the server never answered in {now - self.since:.0f} s (start limit {start_limit:g} s)"
         if lim.idle_s is not None and self.dead_since is not None and now - self.dead_since >= lim.idle_s:
             return f"the server has not answered for {now - self.dead_since:.0f} s (idle limit {lim.idle_s:g} s)"
-        if lim.idle_s is not None and self.dead_since is None and now - self.last_activity >= lim.idle_s:
+        if (
+            lim.idle_s is not None
+            and self.answered
+            and self.dead_since is None
+            and now - self.last_activity >= lim.idle_s
+        ):
             return f"no request for {now - self.last_activity:.0f} s (idle limit {lim.idle_s:g} s)"
         return None
 

@@ -21,7 +21,7 @@ import pytest
 from deploy.ledger import Ledger
 from deploy.remote.host import free_port
 
-IDLE_S = 30  # long enough for the server to load tiny-random before the idle clock runs out on a loaded machine
+IDLE_S = 30  # the idle clock starts at the server's first answer, so a slow load on a busy machine does not race it
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from csm_runtime.watchdog import (
+    START_GRACE_S,
     InstanceKey,
     Limits,
     Observation,
@@ -35,6 +36,19 @@ def test_idle_counts_from_the_last_request_and_busy_streams_are_activity():
     assert watch.observe(Observation(True, last_request=1050), 1100) is None  # a request 50 s ago
     assert watch.observe(Observation(True, last_request=1050, busy=True), 1200) is None  # a stream runs
     assert watch.observe(IDLE, 1259) is None and watch.observe(IDLE, 1260) is not None
+
+
+def test_a_loading_server_is_not_idle_and_the_idle_clock_starts_when_it_first_answers():
+    """A 30 s idle limit against a server that takes 200 s to load on a busy box: the box is kept until it serves,
+    then idle counts from that first answer; a server that never answers is given START_GRACE_S."""
+    watch = Watch(Limits(idle_s=30, started_at=0), since=0)
+    assert watch.observe(Observation(False), 0) is None  # loading: /metrics does not answer yet
+    assert watch.observe(Observation(False), 199) is None
+    assert watch.observe(IDLE, 200) is None  # loaded
+    assert watch.observe(IDLE, 229) is None and "no request for 30 s" in watch.observe(IDLE, 230)
+    never = Watch(Limits(idle_s=30, started_at=0), since=0)
+    assert never.observe(Observation(False), START_GRACE_S - 1) is None
+    assert "never answered" in never.observe(Observation(False), START_GRACE_S)
 
 
 def test_a_dead_server_is_idle_after_the_same_time_even_with_recent_requests():
