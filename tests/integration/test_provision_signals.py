@@ -14,7 +14,6 @@ import fcntl
 import os
 import pty
 import signal
-import sqlite3
 import subprocess
 import termios
 import time
@@ -22,26 +21,15 @@ import time
 import pytest
 
 from tests.conftest import DEPLOY_BIN
+from tests.fakes.ledger_view import has_event
 from tests.fakes.ledger_view import ledger_rows as rows
 
 ARGS = ["provision", "--gpu", "4090", "--max-offers", "1", "--no-runtime"]
 
 
-def seen(home, kind: str) -> bool:
-    """Whether the ledger has an event of `kind` (read-only: the provision's writes are never blocked)."""
-    path = home / "ledger.sqlite3"
-    if not path.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT 1 FROM events WHERE kind=?", (kind,)).fetchone() is not None
-    except sqlite3.OperationalError:  # the file exists before its first table
-        return False
-
-
 def wait_for(proc: subprocess.Popen, home, kind: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while not seen(home, kind):
+    while not has_event(home, kind):
         if proc.poll() is not None:
             raise AssertionError(f"provision ended before {kind}: {proc.communicate()[1][-3000:]}")
         assert time.monotonic() < deadline, f"no {kind} within {timeout:.0f} s"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 
@@ -23,6 +22,7 @@ import pytest
 
 from deploy.remote.host import free_port
 from tests.conftest import DEPLOY_BIN, unknown_running
+from tests.fakes.ledger_view import has_event
 from tests.fakes.ledger_view import ledger_rows as rows
 
 BOX_STEPS = ("rent", "wait_running", "connect", "check")
@@ -35,15 +35,8 @@ def vast(vast_image_boxes):
 
 
 def began(home, step: str) -> bool:
-    """Whether the ledger says `step` began (read-only, so the provision's writes are never blocked)."""
-    path = home / "ledger.sqlite3"
-    if not path.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT 1 FROM events WHERE kind=?", (f"step:{step}",)).fetchone() is not None
-    except sqlite3.OperationalError:  # the file exists before its first table
-        return False
+    """Whether the ledger says `step` began."""
+    return has_event(home, f"step:{step}")
 
 
 def untracked_running(vast, home) -> set[str]:
