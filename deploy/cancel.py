@@ -190,6 +190,18 @@ def handle_signals(token: CancelToken | None = None, *, abandon: bool = True) ->
         _installed.remove(token)
 
 
+def pause(seconds: float, outcome: str) -> None:
+    """A command's poll sleep that the installed token ends (SIGINT, SIGTERM, SIGHUP): `Interrupted`, whose message
+    `outcome` says what the command leaves; a plain sleep where no handler is installed."""
+    import time
+
+    token = current()
+    if token is None:
+        time.sleep(seconds)
+    elif token.wait(seconds):
+        raise Interrupted(token.signum, outcome)
+
+
 def _isatty(fd: int) -> bool:
     try:
         return os.isatty(fd)

@@ -27,11 +27,15 @@ def heal(
       deploy heal
       deploy heal --after 30 --replica r12
     """
+    from deploy.cancel import handle_signals
     from deploy.fleet.heal import heal as run
 
     if after < 0:
         raise UsageError(f"--after must be 0 or more seconds, not {after}")
-    result = run(c.settings(), fleet, after_s=after, log=output.progress, only=replica, replace=replace)
+    # SIGINT, SIGTERM and SIGHUP set one cancel token (deploy/cancel.py): new replicas destroy what they rented,
+    # a wait stops and the last line says what was left; the replicas' rollbacks always finish.
+    with handle_signals(abandon=False):
+        result = run(c.settings(), fleet, after_s=after, log=output.progress, only=replica, replace=replace)
     if json_:
         output.emit_json(result.as_dict())
         return

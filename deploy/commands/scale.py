@@ -27,10 +27,14 @@ def scale(
       deploy scale 3
       deploy scale 1 --drain-timeout 120
     """
+    from deploy.cancel import handle_signals
     from deploy.fleet.scale import scale as run
 
     c.positive("--drain-timeout", drain_timeout)
-    result = run(c.settings(), fleet, replicas, log=output.progress, drain_s=drain_timeout)
+    # SIGINT, SIGTERM and SIGHUP set one cancel token (deploy/cancel.py): new replicas destroy what they rented,
+    # a wait stops and the last line says what was left; the replicas' rollbacks always finish.
+    with handle_signals(abandon=False):
+        result = run(c.settings(), fleet, replicas, log=output.progress, drain_s=drain_timeout)
     if json_:
         output.emit_json(result.as_dict())
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from deploy.cancel import pause
 from deploy.errors import DeployError
 from deploy.fleet.model import Added, HealResult, due_for_replacement, replica_token, replica_verify
 from deploy.fleet.probe import Probe, probe
@@ -91,7 +92,7 @@ def heal(
                     still.append(r)
             pending = still
             if pending:
-                time.sleep(poll_s)
+                pause(poll_s, f"heal stopped while watching {', '.join(r.name for r in pending)}; nothing was changed")
         leftover = store.replicas(fleet, (DRAINING,))  # a scale or heal that stopped half-way: finish it
         if leftover and only is None:
             remove(settings, store, fleet, leftover, log=log, drain_s=600.0)

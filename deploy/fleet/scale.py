@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from deploy.cancel import pause
 from deploy.errors import DeployError, UsageError
 from deploy.fleet.model import Added, ScaleResult, choose_for_removal, replica_token, replica_verify
 from deploy.fleet.probe import probe
@@ -69,7 +70,11 @@ def wait_idle(
                 f"replica {r.name} still busy after {timeout:g} s ({last}); it stays out of rotation: "
                 f"run `deploy scale` again to finish, or `deploy teardown {r.rental.id}` to cut it"
             )
-        time.sleep(poll_s)
+        pause(
+            poll_s,
+            f"replica {r.name} (rental {r.rental.id}) stays out of rotation, still billing: run `deploy scale` "
+            f"again to finish draining it, or `deploy teardown {r.rental.id}` to cut it",
+        )
 
 
 def remove(

@@ -27,7 +27,7 @@ from deploy.gateway.files import Paths
 from deploy.gateway.runtime_api import ServerStat, server_stats
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
-from tests.conftest import run_deploy
+from tests.conftest import DEPLOY_BIN, run_deploy
 from tests.fakes.server_fixtures import free_port
 
 pytestmark = pytest.mark.usefixtures("haproxy")  # fails with the apt-get line when haproxy is missing
@@ -194,6 +194,52 @@ def test_a_warming_replica_gets_no_traffic_until_ready(fleet, tmp_path):
         proc.terminate()
         proc.wait(30)
     assert name not in fleet.stats()
+
+
+def test_sigterm_stops_heal_while_it_watches_and_its_last_line_says_what_was_left(fleet, tmp_path):
+    """`deploy heal` watching a replica whose /ready fails (a gated replica that never opens): SIGTERM ends it at its
+    next poll with 143 and a last line that says nothing was changed, and the replica stays in the fleet."""
+    token_file, gate = fleet.home / "tokens" / "watched.token", tmp_path / "gate"
+    token_file.write_text("watched-replica-token-0123456789\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.gated_replica", str(port), str(token_file), str(gate)],
+                            cwd=Path(__file__).parents[2], env=fleet.env)  # fmt: skip
+    (fleet.home / "local" / "watched-box").mkdir(parents=True)  # the local provider's record of a running box
+    try:
+        with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+            rental = ledger.record_intent(attempt_id="watched", provider="local", label_prefix="csm-deploy")
+            ledger.record_rented(rental.id, "watched-box")
+            ledger.update_meta(
+                rental.id, endpoint=f"http://127.0.0.1:{port}", access="direct", token_file=str(token_file)
+            )
+            store = FleetStore(ledger)
+            name = store.add(store.get("default"), rental.id).name
+        heal = subprocess.Popen([str(DEPLOY_BIN), "heal", "--after", "600", "--replica", name, "--no-replace"],
+                                env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:  # watching: its /ready failure is on record, and heal polls again
+            with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+                if FleetStore(ledger).replica(FleetStore(ledger).get("default"), name).failing_since is not None:
+                    break
+            assert heal.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        heal.send_signal(signal.SIGTERM)
+        _, err = heal.communicate(timeout=30)
+        assert heal.returncode == 143, err[-2000:]
+        assert err.strip().splitlines()[-1] == (
+            f"interrupted (SIGTERM): heal stopped while watching {name}; nothing was changed"
+        ), err[-2000:]
+        with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+            store = FleetStore(ledger)
+            assert store.replica(store.get("default"), name).state == "active" and ledger.get(rental.id).is_open
+    finally:
+        with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+            if ledger.get(rental.id).is_open:
+                ledger.close_rental(rental.id, "released", "test replica leaves")
+        assert fleet.deploy("gateway", "reload").returncode == 0
+        proc.kill()  # its model load waits on the gate, which never opens
+        proc.wait(30)
 
 
 def test_killed_replica_new_requests_succeed_and_heal_replaces_it(fleet):
