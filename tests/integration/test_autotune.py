@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -205,10 +206,11 @@ def test_sweep_records_gpu_candidates_as_skipped_on_cpu(swept):
     assert [c.batch for c in measured] == [1, 2]
     for c in measured:
         m = c.measurement
-        assert m.frames_timed == 6 and m.rtf > 0 and set(m.ttfa_ms) == {1, 2} and m.ttfa_ms[2] > m.ttfa_ms[1]
-        assert m.ms_per_frame_p95 >= m.ms_per_frame_p50 and not m.cuda_graphs_active
-        assert m.rounds == 2 and len(m.round_ms_per_frame) == 2 and m.spread >= 0
-        assert m.rtf == pytest.approx(sum(m.round_ms_per_frame) / 160, rel=5e-3)  # median of 2 rounds / 80 ms
+        # 2 rounds of 3 frames, and as many more as a disturbed machine made it take (rounds that disagree)
+        assert m.rounds == 2 + m.extra_rounds and len(m.round_ms_per_frame) == m.rounds and m.spread >= 0
+        assert m.frames_timed == 3 * m.rounds and m.rtf > 0 and set(m.ttfa_ms) == {1, 2}
+        assert m.ttfa_ms[2] > m.ttfa_ms[1] and m.ms_per_frame_p95 >= m.ms_per_frame_p50 and not m.cuda_graphs_active
+        assert m.rtf == pytest.approx(statistics.median(m.round_ms_per_frame) / 80, rel=5e-3)  # the rounds' median
         # a request joining a busy batch waits half a step on average; an idle server admits it at once
         assert m.admission_wait_ms == (pytest.approx(m.rtf * 40, rel=5e-3) if c.batch > 1 else 0)
 

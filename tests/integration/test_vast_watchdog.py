@@ -93,7 +93,8 @@ def test_an_idle_box_destroys_itself_and_status_closes_the_row(deploy_cli, vast,
     assert f"rental {row.id}: watchdog armed: idle 0 of 0.5 min, $0." in status.stdout, status.stdout
     wait_destroyed(vast, iid)
     state = json.loads((vast.box(iid).home / "csm-deploy" / "watchdog.json").read_text())
-    assert state["action"] == "destroyed" and "no request for" in state["reason"]
+    # "destroying" is written before the call; the container may be gone before "destroyed" is (as on vast)
+    assert state["action"] in ("destroying", "destroyed") and "no request for" in state["reason"]
     assert {a[2] for a in vast.agents if a[3] == vast.instances[iid]["_api_key"]} == {"csm-runtime/0.1.0"}
     closed_by_status(deploy_cli, deploy_home, vast, iid)
 
@@ -106,7 +107,8 @@ def test_a_box_whose_server_was_killed_destroys_itself(deploy_cli, vast, deploy_
     os.killpg(server_pid, signal.SIGKILL)  # the box's server group (setsid): a crash no handler sees
     wait_destroyed(vast, iid)
     state = json.loads((vast.box(iid).home / "csm-deploy" / "watchdog.json").read_text())
-    assert state["action"] == "destroyed" and "has not answered" in state["reason"]
+    # "destroying" is written before the call; the container may be gone before "destroyed" is (as on vast)
+    assert state["action"] in ("destroying", "destroyed") and "has not answered" in state["reason"]
     closed_by_status(deploy_cli, deploy_home, vast, iid)
 
 
@@ -135,7 +137,9 @@ def test_a_box_provisioned_with_a_cap_destroys_itself_at_the_cap(deploy_cli, vas
     vast.faults.clear()
     wait_destroyed(vast, iid)
     state = json.loads(state_file.read_text())
-    assert state["action"] == "destroyed" and reason in state["reason"] and state["destroy_tries"] >= 2
+    # at least one refused try is on record; "destroyed" (and the last try's number) may not be, if the container
+    # went before the watchdog could write it, as on vast
+    assert state["action"] in ("destroying", "destroyed") and reason in state["reason"] and state["destroy_tries"] >= 1
     closed_by_status(deploy_cli, deploy_home, vast, iid)
 
 
