@@ -47,6 +47,15 @@ class PromptBuilder:
         ids = self.tokenizer.encode(f"[{speaker}]{text}", add_special_tokens=False)
         return [self.ids["bos"], *ids, self.ids["eos"]]
 
+    def _frames(self, seg: Segment) -> torch.Tensor | None:
+        """The segment's codes [32, T] on the host: its stored codes, else its audio encoded now, else None."""
+        if seg.codes is not None:
+            codes = torch.as_tensor(seg.codes, dtype=torch.long).cpu()
+            if codes.dim() != 2 or codes.shape[0] != self.ncb or codes.shape[1] < 1:
+                raise ValueError(f"context segment codes must be [{self.ncb}, frames], got {tuple(codes.shape)}")
+            return codes
+        return self.codec.encode(seg.audio).cpu() if seg.audio is not None else None
+
     def rows(self, text: str, speaker: int, context: Sequence[Segment]) -> PromptRows:
         """The kept context segments then the request text, as rows. Raises ValueError on bad context."""
         tokens, codes, is_audio = [], [], []
@@ -62,7 +71,7 @@ class PromptBuilder:
                 raise ValueError("context must be a sequence of Segment")
             if not seg.text.strip():
                 raise ValueError("context segment text is empty")
-            frames = self.codec.encode(seg.audio).cpu() if seg.audio is not None else None
+            frames = self._frames(seg)
             encoded.append((seg, frames))
         # Keep the newest segments that fit in max_context_frames (oldest dropped first).
         budget, kept = self.max_context_frames, []

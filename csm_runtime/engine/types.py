@@ -16,11 +16,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Segment:
-    """A context segment (text + speaker + its audio) or the request itself (no audio)."""
+    """A context segment (text + speaker + its audio) or the request itself (no audio).
+
+    A segment's audio is given either as a waveform (`audio`, encoded with Mimi when the prompt is built) or as the
+    Mimi codes it was already encoded to (`codes`): stored voices and conversation turns carry codes, so a request
+    never re-encodes them. When both are set, `codes` wins."""
 
     text: str
     speaker: int = 0
     audio: torch.Tensor | None = None  # float32 mono 24 kHz, for context segments
+    codes: torch.Tensor | np.ndarray | None = None  # [32, T] int Mimi codes of the segment's audio
 
 
 @dataclass

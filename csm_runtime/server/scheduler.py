@@ -145,6 +145,7 @@ class Scheduler:
         self._cancels: list[Job] = []
         self._continuing: collections.deque[Job] = collections.deque()  # between two pieces, slot briefly taken
         self._active: dict[int, Job] = {}
+        self._calls: collections.deque[tuple[Callable[[Any], Any], asyncio.Future]] = collections.deque()
         self._outstanding = 0  # pending + active, guarded by _cv
         self._stopping = False
         self._hard_deadline = math.inf
@@ -178,6 +179,44 @@ class Scheduler:
             self._set_queue_gauge()
             self._cv.notify()
         return Ticket(job, self)
+
+    async def call(self, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(generator)` on the worker thread between two frame steps and return its result (or raise its
+        error). Work that touches the model or codec outside a stream (encoding an uploaded clip with Mimi) goes
+        through here, so it never races the frame loop or a CUDA graph capture."""
+        if self._stopping:
+            raise ShuttingDownError("server is shutting down")
+        if self.state != "ready":
+            raise NotReadyError(f"model not ready ({self.state})")
+        future = asyncio.get_running_loop().create_future()
+        with self._cv:
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return await future
+
+    def _run_calls(self) -> None:
+        """Worker side of `call`: run every queued function, hand each result to its waiting coroutine."""
+        while True:
+            with self._cv:
+                if not self._calls:
+                    return
+                fn, future = self._calls.popleft()
+            try:
+                result, error = fn(self.generator), None
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who turns it into its own error
+                result, error = None, exc
+            loop = future.get_loop()
+
+            def settle(future=future, result=result, error=error):
+                if future.done():
+                    return
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+                loop.call_soon_threadsafe(settle)
 
     def cancel(self, job: Job) -> None:
         """Thread-safe and idempotent; the worker frees the slot before its next frame step."""
@@ -238,6 +277,16 @@ class Scheduler:
             self._outstanding -= 1
             self._set_queue_gauge()
 
+    def _fail_calls(self) -> None:
+        """Calls still queued when the worker ends get ShuttingDownError (their callers would wait forever)."""
+        with self._cv:
+            calls, self._calls = list(self._calls), collections.deque()
+        for _, future in calls:
+            with contextlib.suppress(RuntimeError):
+                future.get_loop().call_soon_threadsafe(
+                    lambda f=future: f.done() or f.set_exception(ShuttingDownError("server is shutting down"))
+                )
+
     def _run(self) -> None:
         try:
             self.generator = self._load()
@@ -262,6 +311,7 @@ class Scheduler:
             for job in list(self._active.values()) + list(self._pending):
                 self._finish(job, "error", StreamFailedError(f"generator crashed: {exc}"))
         finally:
+            self._fail_calls()
             if self.state == "ready":
                 self.state = "stopped"
             if self.metrics:
@@ -272,11 +322,14 @@ class Scheduler:
         while True:
             with self._cv:
                 if self._stopping and not self._active and not self._pending and not self._continuing:
+                    self._fail_calls()
                     return
-                if not self._active and not self._pending and not self._cancels and not self._continuing:
+                idle = not self._active and not self._pending and not self._cancels and not self._continuing
+                if idle and not self._calls:
                     self._cv.wait(timeout=0.5)
                     continue
                 cancels, self._cancels = self._cancels, []
+            self._run_calls()
             now = time.monotonic()
             for job in cancels:
                 self._drop(job, "cancelled")

@@ -277,3 +277,29 @@ def test_a_request_between_pieces_goes_before_queued_ones():
     asyncio.run(main())
     sched.stop()
     assert [a[0] for a in fake.added] == ["A one.", "A two.", "queued"]
+
+
+def test_call_runs_on_the_worker_thread_between_steps_and_hands_back_results_and_errors():
+    fake = DevFakeGenerator(max_streams=2)
+    sched = make(fake)
+
+    def boom(gen):
+        raise ValueError("bad clip")
+
+    async def main():
+        ticket = sched.submit("hi", 0, [], frames(20))
+        seen = await sched.call(lambda gen: (gen is fake, threading.get_ident()))
+        with pytest.raises(ValueError, match="bad clip"):
+            await sched.call(boom)
+        return seen, await drain(ticket)
+
+    (is_fake, thread), result = asyncio.run(main())
+    sched.stop()
+    assert is_fake and thread in fake.thread_ids  # the thread that runs the frame steps
+    assert result == (20 * 1920, "max_audio")  # the stream went on around the calls
+
+    async def after_stop():
+        with pytest.raises(ShuttingDownError):
+            await sched.call(lambda gen: None)
+
+    asyncio.run(after_stop())
