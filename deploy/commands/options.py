@@ -32,6 +32,21 @@ Providers = Annotated[
     ),
 ]
 Fleet_ = Annotated[str, typer.Option("--fleet", help="Which fleet (see `deploy status`).")]
+Interruptible = Annotated[
+    bool,
+    typer.Option(
+        "--interruptible", help="Rent at a bid (vast's interruptible price): cheaper, stopped when someone outbids it."
+    ),
+]
+Bid = Annotated[str | None, typer.Option("--bid", help="--interruptible: the bid in USD per hour.", show_default=False)]
+BidOverMin = Annotated[
+    str | None,
+    typer.Option(
+        "--bid-over-min",
+        help="--interruptible: bid this many percent over the offer's minimum bid [default: 0].",
+        show_default=False,
+    ),
+]
 RentalId = Annotated[int, typer.Argument(help="Ledger ID of the rental (the ID column of `deploy status`).")]
 
 
@@ -54,6 +69,20 @@ def price(text: str | None) -> float | None:
         raise UsageError(f"--max-price {text!r} is not a number (USD per hour, e.g. 0.45)") from None
     if not value > 0 or value != value or value == float("inf"):
         raise UsageError(f"--max-price must be a positive number of USD per hour, not {text!r}")
+    return value
+
+
+def number(name: str, text: str | None) -> float | None:
+    """A finite number (`--bid 0.2`, `--bid-over-min 15%`), or a one-line UsageError; the range is checked by whoever
+    takes it."""
+    if text is None:
+        return None
+    try:
+        value = float(text.strip().lstrip("$").rstrip("%"))
+    except ValueError:
+        raise UsageError(f"{name} {text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UsageError(f"{name} {text!r} is not a number")
     return value
 
 

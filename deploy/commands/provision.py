@@ -103,6 +103,9 @@ def provision_command(
         typer.Option(help="Provision a fleet of N replicas in parallel (see `deploy gateway`).", show_default=False),
     ] = None,
     fleet: Annotated[str, typer.Option(help="--replicas: the fleet's name.")] = "default",
+    interruptible: c.Interruptible = False,
+    bid: c.Bid = None,
+    bid_over_min: c.BidOverMin = None,
     json_: c.Json = False,
 ) -> None:
     """Rent a box, get the runtime onto it, tune it, start it and wait for /ready; record everything in the ledger.
@@ -118,12 +121,13 @@ def provision_command(
       deploy provision --provider ssh --host 203.0.113.7 --port 2222 --gpu 4090
       deploy provision --provider local --model tiny-random --autotune-args "--compile off"
       deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
+      deploy provision --gpu 4090 --interruptible --bid-over-min 20     # bid 20% over the offer's minimum
     """
     from deploy.cancel import handle_signals
     from deploy.fleet.model import FleetSpec
     from deploy.providers.records import SshHost
     from deploy.provision.layout import runtime_torch
-    from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog, check_torch
+    from deploy.provision.options import ProvisionOptions, RuntimeOptions, Watchdog, check_bid, check_torch
 
     s = c.settings()
     gpus = [g.strip() for g in (gpu or "").split(",") if g.strip()]  # `4090,3090`: the next type when one runs out
@@ -140,7 +144,11 @@ def provision_command(
         max_spend_usd=c.positive("--max-spend", max_spend),
     )
     ssh = SshHost(host=host, port=port, user=user)
+    bid_usd_h, bid_pct = c.number("--bid", bid), c.number("--bid-over-min", bid_over_min)
+    check_bid(interruptible, bid_usd_h, bid_pct)
     prov = c.provider(provider, ssh)
+    if interruptible and not prov.takes_bids:
+        raise UsageError(f"the {provider} provider has no interruptible (bid) boxes: drop --interruptible")
     if prov.needs_gpu and not gpus:
         raise UsageError(f"--gpu is required for the {provider} provider (e.g. --gpu 4090)")
     image = image or s.image
@@ -179,6 +187,9 @@ def provision_command(
         keep_on_failure=keep_on_failure,
         runtime=runtime_options,
         ssh=ssh,
+        interruptible=interruptible,
+        bid_usd_h=bid_usd_h,
+        bid_over_min_pct=bid_pct,
     )
     # SIGINT, SIGTERM and SIGHUP each stop the flow, which destroys what it rented (deploy/cancel.py); a fleet's
     # rollbacks run in its replicas' threads and always finish.

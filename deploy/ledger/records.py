@@ -214,6 +214,9 @@ class Billing:
     charges_end: float | None = None  # where the provider's charge rows said its billing ended
     charges_asked: bool = False  # the charge rows were asked (even when they gave no end)
     adopted: bool = False  # the row was adopted by its label after a lost create
+    interruptible: bool = False  # rented at a bid (vast's interruptible instance): the provider may stop it
+    bid_usd_h: float | None = None  # the GPU's bid in USD/h (the rental's rate is this plus its disk)
+    preempted_at: float | None = None  # when the provider was first seen to have stopped it for a higher bid
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Billing:
@@ -223,7 +226,20 @@ class Billing:
             charges_end=_time(meta.get("charges_end")),
             charges_asked="charges_end" in meta,
             adopted=bool(meta.get("adopted")),
+            interruptible=bool(meta.get("interruptible")),
+            bid_usd_h=_time(meta.get("bid_usd_h")),
+            preempted_at=_time(meta.get("preempted_at")),
         )
+
+
+def bid_placed(bid_usd_h: float) -> dict[str, Any]:
+    """The meta keys of a rental rented at a bid (an interruptible instance)."""
+    return {"interruptible": True, "bid_usd_h": float(bid_usd_h)}
+
+
+def preempted(at: float) -> dict[str, Any]:
+    """The meta key of a rental the provider stopped for a higher bid (the first time it was seen)."""
+    return {"preempted_at": at}
 
 
 def adopted() -> dict[str, Any]:

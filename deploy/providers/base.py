@@ -36,6 +36,7 @@ class OfferQuery:
     min_cuda: float | None = None
     disk_gb: float | None = None
     limit: int = 20
+    interruptible: bool = False  # bid offers (vast `--type bid`): each carries the lowest bid it takes
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class RentRequest:
     onstart: str | None = None  # a shell script the box runs each time its container starts (never a secret)
     ports: tuple[int, ...] = ()  # box ports to expose on a public address, where the provider can (vast: `-p`)
     user: str | None = None  # the container's user, where the image's own would break SSH (vast: `--user root`)
+    bid_usd_h: float | None = None  # rent interruptible at this bid for the GPU (vast `--bid_price`); None: on-demand
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Provider(ABC):
     listable: ClassVar[bool] = True  # `list_owned` works: status and teardown --all reconcile against it
     runs_here: ClassVar[bool] = False  # the "box" is this machine: its own Python environment can serve
     can_self_destroy: ClassVar[bool] = False  # a box can end its own rental (vast's instance-scoped key): a watchdog
+    takes_bids: ClassVar[bool] = False  # rents interruptible boxes at a bid (vast): `--interruptible` is accepted
     # after a create starts, how long it may still create a box (a create process that outlives a killed deploy);
     # a rental with no id is not closed as "not created" before a listing taken that long after its create began
     create_window_s: float = 0.0

@@ -43,6 +43,7 @@ class Offer:
     location: str = ""
     host_id: str = ""  # what goes on the skip list when a box from this host fails
     storage_usd_gb_month: float | None = None  # vast bills the disk apart from the GPU, from create to destroy
+    min_bid_usd_h: float | None = None  # a bid offer's lowest bid for the GPU (vast `min_bid`); None: on-demand only
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,6 +68,8 @@ class Box:
     direct_ssh: bool = False  # ssh_host/ssh_port are the box's own address (vast: `22/tcp` mapped), not a proxy
     proxy_host: str | None = None  # a proxy in front of the box's sshd (vast: ssh_host:ssh_port), another way in
     proxy_port: int | None = None
+    interruptible: bool = False  # rented at a bid (vast: is_bid): the provider stops it when outbid
+    preempted: bool = False  # stopped by the provider because a higher bid took the machine (state is STOPPED)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from deploy.providers.records import Box, Charge, Offer, State
+from deploy.providers.vast_bids import is_bid, outbid
 
 # vast's `actual_status` -> our states. null (None) is "being provisioned": pending, never cur_state's word (which
 # says `running` as soon as the GPU is allocated). Anything unseen counts as still pending.
@@ -87,6 +88,7 @@ def parse_offer(r: dict[str, Any]) -> Offer:
         location=str(r.get("geolocation") or ""),
         host_id=str(r.get("host_id") or r.get("machine_id") or ""),
         storage_usd_gb_month=number(r.get("storage_cost")),
+        min_bid_usd_h=number(r.get("min_bid")),
     )
 
 
@@ -147,6 +149,8 @@ def parse_box(r: dict[str, Any]) -> Box:
         direct_ssh=direct,
         proxy_host=proxy_host if proxy_port else None,
         proxy_port=proxy_port if proxy_host else None,
+        interruptible=is_bid(r),
+        preempted=outbid(r),
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from csm_common.gpus import Gpu, resolve, version_tuple
 from deploy.errors import UsageError
-from deploy.providers.records import SshHost
+from deploy.providers.records import Offer, SshHost
 from deploy.settings import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
@@ -174,6 +174,12 @@ class ProvisionOptions:
     keep_on_failure: bool = False
     runtime: RuntimeOptions | None = None  # None: box only (rent, wait_running, connect, check)
     ssh: SshHost = field(default_factory=SshHost)  # the ssh provider's box
+    interruptible: bool = False  # rent at a bid (vast's interruptible instance): cheaper, stopped when outbid
+    bid_usd_h: float | None = None  # the GPU's bid in USD/h; None: the offer's min_bid raised by bid_over_min_pct
+    bid_over_min_pct: float | None = None  # bid this many percent over the offer's min_bid (None with no bid: 0)
+
+    def __post_init__(self) -> None:
+        check_bid(self.interruptible, self.bid_usd_h, self.bid_over_min_pct)
 
     @property
     def rent_image(self) -> str:
@@ -201,6 +207,9 @@ class ProvisionOptions:
         keep_on_failure: bool = False,
         runtime: RuntimeOptions | None = None,
         ssh: SshHost | None = None,
+        interruptible: bool = False,
+        bid_usd_h: float | None = None,
+        bid_over_min_pct: float | None = None,
     ) -> ProvisionOptions:
         """The settings' defaults, each replaced by the option given (None: not given)."""
 
@@ -221,7 +230,22 @@ class ProvisionOptions:
             keep_on_failure=keep_on_failure,
             runtime=runtime,
             ssh=ssh or SshHost(),
+            interruptible=interruptible,
+            bid_usd_h=bid_usd_h,
+            bid_over_min_pct=bid_over_min_pct,
         )
+
+    def bid_for(self, offer: Offer) -> float | None:
+        """The bid to rent this offer at: None when on-demand; the --bid given; else the offer's min_bid raised by
+        --bid-over-min (0 % when neither was given). An explicit bid under the offer's min_bid is still returned:
+        the provider refuses it (the search leaves such offers out)."""
+        if not self.interruptible:
+            return None
+        if self.bid_usd_h is not None:
+            return self.bid_usd_h
+        if offer.min_bid_usd_h is None:
+            raise UsageError(f"offer {offer.id} takes no bid: it has no minimum bid to raise")
+        return round(offer.min_bid_usd_h * (1 + (self.bid_over_min_pct or 0.0) / 100), 6)
 
     def replace(self, **changes: Any) -> ProvisionOptions:
         return dataclasses.replace(self, **changes)
@@ -242,6 +266,18 @@ class ProvisionOptions:
         values["runtime"] = RuntimeOptions.from_dict(values["runtime"]) if values.get("runtime") else None
         values["ssh"] = SshHost(**(values.get("ssh") or {}))
         return cls(**values)
+
+
+def check_bid(interruptible: bool, bid_usd_h: float | None, bid_over_min_pct: float | None) -> None:
+    """A bid is one price or one margin over the offer's minimum, and only for an interruptible rental."""
+    if not interruptible and (bid_usd_h is not None or bid_over_min_pct is not None):
+        raise UsageError("--bid and --bid-over-min only apply with --interruptible")
+    if bid_usd_h is not None and bid_over_min_pct is not None:
+        raise UsageError("give --bid or --bid-over-min, not both")
+    if bid_usd_h is not None and not bid_usd_h > 0:
+        raise UsageError(f"--bid must be a price above 0 USD/h, not {bid_usd_h:g}")
+    if bid_over_min_pct is not None and not 0 <= bid_over_min_pct <= 1000:
+        raise UsageError(f"--bid-over-min must be a percentage between 0 and 1000, not {bid_over_min_pct:g}")
 
 
 def check_torch(gpu: Gpu, pinned: str | None) -> None:
