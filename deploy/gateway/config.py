@@ -6,6 +6,12 @@ backend cannot set "the chosen server's token". The fleet backend therefore bala
 /ready) over UNIX sockets, each one a per-replica proxy that sets that replica's `Authorization` and forwards to its
 address. The client-facing token is checked once, at the frontend (401 otherwise; /health and the playground page,
 `/` and `/static/*`, stay public: the page asks for the token and sends it with every API call).
+
+Why a second backend: a conversation's turns live in one replica's memory, so every request that names one (the
+`conversation` of a speech body, or the path `/v1/conversations/{id}...`) goes to the `fleet_sticky` backend, which
+hashes the id (consistent: a replica joining or leaving moves only the conversations it takes or held) over the same
+per-replica sockets. Its servers `track` the fleet backend's, so one health check and one `state drain` (which
+HAProxy passes to tracking servers) take a replica out of both. Requests without a conversation keep leastconn.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from urllib.parse import urlsplit
 from deploy.errors import UsageError
 
 BACKEND = "fleet"
+STICKY = "fleet_sticky"  # requests that name a conversation: hashed on its id
 FRONTEND = "csm"
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9._~+/=-]{8,512}$")  # nothing HAProxy's config or log-format would interpret
 
@@ -78,6 +85,24 @@ def _server_line(b: Backend) -> str:
     return f"    server replica {b.address} ssl verify required ca-file {b.ca_file}"
 
 
+def _conversation_rules() -> list[str]:
+    """The frontend lines that find a request's conversation id and send it to the sticky backend. The speech body
+    is whole here (`option http-buffer-request`) up to HAProxy's buffer (~15 KB); a longer one (context audio) is
+    searched for the key in what is buffered. (The regex sits in double quotes inside a single-quoted word: HAProxy
+    would otherwise end the converter's arguments at its first `)` or `,`.)"""
+    key = r"\"conversation\"[[:space:]]*:[[:space:]]*\"([A-Za-z0-9_.-]+)\""  # quotes escaped for the argument
+    found_in_body = f"{{ req.body -m reg '{key.replace(chr(92), '')}' }}"  # an ACL pattern takes them as they are
+    return [
+        "    acl speech path /v1/audio/speech",
+        "    acl conversation_path path_reg ^/v1/conversations/[A-Za-z0-9_.-]+(/|$)",
+        "    http-request set-var(txn.conversation) path,field(4,/) if conversation_path",
+        "    http-request set-var(txn.conversation) req.body,json_query('$.conversation') if speech METH_POST",
+        f"""    http-request set-var(txn.conversation) 'req.body,regsub("(?s)^.*{key}.*$","\\1")' """
+        f"if speech METH_POST !{{ var(txn.conversation) -m found }} {found_in_body}",
+        f"    use_backend {STICKY} if {{ var(txn.conversation) -m found }}",
+    ]
+
+
 def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
     """The whole HAProxy 2.6 config for one fleet: a pure function (the same input gives the same text)."""
     _check_token("gateway", cfg.client_token)
@@ -125,6 +150,7 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
         f'    acl authorized req.hdr(Authorization) -m str "Bearer {cfg.client_token}"',
         f'    http-request return status 401 content-type application/json string "{unauthorized}" '
         "hdr WWW-Authenticate Bearer if !authorized !public",
+        *_conversation_rules(),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -138,6 +164,16 @@ def render(cfg: GatewayConfig, backends: Sequence[Backend]) -> str:
         f"    default-server check inter {cfg.check_interval_ms}ms fall {cfg.fall} rise {cfg.rise}",
     ]
     lines += [f"    server {b.name} unix@{sock}/{b.name}.sock" for b in backends]
+    lines += [
+        "",
+        f"backend {STICKY}",
+        "    balance hash var(txn.conversation)  # one conversation, one replica: its turns are in that one's memory",
+        "    hash-type consistent",
+        "    retry-on conn-failure empty-response response-timeout 502 503 504  # it died: another starts it anew",
+        "    option redispatch 1",
+        f"    retries {cfg.retries}",
+    ]
+    lines += [f"    server {b.name} unix@{sock}/{b.name}.sock track {BACKEND}/{b.name}" for b in backends]
     for b in backends:
         lines += [
             "",
