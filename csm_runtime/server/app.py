@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from csm_runtime.server import errors, openapi
-from csm_runtime.server.body_limit import BodyLimit
+from csm_runtime.server.body_limit import BodyLimit, path_limits
 from csm_runtime.server.dependencies import read_token, require_bearer
 from csm_runtime.server.gate import BearerGate
 from csm_runtime.server.metrics import Metrics, RequestMetrics
@@ -26,7 +26,8 @@ from csm_runtime.server.openapi import UNAUTHORIZED
 from csm_runtime.server.routers import health, models, page, speech, status, voices
 from csm_runtime.server.scheduler import Scheduler
 from csm_runtime.server.schemas import MAX_BODY_BYTES
-from csm_runtime.server.voices import load_reference_audio, load_voices
+from csm_runtime.server.voice_store import VoiceStore, store_dir
+from csm_runtime.server.voices import add_uploaded_voices, encode_file_voices, load_voices
 from csm_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("csm_runtime.server")
@@ -56,12 +57,14 @@ def create_app(
     before the server binds."""
     token = read_token(settings.token_file)
     voice_table = load_voices(settings.voices_dir)
+    voice_store = VoiceStore(store_dir(settings))
+    add_uploaded_voices(voice_table, voice_store)
     load_generator = loader or default_loader(settings)
     metrics = Metrics()
 
     def load():
         gen = load_generator()
-        load_reference_audio(voice_table, gen.sample_rate)
+        encode_file_voices(voice_table, gen)
         return gen
 
     @asynccontextmanager
@@ -93,14 +96,17 @@ def create_app(
     app.state.settings = settings
     app.state.token = token
     app.state.voices = voice_table
+    app.state.voice_store = voice_store
     app.state.metrics = metrics
     app.state.profile = profile
     errors.install(app)
     # The last added runs first: metrics see every answer, the gate refuses strangers before the body is read.
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        BodyLimit, max_bytes=MAX_BODY_BYTES, timeout_s=settings.body_timeout_s, limits=path_limits(settings)
+    )
     app.add_middleware(BearerGate, token=token)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
-    openapi.install(app, models.model_ids(settings.model), list(voice_table))
+    openapi.install(app, models.model_ids(settings.model), settings)
 
     protected = APIRouter(dependencies=[Depends(require_bearer)], responses=UNAUTHORIZED)
     for module in (status, speech, models, voices):

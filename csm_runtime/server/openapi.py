@@ -2,8 +2,9 @@
 
 FastAPI writes most of it from the routes; this module adds what it cannot know or gets wrong: validation errors are
 400 (not 422) in OpenAI's error shape; every status a route can answer, with its headers (`Retry-After` on 429 and
-503, `WWW-Authenticate` on 401); audio and Prometheus content types; and the accepted `model` and `voice` values as
-enums taken from what this server runs. `/openapi.json` itself needs the token, like the API it describes.
+503, `WWW-Authenticate` on 401); audio and Prometheus content types; the accepted `model` values as an enum taken from what this server runs; and the
+voices routes with their multipart upload (openapi_voices.py). `voice` is a plain string: voices come and go while
+the server runs. `/openapi.json` itself needs the token, like the API it describes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from csm_runtime.server import openapi_voices
 from csm_runtime.server.audio_formats import MEDIA_TYPES
-from csm_runtime.server.schemas import MAX_BODY_BYTES, ErrorBody
+from csm_runtime.server.body_limit import CONTEXT_BODY_BYTES
+from csm_runtime.server.schemas import ErrorBody
 
 
 def error(description: str, *headers: str) -> dict[str, Any]:
@@ -90,7 +93,7 @@ SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: error("Invalid request: bad JSON, a value outside the schema, an unknown model or voice."),
     408: error("The request body did not arrive within the server's body timeout."),
-    413: error(f"Request body larger than {MAX_BODY_BYTES} bytes."),
+    413: error(f"Request body larger than {CONTEXT_BODY_BYTES} bytes."),
     429: error("Every stream slot and the queue are full.", "Retry-After"),
     500: error("Generation failed inside the server."),
     503: error("The model is still loading or warming up, or the server is shutting down.", "Retry-After"),
@@ -121,19 +124,21 @@ NOT_FOUND = {404: error("No such model.")}
 PATH_RESPONSES = {("/ready", "get"): READY_RESPONSES, ("/metrics", "get"): METRICS_RESPONSES}
 
 
-def build(app: FastAPI, models: list[str], voices: list[str]) -> dict[str, Any]:
-    """The document for this app: FastAPI's, with 422s gone and the model and voice enums filled in."""
+def build(app: FastAPI, models: list[str], settings: Any) -> dict[str, Any]:
+    """The document for this app: FastAPI's, with 422s gone, the model enum filled in and the voices routes'
+    bodies and responses described."""
     doc = get_openapi(
         title=app.title,
         version=app.version,
         description=app.description,
         routes=app.routes,
     )
+    path_responses = {**PATH_RESPONSES, **openapi_voices.path_responses(error, settings.voice_upload_max_bytes)}
     for path, operations in doc.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status, spec in PATH_RESPONSES.get((path, method), {}).items():
+            for status, spec in path_responses.get((path, method), {}).items():
                 responses[str(status)] = {**responses.get(str(status), {}), **spec}
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
@@ -141,21 +146,25 @@ def build(app: FastAPI, models: list[str], voices: list[str]) -> dict[str, Any]:
     error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(error_schema.pop("$defs", {}))
     schemas["ErrorBody"] = error_schema
+    schemas.update(openapi_voices.SCHEMAS)
     props = schemas["SpeechRequest"]["properties"]
     props["model"]["enum"] = list(models)
-    props["voice"]["enum"] = list(voices)
+    props["voice"]["description"] = (
+        "A voice's name: one from the server's voice files or one uploaded with POST /v1/voices "
+        "(GET /v1/voices lists them; an unknown name is a 400 `voice_not_found`)."
+    )
     for param in doc["paths"]["/v1/models/{model_id}"]["get"].get("parameters", []):
         if param["name"] == "model_id":
             param["schema"]["enum"] = list(models)
     return doc
 
 
-def install(app: FastAPI, models: list[str], voices: list[str]) -> None:
+def install(app: FastAPI, models: list[str], settings: Any) -> None:
     """`app.openapi()` returns the document above (built once, on first use)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build(app, models, voices)
+            app.openapi_schema = build(app, models, settings)
         return app.openapi_schema
 
     app.openapi = openapi

@@ -1,12 +1,15 @@
 """The voice table: name -> speaker id, plus an optional reference clip and transcript used as generation context.
 
-Loaded once at start-up: the packaged `csm_runtime/voices/*.yaml`, then `voices_dir/*.yaml` (later files win), so an
-operator adds or overrides voices without touching the package. Reference audio is decoded and resampled to the
-model's rate here, once, not per request.
+File voices are loaded at start-up: the packaged `csm_runtime/voices/*.yaml`, then `voices_dir/*.yaml` (later files
+win), so an operator adds or overrides voices without touching the package; they are read-only through the API.
+Uploaded voices (POST /v1/voices, voice_store.py) join the table at start-up and as they are uploaded. Every
+reference clip is encoded with Mimi once (a file voice's when the model has loaded, an upload's at upload) and the
+table keeps its codes, so a request never re-encodes a voice.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,11 @@ from typing import Any
 import yaml
 
 from csm_runtime.engine.types import Segment
+from csm_runtime.server.clips import FRAME_SAMPLES, SAMPLE_RATE, ClipError, decode_clip
+from csm_runtime.server.voice_store import StoredVoice
+
+log = logging.getLogger("csm_runtime.server.voices")
+FILE_CLIP_MAX_S = 120.0  # an operator's reference clip may be longer than an upload, but not without bound
 
 PACKAGED_DIR = Path(__file__).resolve().parent.parent / "voices"
 
@@ -29,17 +37,43 @@ class Voice:
     description: str = ""
     audio_path: str | None = None
     transcript: str | None = None
-    source: str = ""
-    context: list = field(default_factory=list, repr=False)  # [Segment] once loaded
+    source: str = ""  # the YAML file it came from; "" for an upload
+    context: list = field(default_factory=list, repr=False)  # [Segment(codes=...)] once encoded
+    uploaded: bool = False
+    clip_s: float | None = None
+    frames: int | None = None
+    created: int | None = None
 
     def public(self) -> dict[str, Any]:
+        """The API's voice object."""
         return {
             "id": self.name,
+            "object": "voice",
             "name": self.name,
             "speaker": self.speaker,
             "description": self.description,
-            "has_reference_audio": self.audio_path is not None,
+            "transcript": self.transcript,
+            "clip_s": self.clip_s,
+            "frames": self.frames,
+            "created": self.created,
+            "source": "upload" if self.uploaded else "file",
+            "has_reference_audio": self.uploaded or self.audio_path is not None,
         }
+
+
+def from_stored(stored: StoredVoice) -> Voice:
+    """A table entry for an uploaded voice: its stored codes are the context, as they are."""
+    return Voice(
+        name=stored.name,
+        speaker=stored.speaker,
+        description=stored.description,
+        transcript=stored.transcript,
+        context=[Segment(text=stored.transcript, speaker=stored.speaker, codes=stored.codes)],
+        uploaded=True,
+        clip_s=stored.clip_s,
+        frames=int(stored.codes.shape[1]),
+        created=stored.created,
+    )
 
 
 def _parse_file(path: Path) -> dict[str, Voice]:
@@ -84,18 +118,32 @@ def load_voices(voices_dir: str | Path | None = None) -> dict[str, Voice]:
     return voices
 
 
-def load_reference_audio(voices: dict[str, Voice], sample_rate: int) -> None:
-    """Decode each reference clip to a mono float32 tensor at `sample_rate` and store it as a context Segment."""
-    # Loaded here, once the model is: importing the server (and `csm-runtime serve --help`) stays free of torch.
-    import soundfile as sf
+def add_uploaded_voices(voices: dict[str, Voice], store) -> None:
+    """The store's voices join the table at start-up; a voice file's voice of the same name wins (logged)."""
+    for name, stored in store.load().items():
+        if name in voices:
+            log.warning("stored voice %r is hidden by the voice file %s", name, voices[name].source)
+        else:
+            voices[name] = from_stored(stored)
+
+
+def encode_file_voices(voices: dict[str, Voice], gen) -> None:
+    """Encode each file voice's reference clip with the generator's Mimi, once, and keep the codes as its context.
+    Runs on the engine thread right after the model loads; the clip is decoded and trimmed like an upload."""
     import torch
-    import torchaudio.functional as F
 
     for voice in voices.values():
-        if voice.audio_path is None:
+        if voice.audio_path is None or voice.uploaded:
             continue
-        data, rate = sf.read(voice.audio_path, dtype="float32", always_2d=True)
-        wav = torch.from_numpy(data.mean(axis=1))
-        if rate != sample_rate:
-            wav = F.resample(wav, rate, sample_rate)
-        voice.context = [Segment(text=voice.transcript, speaker=voice.speaker, audio=wav)]
+        try:
+            wav = decode_clip(
+                Path(voice.audio_path).read_bytes(), min_s=FRAME_SAMPLES / SAMPLE_RATE, max_s=FILE_CLIP_MAX_S
+            )
+        except (ClipError, OSError) as exc:
+            raise VoiceError(
+                f"{voice.source}: voice {voice.name!r}: reference audio {voice.audio_path}: {exc}"
+            ) from None
+        codes = gen.codec.encode(torch.from_numpy(wav)).cpu().numpy().astype("int64")
+        voice.context = [Segment(text=voice.transcript, speaker=voice.speaker, codes=codes)]
+        voice.clip_s = round(len(wav) / SAMPLE_RATE, 3)
+        voice.frames = int(codes.shape[1])

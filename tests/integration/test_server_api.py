@@ -55,8 +55,8 @@ def test_openapi_needs_the_token_and_documents_what_the_server_serves(server):
     }
     request = doc["components"]["schemas"]["SpeechRequest"]["properties"]
     models = [m["id"] for m in server.client.get("/v1/models").json()["data"]]
-    voices = [v["id"] for v in server.client.get("/v1/voices").json()["voices"]]
-    assert request["model"]["enum"] == models and request["voice"]["enum"] == voices
+    assert request["model"]["enum"] == models
+    assert "enum" not in request["voice"] and "/v1/voices" in request["voice"]["description"]  # voices are dynamic
     assert request["stream_format"]["enum"] == ["audio", "sse"] and request["speed"]["maximum"] == 1.0
     speech_op = doc["paths"]["/v1/audio/speech"]["post"]
     assert {"200", "400", "401", "413", "429", "500", "503", "504"} <= set(speech_op["responses"])
