@@ -41,10 +41,11 @@ def cost(
     now = time.time()
     with c.open_ledger() as ledger:
         rentals = ledger.rentals(since=start)
+        events = {r.id: ledger.events(r.id) for r in rentals}  # where the preemptions are
     theirs, note = None, None
     if provider_charges:
         theirs, note = _provider_charges(rentals, start, now)
-    report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs)
+    report = cost_report(rentals, now=now, since=start, by=by, provider_charges=theirs, events=events)
     report.provider_note = note
     with c.open_ledger() as ledger:
         fleets = fleet_reports(c.settings(), ledger, now=now, charges=theirs)  # priced as the lines are
@@ -61,6 +62,7 @@ def cost(
         ]
         cols = ("day", "hours", "ours", "vast", "vast-ours", "open")
         output.emit_table("cost by UTC day", cols, rows, caption=caption)
+        output.emit_text(_split_line(report))
         return
     rows = [
         (
@@ -68,6 +70,7 @@ def cost(
             x.provider,
             x.provider_id,
             x.gpu_name,
+            _kind(x),
             f"{x.rate_usd_h:.3f}",
             f"{x.hours:.3f}",
             output.fmt_usd(x.gpu_usd),
@@ -85,6 +88,7 @@ def cost(
         "provider",
         "instance",
         "gpu",
+        "kind",
         "USD/h",
         "hours",
         "GPU",
@@ -95,8 +99,20 @@ def cost(
         "vast-ours",
     )
     output.emit_table("cost by rental", (*cols, "open"), rows, caption=caption)
+    output.emit_text(_split_line(report))
     for line in _bounds(report):
         output.emit_text(line)
+
+
+def _split_line(report) -> str:
+    """Interruptible and on-demand apart, in the report's window, with the preemptions."""
+    return f"by kind: {report.split.describe()}"
+
+
+def _kind(line) -> str:
+    if line.kind != "interruptible" or line.bid_usd_h is None:
+        return line.kind or ""
+    return f"interruptible (bid ${line.bid_usd_h:.3f})"
 
 
 def _bounds(report) -> list[str]:

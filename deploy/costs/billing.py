@@ -3,7 +3,9 @@
 Each rental is priced by deploy/costs/price.py (rate x time or vast's split, up to where its billing ended; a rental
 that vanished outside the flow carries the bound of its end). Where the provider reports its own charges (vast's charges endpoint), they are shown beside ours: their amount also
 holds bandwidth, which only vast counts; an instance vast has no charge row for yet is "pending", never $0.
-Pure functions over `Rental` rows, so they are tested directly.
+Each line says whether its rental is interruptible (rented at a bid) or on-demand, and the report carries both kinds'
+hours and dollars apart with the preemptions (deploy/costs/split.py). Pure functions over `Rental` rows, so they are
+tested directly.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from deploy.costs.price import (
     rental_spend,
     running_interval,
 )
+from deploy.costs.split import Split, cost_split, kind
 from deploy.ledger import Rental
 from deploy.providers.records import Charge
 
@@ -65,6 +68,8 @@ class CostLine:
     ended_between: tuple[float, float] | None = None  # vanished outside the flow: ended after one, by the other
     end_source: str | None = None  # and what it is priced to (vast's charges, or the last time it was seen alive)
     ended_at: float | None = None  # where it is priced to end (None: still billing)
+    kind: str | None = None  # interruptible | on-demand (None on a day's line, which adds both)
+    bid_usd_h: float | None = None  # an interruptible rental's bid for the GPU
 
     @property
     def diff_usd(self) -> float | None:
@@ -83,6 +88,7 @@ class CostReport:
     now: float
     lines: list[CostLine] = field(default_factory=list)
     provider_note: str | None = None  # why the provider's charges are missing, when they are
+    split: Split = field(default_factory=Split)  # interruptible and on-demand apart, and the preemptions
 
     @property
     def total_usd(self) -> float:
@@ -107,6 +113,7 @@ class CostReport:
             "provider_total_usd": self.theirs_total_usd,
             "provider_pending": self.pending,
             "provider_note": self.provider_note,
+            "split": self.split.as_dict(),
         }
 
 
@@ -144,12 +151,15 @@ def cost_report(
     since: float | None = None,
     by: str = "instance",
     provider_charges: dict[str, dict[str, Charge]] | None = None,
+    events: dict[int, list[dict[str, Any]]] | None = None,
 ) -> CostReport:
-    """`provider_charges`: per provider that reports charges (vast), what it billed per instance id."""
+    """`provider_charges`: per provider that reports charges (vast), what it billed per instance id. `events`: each
+    rental's ledger events, where its preemptions are."""
     if by not in ("instance", "day"):
         raise ValueError(f"--by must be instance or day, not {by!r}")
     report = CostReport(by=by, since=since, now=now)
     charges = provider_charges or {}
+    report.split = cost_split(rentals, now=now, since=since, charges=charges, events=events)
     if by == "instance":
         for r in rentals:
             charge = _charge(charges, r)
@@ -169,6 +179,8 @@ def cost_report(
                 gpu_usd=spend.gpu_usd,
                 disk_usd=spend.disk_usd,
                 ended_at=b.ended_at,
+                kind=kind(r),
+                bid_usd_h=r.billing.bid_usd_h,
             )
             if bound := end_bound(r, charge):
                 line.ended_between, line.end_source = (bound.lo, bound.hi), bound.source

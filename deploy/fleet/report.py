@@ -5,6 +5,11 @@ Two dollar-per-audio-hour figures, since they answer different questions: `usd_p
 so far cost (the live replicas' dollars since they started over the audio hours their /metrics count; a replica's
 counters die with it, so removed replicas are left out of both sides), and `usd_per_audio_h_full_load` is what it
 would cost with every replica busy at its profile's measured speed (USD/h over audio hours per hour at full load).
+
+Then the last hour and the last day of the fleet, every replica it had in them (removed ones too): interruptible and
+on-demand hours and dollars apart, the preemptions, and the dollars per hour of audio over the replica-time whose
+audio counters were read (deploy/costs/split.py). Each replica's counter, as read here, is kept in the ledger as a
+reading (deploy/costs/audio.py), so a later report can measure a window that this one only began.
 """
 
 from __future__ import annotations
@@ -13,8 +18,16 @@ import time
 from typing import Any
 
 from deploy import output
-from deploy.costs.audio import audio_hours_per_hour, usd_per_audio_hour, usd_per_audio_hour_served
+from deploy.costs.audio import (
+    Point,
+    audio_hours_per_hour,
+    points_from_events,
+    record_sample,
+    usd_per_audio_hour,
+    usd_per_audio_hour_served,
+)
 from deploy.costs.price import price
+from deploy.costs.split import DAY_S, HOUR_S, describe_window, fleet_window, kind
 from deploy.errors import DeployError
 from deploy.fleet.model import replica_token, replica_verify
 from deploy.fleet.probe import probe
@@ -23,7 +36,7 @@ from deploy.gateway.fleet_gateway import paths, replica_url
 from deploy.gateway.process import master_pid
 from deploy.gateway.runtime_api import ServerStat, server_stats
 from deploy.ledger import Ledger, Rental
-from deploy.ledger.fleets import FleetStore
+from deploy.ledger.fleets import ALL_STATES, FleetStore
 from deploy.providers.records import Charge
 from deploy.settings import DeploySettings
 
@@ -50,6 +63,9 @@ def fleet_reports(
                 stats = {}
         store.retire_closed(fleet)  # `deploy teardown ID` of a replica: it left the fleet
         rows, capacity_audio_h_per_h = [], 0.0
+        rentals = [x.rental for x in store.replicas(fleet, ALL_STATES) if _in_last_day(x.rental, now)]
+        events = {r.id: ledger.events(r.id) for r in rentals}
+        points = {r.id: points_from_events(events[r.id]) for r in rentals}
         for r in store.replicas(fleet):
             url = replica_url(settings, fleet, r)
             pr, detail = None, "no endpoint" if not r.endpoint else "tunnel closed"
@@ -62,6 +78,11 @@ def fleet_reports(
             profile = r.rental.server.profile or {}
             capacity_audio_h_per_h += audio_hours_per_hour(profile.get("rtf"), profile.get("max_streams")) or 0.0
             stat = stats.get(r.name)
+            if pr and pr.metrics:  # a reading of its audio counter: kept, and the window's last point
+                seconds = pr.metrics.get("audio_seconds", 0.0)
+                kept = points.setdefault(r.rental.id, [])
+                record_sample(ledger, r.rental.id, seconds, last=kept[-1] if kept else None)
+                kept.append(Point(now, seconds))
             rows.append(
                 {
                     **r.as_dict(),
@@ -71,12 +92,19 @@ def fleet_reports(
                     "audio_seconds": round(pr.metrics.get("audio_seconds", 0.0), 2) if pr and pr.metrics else None,
                     "active_streams": int(pr.metrics.get("active_streams", 0)) if pr and pr.metrics else None,
                     "gateway": stat.status if stat else None,
+                    "kind": kind(r.rental),
+                    "bid_usd_h": r.rental.billing.bid_usd_h,
+                    "preempted_at": r.rental.billing.preempted_at,
                     "usd": round(price(r.rental, now=now, charge=_charge(charges, r.rental)).usd, 6),
                 }
             )
         rate = sum(x["rate_usd_h"] for x in rows)
         usd = sum(x["usd"] for x in rows)
         audio = sum(x["audio_seconds"] or 0.0 for x in rows)
+        windows = {
+            name: fleet_window(rentals, now=now, seconds=span, points=points, events=events, charges=charges)
+            for name, span in (("last_hour", HOUR_S), ("last_day", DAY_S))
+        }
         out.append(
             {
                 "fleet": fleet.name,
@@ -91,10 +119,17 @@ def fleet_reports(
                     "usd": round(usd, 6),
                     "usd_per_audio_h": usd_per_audio_hour_served(usd, audio),
                     "usd_per_audio_h_full_load": usd_per_audio_hour(rate, capacity_audio_h_per_h),
+                    **{name: w.as_dict() for name, w in windows.items()},
                 },
+                "windows": windows,
             }
         )
     return out
+
+
+def _in_last_day(rental: Rental, now: float) -> bool:
+    """Whether it may have billed in the last day (its billed end is never after its ledger end)."""
+    return rental.ended_at is None or rental.ended_at >= now - DAY_S
 
 
 def _charge(charges: dict[str, dict[str, Charge]] | None, rental: Rental) -> Charge | None:
@@ -102,7 +137,7 @@ def _charge(charges: dict[str, dict[str, Charge]] | None, rental: Rental) -> Cha
 
 
 def _usd(x: float | None) -> str:
-    return "n/a" if x is None else f"${x:.4f}"
+    return "unknown" if x is None else f"${x:.4f}"
 
 
 def _row(x: dict[str, Any]) -> tuple[Any, ...]:
@@ -114,6 +149,7 @@ def _row(x: dict[str, Any]) -> tuple[Any, ...]:
         x["rental_id"],
         x["state"],
         x["gateway"] or "",
+        _kind(x),
         ready,
         requests,
         audio,
@@ -134,5 +170,14 @@ def emit_tables(reports: list[dict[str, Any]]) -> None:
             f"{t['rate_usd_h']:.3f} USD/h; per hour of audio: {_usd(t['usd_per_audio_h'])} so far, "
             f"{_usd(t['usd_per_audio_h_full_load'])} at full load"
         )
-        cols = ("replica", "rental", "state", "gateway", "ready", "requests", "audio s", "USD/h", "USD")
+        cols = ("replica", "rental", "state", "gateway", "kind", "ready", "requests", "audio s", "USD/h", "USD")
         output.emit_table(f"fleet {f['fleet']}", cols, rows, caption=caption)
+        for name, w in f["windows"].items():
+            output.emit_text(describe_window(f"fleet {f['fleet']}, {name.replace('_', ' ')}", w))
+
+
+def _kind(x: dict[str, Any]) -> str:
+    if x["kind"] != "interruptible":
+        return x["kind"]
+    bid = "" if x["bid_usd_h"] is None else f" bid ${x['bid_usd_h']:.3f}"
+    return f"interruptible{bid}" + (", preempted" if x["preempted_at"] is not None else "")
