@@ -10,10 +10,12 @@
     deploy open        the playground page, token in the fragment     commands/open.py
     deploy logs        a rental's process log or ledger events        commands/logs.py
     deploy generate    speak a text through a rental's server         commands/generate.py
+    deploy voice       clone a voice from a clip: add, list, rm       commands/voice.py
     deploy autotune    sweep settings on a rental, copy its profile   commands/autotune.py
     deploy gateway     HAProxy in front of a fleet: start/stop/status commands/gateway.py
     deploy scale       grow (parallel provision) or shrink (drain)    commands/scale.py
     deploy heal        replace replicas that died or stay unready     commands/heal.py
+    deploy autoscale   size a fleet to its load, min..max, spend cap  commands/autoscale.py
 
 Errors map to one line on stderr (`Error: ...`) and exit 1 via `_errors()` below; DEPLOY_DEBUG=1 adds the
 traceback. A command a signal ended (deploy/cancel.py) ends with `interrupted (SIGx): <what is left billing>` and
@@ -32,6 +34,7 @@ from typing import Annotated
 import typer
 
 from deploy.commands import (
+    autoscale,
     autotune,
     cost,
     gateway,
@@ -45,6 +48,7 @@ from deploy.commands import (
     status,
     teardown,
     tunnel,
+    voice,
 )
 from deploy.commands import (
     open as open_page,
@@ -70,10 +74,12 @@ app.command("tunnel")(tunnel.tunnel)
 app.command("open")(open_page.open_)
 app.command("logs")(logs.logs)
 app.command("generate")(generate.generate)
+app.add_typer(voice.app, name="voice")
 app.command("autotune")(autotune.autotune)
 app.add_typer(gateway.app, name="gateway")
 app.command("scale")(scale.scale)
 app.command("heal")(heal.heal)
+app.command("autoscale")(autoscale.autoscale)
 
 
 def _show_config(value: bool) -> None:

@@ -54,6 +54,7 @@ class DeploySettings:
     local_rate: float = 0.0  # USD per hour the `local` provider charges itself (for cost demos)
     remote_dir: str = "~/csm-deploy"  # where the runtime's files live on the box
     haproxy: str | None = None  # the fleet gateway's haproxy binary [default: `haproxy` on PATH, /usr/sbin/haproxy]
+    interruptible_deadline_s: float = 600.0  # a mixed fleet's replica rents on demand when no bid box is up by then
 
     @property
     def home_path(self) -> Path:

@@ -120,6 +120,11 @@ class Autoscaler:
             return self._changed(obs, Decision("remove", shrink_by, f"{why_low} for {held:.0f} s"))
         return Decision("hold", 0, f"{self._per_replica_text(obs)}: within target {p.target_streams:g}")
 
+    def acted(self, now: float) -> None:
+        """The change a decision asked for is done (a provision takes minutes): the cooldown counts from here."""
+        self.changed_at = now
+        self.high_since = self.low_since = None
+
     def _high(self, obs: Observation) -> tuple[bool, str]:
         p = self.policy
         if obs.rejected_429:

@@ -1,5 +1,6 @@
 """Healing a fleet: replicas whose instance died are destroyed and replaced at once; one whose /ready keeps failing
-is watched for a set time and replaced if it does not recover. The gateway is reloaded around the change."""
+is watched for a set time and replaced if it does not recover. The gateway is reloaded around the change. A replica
+whose box was stopped (outbid at its bid, or stopped) goes first, the preemption recorded (deploy/fleet/preempt.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from deploy.cancel import pause
 from deploy.errors import DeployError
 from deploy.fleet.model import Added, HealResult, due_for_replacement, replica_token, replica_verify
+from deploy.fleet.preempt import Preemptions, handle_preempted
 from deploy.fleet.probe import Probe, probe
 from deploy.fleet.replicas import add_replicas
 from deploy.fleet.scale import end_replica, remove
@@ -47,6 +49,7 @@ def heal(
 ) -> HealResult:
     """Replace replicas whose instance died, or whose /ready has failed for `after_s` seconds (watched here until
     it either recovers or the time is up). Dead ones are destroyed (nothing left billing), then replaced."""
+    pre = handle_preempted(settings, fleet_name, log=log, replace=replace) if only is None else Preemptions()
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -110,7 +113,11 @@ def heal(
         with Ledger(settings.ledger_path) as ledger:
             store = FleetStore(ledger)
             gateway_reload(settings, store, store.get(fleet_name))
-    result = HealResult(fleet_name, verdicts, [r.name for r in due], added.names, added.failures)
-    if added.failures:
-        raise DeployError("heal removed the dead replicas but could not replace all: " + "; ".join(added.failures))
+    verdicts.update(pre.found)
+    failures = pre.added.failures + added.failures
+    result = HealResult(
+        fleet_name, verdicts, pre.removed + [r.name for r in due], pre.added.names + added.names, failures
+    )
+    if failures:
+        raise DeployError("heal removed the dead replicas but could not replace all: " + "; ".join(failures))
     return result

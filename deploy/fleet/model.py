@@ -23,21 +23,49 @@ from deploy.secrets.tokens import read_token_file
 @dataclass(frozen=True)
 class FleetSpec:
     """How to make one more replica exactly like the fleet's others: the provider, the GPU types to try in order
-    (`4090,3090`: the next type when the first has no offer left), and the provision options (GPU left out)."""
+    (`4090,3090`: the next type when the first has no offer left), and the provision options (GPU left out).
+
+    With `options.interruptible`, the fleet mixes kinds: at least `on_demand_min` replicas on demand (they survive a
+    higher bid), the rest interruptible (rented at a bid, cheaper, stopped when outbid)."""
 
     provider: str
     gpus: tuple[str, ...]
     options: ProvisionOptions
+    on_demand_min: int = 0
 
-    def options_for(self, gpu: str | None) -> ProvisionOptions:
-        return self.options.replace(gpu=resolve(gpu) if gpu else None)
+    def __post_init__(self) -> None:
+        if self.on_demand_min < 0:
+            raise UsageError(f"--on-demand-min must be 0 or more, not {self.on_demand_min}")
+        if self.on_demand_min and not self.options.interruptible:
+            raise UsageError(
+                "--on-demand-min only applies with --interruptible (without it every replica is on demand)"
+            )
+
+    def options_for(self, gpu: str | None, *, interruptible: bool | None = None) -> ProvisionOptions:
+        """One replica's options; `interruptible=False` makes it on demand even in an interruptible fleet."""
+        options = self.options.replace(gpu=resolve(gpu) if gpu else None)
+        if interruptible is False and options.interruptible:
+            options = options.replace(interruptible=False, bid_usd_h=None, bid_over_min_pct=None)
+        return options
+
+    def kinds(self, count: int, on_demand_live: int) -> list[bool]:
+        """Whether each of `count` new replicas is interruptible: on demand until the fleet holds `on_demand_min`
+        on-demand replicas, interruptible after (all on demand in a fleet that is not interruptible)."""
+        if not self.options.interruptible:
+            return [False] * count
+        on_demand = max(0, min(count, self.on_demand_min - on_demand_live))
+        return [False] * on_demand + [True] * (count - on_demand)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "gpus": list(self.gpus), "options": self.options.as_dict()}
+        d = {"provider": self.provider, "gpus": list(self.gpus), "options": self.options.as_dict()}
+        if self.on_demand_min:
+            d["on_demand_min"] = self.on_demand_min
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FleetSpec:
-        return cls(data["provider"], tuple(data.get("gpus") or ()), ProvisionOptions.from_dict(data["options"]))
+        options = ProvisionOptions.from_dict(data["options"])
+        return cls(data["provider"], tuple(data.get("gpus") or ()), options, int(data.get("on_demand_min") or 0))
 
 
 @dataclass

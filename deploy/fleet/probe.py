@@ -37,10 +37,12 @@ _GAUGES = {
 
 def parse_metrics(text: str) -> dict[str, float]:
     """The numbers the fleet needs from a replica's Prometheus text: speech requests served (2xx), audio seconds,
-    active streams, queue depth."""
-    out = {"speech_requests": 0.0, "audio_seconds": 0.0, "active_streams": 0.0, "queue_depth": 0.0}
+    active streams, queue depth, requests refused with 429 (every slot and the queue full; a counter)."""
+    out = {"speech_requests": 0.0, "audio_seconds": 0.0, "active_streams": 0.0, "queue_depth": 0.0, "rejected_429": 0.0}
     for s in samples(text):
-        if s.name == "csm_requests_total" and s.labels.get("route") == _SPEECH:
+        if s.name == "csm_requests_rejected_total" and s.labels.get("reason") == "queue_full":  # answered 429
+            out["rejected_429"] += s.value
+        elif s.name == "csm_requests_total" and s.labels.get("route") == _SPEECH:
             if re.fullmatch(r"2\d\d", s.labels.get("status", "")):
                 out["speech_requests"] += s.value
         elif s.name in _GAUGES:

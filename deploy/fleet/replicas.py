@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deploy.cancel import CancelToken, Interrupted, current
 from deploy.errors import DeployError, NoOffersError, ProvisionCancelled, UsageError
+from deploy.fleet.mix import interruptible_first
 from deploy.fleet.model import Added, FleetSpec
 from deploy.gateway.fleet_gateway import gateway_reload
 from deploy.ledger import Ledger
@@ -27,15 +28,24 @@ from deploy.settings import DeploySettings
 Log = Callable[[str], None]
 
 
-def provision_one(settings: DeploySettings, spec: FleetSpec, *, log: Log, cancel: CancelToken | None = None) -> int:
-    """One replica, exactly as `deploy provision` makes one; GPU types tried in order. -> its ledger rental ID."""
+def provision_one(
+    settings: DeploySettings,
+    spec: FleetSpec,
+    *,
+    log: Log,
+    cancel: CancelToken | None = None,
+    interruptible: bool | None = None,
+) -> int:
+    """One replica, exactly as `deploy provision` makes one; GPU types tried in order. -> its ledger rental ID.
+    `interruptible=False`: on demand even in an interruptible fleet."""
     gpus = spec.gpus or (None,)
     failures = []
     with Ledger(settings.ledger_path) as ledger:
         for i, gpu in enumerate(gpus):
             provider = make_provider(spec.provider, settings, spec.options.ssh)
             try:
-                ctx = run_provision(settings, spec.options_for(gpu), provider, ledger, log=log, cancel=cancel)
+                options = spec.options_for(gpu, interruptible=interruptible)
+                ctx = run_provision(settings, options, provider, ledger, log=log, cancel=cancel)
             except NoOffersError as exc:
                 failures.append(f"{gpu or 'any gpu'}: {exc}")
                 if i + 1 < len(gpus):
@@ -55,9 +65,17 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
         ensure_ssh_key(settings)  # made once here: parallel first uses would race on ssh-keygen
     result = Added()
     cancel = current() or CancelToken()
+    kinds = spec.kinds(count, on_demand_live(settings, fleet_name))  # a mixed fleet: its on-demand minimum first
 
     def one(i: int) -> int:
-        return provision_one(settings, spec, log=lambda message: log(f"replica {i}/{count}: {message}"), cancel=cancel)
+        def say(message: str) -> None:
+            log(f"replica {i}/{count}: {message}")
+
+        def attempt(bid: bool, token: CancelToken) -> int:
+            return provision_one(settings, spec, log=say, cancel=token, interruptible=bid)
+
+        deadline = settings.interruptible_deadline_s
+        return interruptible_first(attempt, interruptible=kinds[i - 1], deadline_s=deadline, cancel=cancel, log=say)
 
     outcomes: list[tuple[int, int | None, BaseException | None]] = []
     interrupted: BaseException | None = None
@@ -75,6 +93,9 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
                 except BaseException as exc:  # noqa: BLE001 - one replica's failure is reported, not fatal
                     outcomes.append((i, None, exc))
                 break
+    from deploy.fleet.voices import push_to_new_replicas  # the fleet's voices first: it joins (gets traffic) after
+
+    outcomes = push_to_new_replicas(settings, fleet_name, outcomes, log=log)
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
         fleet = store.get(fleet_name)
@@ -94,6 +115,13 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
         ]
         raise Interrupted(cancel.signum, "; ".join(left))
     return result
+
+
+def on_demand_live(settings: DeploySettings, fleet_name: str) -> int:
+    """The fleet's active replicas rented on demand (not at a bid)."""
+    with Ledger(settings.ledger_path) as ledger:
+        store = FleetStore(ledger)
+        return sum(1 for r in store.replicas(store.get(fleet_name), (ACTIVE,)) if not r.rental.billing.interruptible)
 
 
 def create_fleet(settings: DeploySettings, name: str, spec: FleetSpec, count: int, *, log: Log) -> dict:

@@ -155,10 +155,13 @@ def test_metrics_parsing_counts_only_served_speech():
             "csm_audio_seconds_total 12.5",
             "csm_active_streams 1.0",
             "csm_queue_depth 0.0",
+            'csm_requests_rejected_total{reason="queue_full"} 2.0',
+            'csm_requests_rejected_total{reason="not_ready"} 4.0',
         ]
     )
     m = parse_metrics(text)
-    assert m == {"speech_requests": 5.0, "audio_seconds": 12.5, "active_streams": 1.0, "queue_depth": 0.0}
+    assert m == {"speech_requests": 5.0, "audio_seconds": 12.5, "active_streams": 1.0, "queue_depth": 0.0,
+                 "rejected_429": 2.0}  # fmt: skip
 
 
 def _ledger_with_fleet(home, n=3):
