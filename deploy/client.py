@@ -1,4 +1,5 @@
-"""Speech client for a running csm-runtime server: stream `/v1/audio/speech` to a file, measure TTFA and RTF.
+"""Client for a running csm-runtime server: stream `/v1/audio/speech` to a file (measuring TTFA and RTF), and the
+voices API (upload a clip as a voice, list, delete).
 
 Control-plane code: httpx only (no torch, no numpy). TTFA is the time from sending the request to the first audio
 byte as the client saw it; RTF is wall time / audio duration (below 1 means faster than real time). Audio duration is
@@ -8,6 +9,7 @@ exact for wav/pcm (from the byte count); for flac/mp3/opus it is read back with 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from deploy.errors import DeployError, UsageError
 
@@ -33,8 +36,17 @@ PLAYERS = (
 )
 
 
-class GenerateError(DeployError):
-    """The server refused the request or the stream broke; the message is the server's own when it sent one."""
+class ServerError(DeployError):
+    """The server refused a request or could not be reached; the message is the server's own when it sent one.
+    `status` is the HTTP status it answered (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class GenerateError(ServerError):
+    """The server refused the speech request or the stream broke."""
 
 
 @dataclass
@@ -133,24 +145,26 @@ def synthesize(
     max_audio_ms: int | None = None,
     on_progress: Callable[[int, float], None] | None = None,
     cacert: str | Path | None = None,
+    conversation: str | None = None,
 ) -> Result:
     """POST /v1/audio/speech and stream the body into `out`. `on_progress(bytes_so_far, seconds_since_start)`.
     `cacert`: the only certificate an https server may present (a rental's pinned one); a server presenting another
-    is refused before the token is sent."""
+    is refused before the token is sent. `conversation`: the id whose earlier turns the server speaks after (a
+    gateway sends every request of one conversation to the same replica)."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     path = Path(out)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     body: dict[str, object] = {"model": model, "input": text, "voice": voice, "response_format": fmt}
+    if conversation:
+        body["conversation"] = conversation  # early in the body: a gateway reads it from the first kilobytes
     if max_audio_ms:
         body["max_audio_ms"] = max_audio_ms  # the server's cap on this request's audio
     url = endpoint.rstrip("/") + "/v1/audio/speech"
     import httpx
 
-    from deploy.remote.tls import client_context, is_certificate_error
-
     timeout = httpx.Timeout(timeout_s, connect=10.0)
-    verify = client_context(cacert) if cacert else True
+    verify = _verify(cacert)
     nbytes, ttfa = 0, None
     start = time.perf_counter()
     try:
@@ -168,20 +182,123 @@ def synthesize(
                     if on_progress:
                         on_progress(nbytes, time.perf_counter() - start)
     except httpx.HTTPError as exc:
-        if is_certificate_error(exc):
-            trusted = f"the pinned one ({cacert})" if cacert else "one this machine trusts"
-            raise GenerateError(
-                f"{endpoint} presented a TLS certificate other than {trusted}: refusing to send the token"
-            ) from None
-        if ttfa is not None:  # the body had begun: the server ended it without its last chunk (timeout, shutdown)
+        if ttfa is not None and not _is_cert_error(
+            exc
+        ):  # the body had begun: the server ended it without its last chunk (timeout, shutdown)
             raise GenerateError(
                 f"the server cut the stream short after {nbytes} bytes: {path} is incomplete ({type(exc).__name__})"
             ) from None
-        raise GenerateError(f"request to {url} failed: {type(exc).__name__}: {exc}") from None
+        raise GenerateError(_transport_message(exc, endpoint, url, cacert)) from None
     wall = time.perf_counter() - start
     if fmt == "wav":
         fix_wav_header(path)
     return Result(str(path), fmt, nbytes, audio_seconds(path, fmt, nbytes), ttfa if ttfa is not None else wall, wall)
+
+
+# --- the voices API -------------------------------------------------------------------------------------------------
+
+VOICE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_voice_name(name: str) -> str:
+    """The server's rule, checked here first: a name is also a path segment (and a folder of a fleet's library)."""
+    if not VOICE_NAME.match(name or "") or name in (".", ".."):
+        raise UsageError(f"voice name {name!r}: use 1-64 of A-Z a-z 0-9 _ . - (not . or ..)")
+    return name
+
+
+def _call(
+    method: str,
+    endpoint: str,
+    path: str,
+    *,
+    token: str | None,
+    cacert: str | Path | None,
+    timeout_s: float = 300.0,
+    **kwargs,
+) -> dict:
+    """One JSON request; a refusal is a ServerError with the server's own message and status."""
+    import httpx
+
+    url = endpoint.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method,
+            url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            verify=_verify(cacert),
+            **kwargs,
+        )
+    except httpx.HTTPError as exc:
+        raise ServerError(_transport_message(exc, endpoint, url, cacert)) from None
+    if response.status_code >= 400:
+        status = response.status_code
+        raise ServerError(f"server answered {status}: {_server_message(response)}", status)
+    try:
+        return response.json()
+    except ValueError:
+        raise ServerError(f"{url} answered {response.status_code} without JSON") from None
+
+
+def add_voice(
+    endpoint: str,
+    name: str,
+    clip: str | Path,
+    transcript: str,
+    *,
+    speaker: int = 0,
+    description: str = "",
+    replace: bool = False,
+    token: str | None = None,
+    cacert: str | Path | None = None,
+) -> dict:
+    """POST /v1/voices (multipart): the clip is streamed from its file; the server encodes it once and answers with
+    the voice object."""
+    check_voice_name(name)
+    path = Path(clip)
+    if not path.is_file():
+        raise UsageError(f"{clip}: no such file")
+    fields = {
+        "name": name,
+        "transcript": transcript,
+        "speaker": str(speaker),
+        "description": description,
+        "replace": "true" if replace else "false",
+    }
+    with path.open("rb") as f:
+        files = {"audio": (path.name, f, "application/octet-stream")}
+        return _call("POST", endpoint, "/v1/voices", token=token, cacert=cacert, data=fields, files=files)
+
+
+def list_voices(endpoint: str, *, token: str | None = None, cacert: str | Path | None = None) -> list[dict]:
+    return list(_call("GET", endpoint, "/v1/voices", token=token, cacert=cacert, timeout_s=30.0).get("voices", []))
+
+
+def delete_voice(endpoint: str, name: str, *, token: str | None = None, cacert: str | Path | None = None) -> dict:
+    path = f"/v1/voices/{quote(check_voice_name(name), safe='')}"
+    return _call("DELETE", endpoint, path, token=token, cacert=cacert, timeout_s=30.0)
+
+
+def _verify(cacert: str | Path | None):
+    from deploy.remote.tls import client_context
+
+    return client_context(cacert) if cacert else True
+
+
+def _is_cert_error(exc: BaseException) -> bool:
+    from deploy.remote.tls import is_certificate_error
+
+    return is_certificate_error(exc)
+
+
+def _transport_message(exc: BaseException, endpoint: str, url: str, cacert: str | Path | None) -> str:
+    """One line for a request that got no answer; a certificate other than the pinned one is named as such."""
+    if _is_cert_error(exc):
+        trusted = f"the pinned one ({cacert})" if cacert else "one this machine trusts"
+        return f"{endpoint} presented a TLS certificate other than {trusted}: refusing to send the token"
+    return f"request to {url} failed: {type(exc).__name__}: {exc}"
 
 
 def play(path: str | Path) -> str:

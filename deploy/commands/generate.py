@@ -5,6 +5,7 @@ Examples:
     deploy generate --endpoint http://127.0.0.1:8000 --token-file tok "Hi." -o hi.wav
     deploy generate --endpoint http://127.0.0.1:8000 --voice echo --format mp3 "Hi." -o hi.mp3 --play
     deploy generate --endpoint https://203.0.113.7:41000 --cacert rental-3.pem --token-file tok "Hi." -o hi.wav
+    deploy generate 3 "Nice to meet you." --voice maya --conversation call-42    # an uploaded voice, in context
 
 A rental whose server is on a public address speaks HTTPS: `deploy generate ID` trusts only the certificate pinned
 for it when it was provisioned (deploy/remote/tls.py), and refuses a server that presents another one.
@@ -12,6 +13,7 @@ for it when it was provisioned (deploy/remote/tls.py), and refuses a server that
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,8 @@ from deploy import output
 from deploy.client import FORMATS, play, synthesize
 from deploy.commands.options import Json, settings
 from deploy.errors import UsageError
+
+_CONVERSATION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _progress(nbytes: int, elapsed: float) -> None:
@@ -39,7 +43,11 @@ def generate(
     cacert: Annotated[
         Path | None, typer.Option(help="the certificate an https --endpoint must present (a rental's pinned PEM)")
     ] = None,
-    voice: Annotated[str, typer.Option(help="voice name (GET /v1/voices)")] = "alloy",
+    voice: Annotated[str, typer.Option(help="voice name (GET /v1/voices; `deploy voice add` uploads one)")] = "alloy",
+    conversation: Annotated[
+        str | None,
+        typer.Option(help="conversation id: speak after its earlier turns, then add this one ([A-Za-z0-9_.-]{1,64})"),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"one of {', '.join(FORMATS)}")] = "wav",
     model: Annotated[str, typer.Option(help="model name sent to the server")] = "tts-1",
     max_audio_ms: Annotated[int | None, typer.Option(help="cap the audio length (server setting by default)")] = None,
@@ -49,6 +57,8 @@ def generate(
     as_json: Json = False,
 ) -> None:
     """Stream speech from the server into a file; progress on stderr, result (TTFA, RTF) on stdout."""
+    if conversation is not None and not _CONVERSATION.match(conversation):
+        raise UsageError(f"--conversation {conversation!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     if len(args) == 2:
         if endpoint:
             raise UsageError("give either an instance ID or --endpoint, not both")
@@ -59,16 +69,31 @@ def generate(
             token_file = token_file or (Path(recorded_token) if recorded_token else None)
             cacert = cacert or (Path(pinned_cert) if pinned_cert else None)
             return _generate(
-                url, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert
+                url,
+                args[-1],
+                out,
+                token_file,
+                voice,
+                fmt,
+                model,
+                max_audio_ms,
+                play_audio,
+                as_json,
+                cacert,
+                conversation,
             )
     elif len(args) != 1:
         raise UsageError('expected [ID] "text" (the text in quotes)')
     elif not endpoint:
         raise UsageError("no server: pass an instance ID or --endpoint URL")
-    _generate(endpoint, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert)
+    _generate(
+        endpoint, args[-1], out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert, conversation
+    )
 
 
-def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert) -> None:
+def _generate(
+    endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, play_audio, as_json, cacert, conversation=None
+) -> None:
     from deploy.secrets.tokens import read_token_file
 
     if cacert is not None and not cacert.is_file():
@@ -85,6 +110,7 @@ def _generate(endpoint, text, out, token_file, voice, fmt, model, max_audio_ms, 
             max_audio_ms=max_audio_ms,
             on_progress=None if as_json else _progress,
             cacert=cacert,
+            conversation=conversation,
         )
     finally:
         if not as_json:
