@@ -78,6 +78,11 @@ class RuntimeSettings:
     body_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0  # on SIGTERM, running streams get this long to finish, then are cancelled
     warmup_text: str = "Warming up."
+    # conversations (`conversation` in a speech request): kept in memory, dropped after this long unused, and the
+    # least recently used first beyond these bounds
+    conversation_ttl_s: float = 1800.0
+    max_conversations: int = 1000
+    conversations_max_mb: int = 256
 
     def replace(self, **changes: Any) -> RuntimeSettings:
         return dataclasses.replace(self, **changes)

@@ -70,6 +70,11 @@ def _frames(audio) -> int:
     return math.ceil(len(audio) / FRAME_SAMPLES) if audio is not None else 0
 
 
+def _segment_frames(seg: Segment) -> int:
+    """Audio frames of a context segment: its stored codes' length (they win, as in prompt.py), else its audio's."""
+    return int(seg.codes.shape[-1]) if seg.codes is not None else _frames(seg.audio)
+
+
 def limits_of(generator) -> Limits:
     """The limits a StreamingGenerator has (its settings and tokenizer); none for an object without them."""
     settings = getattr(generator, "settings", None)
@@ -101,7 +106,7 @@ class Utterance:
         self.reason = "eos"
         self._spoken: list[_Spoken] = []
         self._current: list[np.ndarray] = []
-        self._voice = [(seg, _frames(seg.audio)) for seg in self.voice_context]
+        self._voice = [(seg, _segment_frames(seg)) for seg in self.voice_context]
 
     @property
     def frames_left(self) -> int:

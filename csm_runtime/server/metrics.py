@@ -58,6 +58,26 @@ class Metrics:
         )
         self._gpu_memory = Gauge("csm_gpu_memory_bytes", "CUDA memory of this process", ["kind"], registry=r)
         self._gpu_wired = False
+        self.conversations = Gauge("csm_conversations", "Conversations held in memory", registry=r)
+        self.conversations_bytes = Gauge(
+            "csm_conversations_bytes", "Memory the conversations' turns take (codes and text)", registry=r
+        )
+        self.conversations_evicted = Counter(
+            "csm_conversations_evicted",
+            "Conversations dropped: idle past the TTL (ttl), over the number limit (count) or the memory limit "
+            "(memory), least recently used first",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("ttl", "count", "memory"):
+            self.conversations_evicted.labels(reason)
+        self.conversations_limit = Gauge(
+            "csm_conversations_limit",
+            "The conversation limits: count, bytes, ttl_seconds (idle time before one expires)",
+            ["kind"],
+            registry=r,
+        )
+        self._before_render: list = []
 
     def watch_gpu_memory(self, device: str) -> None:
         """Expose torch's CUDA memory counters, read at scrape time; nothing on CPU."""
@@ -74,7 +94,20 @@ class Metrics:
         """Real work happened now: called by the speech route once the scheduler took a request, and at its end."""
         self.last_request.set_to_current_time()
 
+    def watch_conversations(self, store) -> None:
+        """Expose a ConversationStore: its size read at scrape time (expired ones swept first), its limits, and
+        its evictions counted."""
+        self.conversations.set_function(lambda: store.stats()[0])
+        self.conversations_bytes.set_function(lambda: store.stats()[1])
+        self.conversations_limit.labels("count").set(store.max_count)
+        self.conversations_limit.labels("bytes").set(store.max_bytes)
+        self.conversations_limit.labels("ttl_seconds").set(store.ttl_s)
+        store.on_evict = lambda reason, n: self.conversations_evicted.labels(reason).inc(n)
+        self._before_render.append(store.sweep)
+
     def render(self) -> bytes:
+        for hook in self._before_render:  # e.g. expire idle conversations, so the counters include them
+            hook()
         return generate_latest(self.registry)
 
 
