@@ -184,6 +184,8 @@ class ApiServer:
         if oid in self.unplaceable_offers and body.get("cancel_unavail", True):
             msg = f"error 410/3907: no_such_ask Instance type {oid} is no longer available."
             return error(410, "no_such_ask", msg, ask_id=oid)
+        if (low := self._bid_refusal(self.offers[oid], body)) is not None:
+            return low[0], low[1], J, {}
         iid = self._create(oid, body)
         self.armed_after_create, self.after_create = list(self.after_create), []
         if self.lost_creates:

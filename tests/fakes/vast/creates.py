@@ -155,6 +155,7 @@ class Creates:
             "_api_key": api_key,
             "_box": None,
         }
+        inst.update(self._bid_fields(offer, body, inst["_storage_cost"] * disk_gb / 720))
         direct = self._direct(inst)
         inst["ports"] = self._ports(body.get("env"), direct=direct)
         if self.realism.boxes:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.fakes.vast import billing
 from tests.fakes.vast.api import ApiServer
+from tests.fakes.vast.bids import Bids
 from tests.fakes.vast.boxes import Box, BoxSetup
 from tests.fakes.vast.creates import Creates
 from tests.fakes.vast.faults import Fault, RateLimiter
@@ -29,7 +30,7 @@ DESTROY_GRACE_S = 0.3  # from a destroy to its container stopping
 STATUS_MSG = {None: None, "created": "scheduling", "loading": "pulling image", "running": "success, running"}
 
 
-class VastEmulator(SshAccess, Creates, ApiServer):
+class VastEmulator(SshAccess, Creates, Bids, ApiServer):
     def __init__(
         self,
         *,
@@ -203,6 +204,7 @@ class VastEmulator(SshAccess, Creates, ApiServer):
         """The emulator's own account of what an instance billed: created_at, running_at, destroyed_at, GPU hours,
         disk hours, and the GPU / disk / bandwidth / total dollars (vast's split), beside `kind_usd`."""
         with self.lock:
+            self._apply_outbids()
             inst = self.instances[iid]
             return billing.record(inst, self.now(), self._running_spans(inst))
 
@@ -250,6 +252,8 @@ class VastEmulator(SshAccess, Creates, ApiServer):
         return spans
 
     def _status(self, inst: dict[str, Any]) -> dict[str, Any]:
+        if (outbid := self._outbid_status(inst)) is not None:
+            return outbid
         if inst["_unplaced"] or (inst["_stops"] and inst["_stops"][-1][1] is None):
             msg = "required resources are unavailable" if inst["_unplaced"] else "stopped by user"
             return dict(actual_status="stopped", cur_state="stopped", intended_status="stopped", status_msg=msg)
@@ -280,6 +284,8 @@ class VastEmulator(SshAccess, Creates, ApiServer):
     def _set_state(self, inst: dict[str, Any], state: str) -> None:
         """PUT {"state": "stopped" | "running"}: stop keeps the disk (and its bill), start runs it again."""
         stopped = bool(inst["_stops"]) and inst["_stops"][-1][1] is None
+        if state == "running" and self._outbid_now(inst):
+            return  # it stays stopped until its bid is the highest again
         if state == "stopped" and not stopped:
             inst["_stops"].append((self.now(), None))
         elif state == "running" and stopped:
@@ -289,6 +295,7 @@ class VastEmulator(SshAccess, Creates, ApiServer):
     def tick(self) -> None:
         """Start the boxes of instances that now run and stop the others (called around every request)."""
         with self.lock:
+            self._apply_outbids()
             for inst in self.instances.values():
                 box = inst["_box"]
                 if box is None:

@@ -71,6 +71,7 @@ FILTER_FIELDS = frozenset(
 # Keys of the search body that are not filters.
 CONTROL_KEYS = frozenset({"order", "type", "limit", "allocated_storage", "disable_bundling"})
 ALIASES = {"reliability": "reliability2"}
+BID_SHARE = 0.45  # a default offer's min_bid as a share of its on-demand price
 
 
 def default_offers() -> list[dict[str, Any]]:
@@ -101,8 +102,19 @@ def default_offers() -> list[dict[str, Any]]:
         (2001, "RTX 3090", 0.18, 21),
         (3001, "H100 SXM", 2.10, 31),
     ]
+    # min_bid: the lowest bid the machine takes for an interruptible instance (the GPU alone, USD/h), well under
+    # the on-demand price as on vast
     return [
-        {**base, "id": i, "ask_contract_id": i, "gpu_name": g, "dph_total": p, "host_id": h, "machine_id": h * 10}
+        {
+            **base,
+            "id": i,
+            "ask_contract_id": i,
+            "gpu_name": g,
+            "dph_total": p,
+            "min_bid": round(p * BID_SHARE, 4),
+            "host_id": h,
+            "machine_id": h * 10,
+        }
         for i, g, p, h in rows
     ]
 
@@ -145,7 +157,8 @@ def search(offers: list[dict[str, Any]], query: dict[str, Any]) -> list[dict[str
                     return False
         return True
 
-    rows = [o for o in offers if ok(o)]
+    bids = query.get("type") in ("bid", "interruptible")  # bid offers: those that take a bid (carry min_bid)
+    rows = [o for o in offers if ok(o) and (not bids or o.get("min_bid") is not None)]
     for fld, direction in reversed(query.get("order") or []):
         rows.sort(key=lambda o, f=fld: o.get(f) or 0, reverse=direction == "desc")
     return rows[: int(query.get("limit") or 64)]
