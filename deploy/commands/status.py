@@ -58,7 +58,7 @@ def status(
                 e.provider,
                 (r.provider_id if r else None) or (b.id if b else ""),
                 r.status if r else "",
-                b.raw_status if b else ("gone" if e.kind == "ghost" else ""),
+                ("preempted" if b.preempted else b.raw_status) if b else ("gone" if e.kind == "ghost" else ""),
                 (r.gpu_name if r else None) or (b.gpu_name if b else ""),
                 f"{(r.rate_usd_h if r else b.price_usd_h or 0):.3f}",
                 _age(now, r.started_at if r else (b.started_at if b else None)),

@@ -5,7 +5,10 @@ Two ways a rental bills:
 - rate x time (local, ssh, and any rental recorded without a disk rate): from the clock's start to its end;
 - vast's split (the rental has `disk_usd_h`): the disk from the provider's start (create) to the end, the GPU
   (`rate_usd_h - disk_usd_h`, since vast's `dph_total` includes the disk) only while the box ran (from `running_at`).
-  A box that never ran costs its disk alone.
+  A box that never ran costs its disk alone. An interruptible rental's GPU rate is its bid (its `rate_usd_h` is the
+  bid plus the disk); one vast stopped for a higher bid bills its GPU up to when it was first seen stopped
+  (`billing.preempted_at`, an upper bound: vast stopped it after the last sighting that saw it running) and its disk
+  until the destroy.
 
 Where the billing ended:
 - open and still there: it bills up to now;
@@ -105,11 +108,15 @@ def interval(rental: Rental, *, now: float, since: float | None = None) -> tuple
 
 
 def running_interval(rental: Rental, *, now: float, since: float | None = None) -> tuple[float, float] | None:
-    """Where the GPU bills apart: while the box ran (from `running_at` to the end), clipped the same way."""
+    """Where the GPU bills apart: while the box ran (from `running_at` to the end, or to when it was first seen
+    stopped for a higher bid: its disk bills on until the destroy), clipped the same way."""
     if rental.running_at is None:
         return None
     start = max(rental.running_at, rental.started_at or rental.running_at)
-    return _clip(start, rental.ended_at, now=now, since=since)
+    end, preempted = rental.ended_at, rental.billing.preempted_at
+    if preempted is not None:
+        end = preempted if end is None else min(end, preempted)
+    return _clip(start, end, now=now, since=since)
 
 
 def rental_hours(rental: Rental, *, now: float, since: float | None = None) -> float:

@@ -14,6 +14,7 @@ from deploy.ledger.records import charges_ended
 from deploy.ledger.store import Ledger, Rental
 from deploy.providers.base import Provider
 from deploy.providers.records import Box, State
+from deploy.providers.vast_bids import record_preemption
 
 
 def seen_listed(ledger: Ledger, rental: Rental, box: Box, asked: float) -> Rental:
@@ -22,6 +23,8 @@ def seen_listed(ledger: Ledger, rental: Rental, box: Box, asked: float) -> Renta
     it was seen not running, else from its start: an upper bound, where the GPU would otherwise not count at all."""
     if box.state is State.GONE:
         return rental
+    if box.preempted:  # stopped for a higher bid: noted once (its disk bills on until it is destroyed)
+        record_preemption(ledger, rental, box)
     if rental.split_billing and rental.running_at is None and box.state is State.RUNNING and rental.billing.adopted:
         since = rental.last_seen_alive or rental.started_at or rental.created_at
         what = "the last listing that saw it not running" if rental.last_seen_alive else "its start"

@@ -71,6 +71,7 @@ class VastProvider(Provider):
     needs_gpu = True
     maps_ports = True
     can_self_destroy = True  # CONTAINER_API_KEY in the container destroys that one instance
+    takes_bids = True  # interruptible instances at a bid (vast_bids.py)
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class VastProvider(Provider):
             disk_gb=query.disk_gb,
             min_inet_down=self.min_inet_down,
             limit=query.limit,
+            bid=query.interruptible,
         )
 
     def rent(self, offer: Offer, request: RentRequest, on_created: Callable[[str], None] = lambda _id: None) -> str:
@@ -130,6 +132,7 @@ class VastProvider(Provider):
                 onstart=_onstart(request),
                 ports=request.ports,
                 user=request.user,
+                bid_usd_h=request.bid_usd_h,
             )
         except VastError as exc:
             iid = self._after_failed_create(offer, request, exc)

@@ -203,8 +203,10 @@ class VastCli:
         min_inet_down: float | None = None,
         min_direct_ports: int | None = MIN_DIRECT_PORTS,
         limit: int = 20,
+        bid: bool = False,
     ) -> list[Offer]:
-        """Every filter is a field of vast's offer table (an unknown one may be ignored by vast, or refused)."""
+        """Every filter is a field of vast's offer table (an unknown one may be ignored by vast, or refused).
+        `bid`: interruptible offers (`--type bid`), cheapest `min_bid` first; `max_price` then bounds the min_bid."""
         query = [f"gpu_name={vast_gpu_name.replace(' ', '_')}", "num_gpus=1", "rentable=true"]
         if min_reliability is not None:
             query.append(f"reliability>={min_reliability}")
@@ -213,18 +215,23 @@ class VastCli:
         if disk_gb is not None:
             query.append(f"disk_space>={disk_gb}")
         if max_price is not None:
-            query.append(f"dph<={max_price}")
+            query.append(f"min_bid<={max_price}" if bid else f"dph<={max_price}")
         if min_inet_down:
             query.append(f"inet_down>={min_inet_down:g}")
         if min_direct_ports:
             query.append(f"direct_port_count>={int(min_direct_ports)}")
-        args = ["search", "offers", " ".join(query), "-o", "dph", "--limit", str(limit)]
+        args = ["search", "offers", " ".join(query), "-o", "min_bid" if bid else "dph", "--limit", str(limit)]
         if disk_gb is not None:
             args += ["--storage", str(disk_gb)]
+        if bid:
+            args += ["--type", "bid"]
         rows = self.run(*args)
         if not isinstance(rows, list) or not all(isinstance(r, dict) and "id" in r for r in rows):
             raise VastError(f"malformed offer list: {_short(json.dumps(rows))}", command="search offers")
         offers = [parse_offer(r) for r in rows]
+        if bid:
+            offers = [o for o in offers if o.min_bid_usd_h is not None]
+            return sorted(offers, key=lambda o: (o.min_bid_usd_h or 0.0, o.price_usd_h))
         return sorted(offers, key=lambda o: o.price_usd_h)
 
     # --- instances ----------------------------------------------------------------------------------------------
@@ -238,13 +245,15 @@ class VastCli:
         onstart: str | None = None,
         ports: tuple[int, ...] = (),
         user: str | None = None,
+        bid_usd_h: float | None = None,
         deadline: float | None = None,
     ) -> str:
         """SSH launch mode with direct SSH (`--ssh --direct`: runtype `ssh_direc ssh_proxy`; `--ssh` alone is the
         proxy, which maps no port), `--cancel-unavail` (else a placement that fails leaves a stopped instance that
         bills its disk). `ports`: box ports to map to public ones, as docker's `-p P:P` in the env field (vastai
         sends `{"-p P:P": "1"}`); vast picks the public port and reports it in `ports`. `user`: the container user
-        (root for an image whose Dockerfile ends with another USER: vast's injected sshd needs root).
+        (root for an image whose Dockerfile ends with another USER: vast's injected sshd needs root). `bid_usd_h`:
+        an interruptible instance at this bid (`--bid_price`; without it vast rents on-demand even a bid offer).
         Raises VastError; only a 429 is retried (any other failure may or may not have created an instance)."""
         args = ["create", "instance", str(offer_id), "--image", image, "--disk", str(disk_gb), "--label", label]
         args += ["--ssh", "--direct", "--cancel-unavail"]
@@ -254,6 +263,8 @@ class VastCli:
             args += ["--onstart-cmd", onstart]
         if ports:
             args += ["--env", " ".join(f"-p {int(p)}:{int(p)}" for p in ports)]
+        if bid_usd_h is not None:
+            args += ["--bid_price", f"{float(bid_usd_h):.6g}"]
         res = self.run(*args, repeatable=False, deadline=deadline)
         if not isinstance(res, dict) or not res.get("success") or not res.get("new_contract"):
             keys = sorted(res) if isinstance(res, dict) else type(res).__name__

@@ -48,6 +48,8 @@ def step_rent(ctx: Context) -> None:
     s, o, opts = ctx.settings, ctx.offer, ctx.options
     image = opts.rent_image
     disk_rate = None if o.storage_usd_gb_month is None else o.storage_usd_gb_month * opts.disk_gb / HOURS_PER_MONTH
+    bid = opts.bid_for(o)  # an interruptible rental bills its bid (plus the disk), not the offer's on-demand price
+    rate = o.price_usd_h if bid is None else bid + (disk_rate or 0.0)
     ctx.rental = ctx.ledger.record_intent(
         attempt_id=ctx.attempt_id,
         provider=ctx.provider.name,
@@ -56,12 +58,13 @@ def step_rent(ctx: Context) -> None:
         host_id=o.host_id or None,
         gpu=opts.gpu.alias if opts.gpu else None,
         gpu_name=o.gpu_name,
-        rate_usd_h=o.price_usd_h,
+        rate_usd_h=rate,
         disk_usd_h=disk_rate,
         # until then a create this row starts may still rent a box, even if this process is killed meanwhile
         meta=records.rent_intent(
             image=image, disk_gb=opts.disk_gb, create_lands_by=ctx.ledger.clock() + ctx.provider.create_window_s
-        ),
+        )
+        | (records.bid_placed(bid) if bid is not None else {}),
     )
     label = ctx.rental.label or ""
     request = RentRequest(
@@ -72,6 +75,7 @@ def step_rent(ctx: Context) -> None:
         ports=_public_ports(ctx),
         # our own image ends with a non-root USER (docker/Dockerfile); SSH launch needs root in the container
         user="root" if is_runtime_image(image) else None,
+        bid_usd_h=bid,
     )
     asked_at = ctx.ledger.clock()  # the clock starts at the create call unless the provider says otherwise
 
@@ -91,7 +95,8 @@ def step_rent(ctx: Context) -> None:
     if ctx.refresh().provider_id != provider_id:
         ctx.rental = ctx.ledger.record_rented(ctx.rental_id, provider_id, started_at=asked_at)
     ctx.log(
-        f"rented {ctx.provider.name} {provider_id} ({o.gpu_name}, {o.price_usd_h:.3f} USD/h) as ledger row {ctx.rental_id}"
+        f"rented {ctx.provider.name} {provider_id} ({o.gpu_name}, {rate:.3f} USD/h{' interruptible' if bid else ''})"
+        f" as ledger row {ctx.rental_id}"
     )
 
 

@@ -57,6 +57,7 @@ def search_offers(provider: Provider, options: ProvisionOptions, *, limit: int =
         min_cuda=options.min_cuda,
         disk_gb=options.disk_gb,
         limit=limit,
+        interruptible=options.interruptible,
     )
     return provider.search(query)
 
