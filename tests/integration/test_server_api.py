@@ -12,7 +12,7 @@ import pytest
 
 from csm_runtime.engine import longtext
 from csm_runtime.server import create_app
-from csm_runtime.server.schemas import MAX_BODY_BYTES
+from csm_runtime.server.body_limit import CONTEXT_BODY_BYTES
 from csm_runtime.settings import RuntimeSettings
 from tests.fakes.server_fixtures import ServerThread, decode, wait_ready
 
@@ -82,13 +82,13 @@ def test_the_smallest_accepted_temperature_still_speaks(server):
 
 
 def test_bodies_over_the_limit_are_refused_before_parsing(server):
-    big = b'{"input": "' + b"a" * MAX_BODY_BYTES + b'"}'
+    big = b'{"input": "' + b"a" * CONTEXT_BODY_BYTES + b'"}'  # a speech body may carry base64 context audio
     r = server.client.post("/v1/audio/speech", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
     def chunked():
         for _ in range(3):
-            yield b"x" * (MAX_BODY_BYTES // 2)
+            yield b"x" * (CONTEXT_BODY_BYTES // 2)
 
     r = server.client.post("/v1/audio/speech", content=chunked(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
