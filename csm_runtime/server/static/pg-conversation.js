@@ -6,7 +6,7 @@ import { $, alertIn, api, headers, readError, state } from "./pg-common.js";
 import { blobBase64 } from "./pg-audio.js";
 import { recorderControl } from "./pg-recorder.js";
 
-const TURN_CLIP_MAX_S = 15; // the clip travels base64 in a JSON body, which the server caps at 1 MiB
+const TURN_CLIP_MAX_S = 30; // the server takes a clip of 1 to 30 s, as for a voice
 let turnClip = null;
 
 export function conversationId() {
