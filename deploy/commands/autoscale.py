@@ -44,7 +44,7 @@ def autoscale(
     Examples:
       deploy autoscale --min 1 --max 4 --target-streams 3
       deploy autoscale gpu --min 2 --max 8 --scale-down-after 20m --max-usd-per-hour 3.5
-      deploy autoscale --min 1 --max 4 --once --json      # one decision, for a cron job or a script
+      deploy autoscale --min 1 --max 4 --once --json      # one decision (a JSON line), for cron or a script
     """
     from deploy.cancel import handle_signals
     from deploy.fleet.autoscale import LoopOptions
@@ -75,4 +75,11 @@ def autoscale(
     # SIGINT, SIGTERM and SIGHUP set one cancel token (deploy/cancel.py): the loop stops at its next wait, replicas
     # being added destroy what they rented, and the last line says what was left.
     with handle_signals(abandon=False):
-        run(s, fleet, policy, opts, log=output.progress, emit=output.emit_json if json_ else None)
+        run(s, fleet, policy, opts, log=output.progress, emit=_json_line if json_ else None)
+
+
+def _json_line(decision: dict) -> None:
+    """--json: one decision per line (JSON Lines), so a reader can follow the loop as it runs."""
+    import json
+
+    output.emit_text(json.dumps(decision, default=str, sort_keys=True))
