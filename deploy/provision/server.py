@@ -29,6 +29,7 @@ def server_command(opts: RuntimeOptions, layout: BoxLayout, box_dir: str, extra:
     args = [layout.runtime_bin, "serve", "--model", opts.model, "--host", opts.bind, "--port", str(opts.server_port)]
     args += ["--token-file", f"{box_dir}/token", "--profile", "auto", *extra]
     env = f"env -u VAST_API_KEY CSM_PROFILES_DIR={q(box_dir + '/profiles')}"
+    env += f" CSM_VOICE_STORE_DIR={q(box_dir + '/voices')}"  # uploaded voices: the rental's own, kept across restarts
     return f"cd {q(box_dir)} && exec {env} " + " ".join(q(a) for a in args)
 
 
