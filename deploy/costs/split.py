@@ -123,7 +123,8 @@ class Window:
 
     @property
     def usd_per_audio_h(self) -> float | None:
-        if self.audio_seconds is None or self.counted_usd <= 0:
+        """None when no audio was counted (nothing read, or nothing served while read); 0 only when it was free."""
+        if self.audio_seconds is None:
             return None
         return usd_per_audio_hour_served(self.counted_usd, self.audio_seconds)
 
@@ -176,7 +177,7 @@ def describe_window(name: str, w: Window) -> str:
             f"${w.usd_per_audio_h:.4f} per hour of audio ({w.audio_seconds:.1f} s of audio from the replicas' "
             f"/metrics, {100 * (w.coverage or 0):.0f}% of the spend)"
         )
-    elif w.audio_seconds is not None and w.counted_usd > 0:
+    elif w.audio_seconds is not None:
         per = "per hour of audio: unknown (no audio served while counted)"
     else:
         per = "per hour of audio: unknown (no replica's /metrics read twice in it)"
