@@ -52,6 +52,8 @@ class RuntimeSettings:
     temperature: float = 0.9
     topk: int = 50
     max_context_frames: int = 250
+    # backbone KV of context prefixes (a voice's reference, a conversation's turns) kept for reuse; 0 disables
+    prefix_cache_mb: int = 512
     # server
     host: str = "127.0.0.1"
     port: int = 8000
@@ -65,13 +67,13 @@ class RuntimeSettings:
     profile: str = "auto"  # auto | off | PATH
     profiles_dir: str = "profiles"
     voices_dir: str | None = None
-    queue_size: int = 16
-    request_timeout_s: float = 300.0
     # uploaded voices (POST /v1/voices) are kept in `<voices_dir>/uploaded`, or `<voice_store_dir>/uploaded` when
     # voices_dir is unset; each one's Mimi codes and transcript, files 0600
     voice_store_dir: str = "~/csm-deploy/voices"
     voice_upload_max_bytes: int = 10 << 20  # a larger upload gets 413 before it is read
     max_voices: int = 100  # uploaded voices kept at once (the YAML voices do not count)
+    queue_size: int = 16
+    request_timeout_s: float = 300.0
     # a connection gets this long to send a request's headers (from its start, or from the previous response), and
     # a request this long to send its body; then 408 or the connection is closed (server/connection_guard.py)
     header_timeout_s: float = 10.0

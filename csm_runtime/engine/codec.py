@@ -87,6 +87,17 @@ def resolve_mimi_weights(setting: str, model_id: str, token: str | None = None) 
     return setting
 
 
+def trim_to_frames(wav):
+    """A clip cut to whole 1920-sample frames (a partial last frame dropped), so its codes are those transformers'
+    Mimi (and Sesame's moshi 0.2.2) give: on a partial last frame our moshi zero-pads the waveform before its convs
+    while theirs pad each conv's input, and that frame's codes differ. Works on numpy arrays and tensors ([..., N]);
+    ValueError when the clip is shorter than one frame."""
+    n = wav.shape[-1] - wav.shape[-1] % FRAME_SAMPLES
+    if n == 0:
+        raise ValueError(f"audio is shorter than one frame ({FRAME_SAMPLES} samples at {SAMPLE_RATE} Hz)")
+    return wav[..., :n]
+
+
 def clamp_codes(codes: torch.Tensor) -> torch.Tensor:
     """Map CSM ids Mimi cannot decode (2048..2050: pad/eos slots, emitted by random weights) into range."""
     return codes.clamp(0, CODEBOOK_SIZE - 1)

@@ -125,13 +125,22 @@ class KVCache:
             dtype=dtype,
         )
 
-    def write_prompt(self, layer: int, k: Tensor, v: Tensor, *, row: int) -> tuple[Tensor, Tensor]:
-        """Prefill: positions 0..T-1 of `row` <- k/v [1, kv, T, hd]; returns those rows (the prompt sees only itself)."""
-        t = k.shape[2]
-        kc, vc = self.k[layer][row : row + 1, :, :t], self.v[layer][row : row + 1, :, :t]
-        kc.copy_(k)
-        vc.copy_(v)
-        return kc, vc
+    def write_prompt(self, layer: int, k: Tensor, v: Tensor, *, row: int, start: int = 0) -> tuple[Tensor, Tensor]:
+        """Prefill: positions start..start+T-1 of `row` <- k/v [1, kv, T, hd]; returns positions :start+T of that row
+        (the new rows see the prefix already in the cache, then themselves)."""
+        end = start + k.shape[2]
+        self.k[layer][row : row + 1, :, start:end].copy_(k)
+        self.v[layer][row : row + 1, :, start:end].copy_(v)
+        return self.k[layer][row : row + 1, :, :end], self.v[layer][row : row + 1, :, :end]
+
+    def read_prefix(self, row: int, length: int) -> tuple[list[Tensor], list[Tensor]]:
+        """Copies of positions :length of `row` in every layer ([kv, length, hd] each): a prefix kept for reuse."""
+        return [t[row, :, :length].clone() for t in self.k], [t[row, :, :length].clone() for t in self.v]
+
+    def load_prefix(self, row: int, keys: list[Tensor], values: list[Tensor]) -> None:
+        """Positions :length of `row` <- a prefix from `read_prefix` (length = its second dimension), every layer."""
+        for dst, src in zip((*self.k, *self.v), (*keys, *values), strict=True):
+            dst[row, :, : src.shape[1]].copy_(src)
 
     def write_rows(self, layer: int, k: Tensor, v: Tensor, *, pos: Tensor, length: int) -> tuple[Tensor, Tensor]:
         """One new position per row: row b's position pos[b] <- k/v [B, kv, 1, hd]; returns rows :B, positions
@@ -256,13 +265,18 @@ class FrameModel:
 
     # ---- prefill (eager, variable length, one row) --------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, row: int, embeds: Tensor) -> Tensor:
-        """Run the prompt [T, H] through the backbone into `row`'s cache positions 0..T-1; returns the last hidden."""
+    def prefill(self, row: int, embeds: Tensor, start: int = 0) -> Tensor:
+        """Run prompt rows [T, H] through the backbone into `row`'s cache positions start..start+T-1, attending over
+        the positions :start already there (a reused prefix, or an earlier chunk) and causally over themselves;
+        returns the last row's hidden state. `start=0` is a whole prompt."""
         t = embeds.shape[0]
+        if t < 1 or start < 0 or start + t > self.max_seq:
+            raise ValueError(f"prefill of {t} rows at position {start} does not fit {self.max_seq} positions")
         x = embeds[None]
-        cos, sin = self.bcos[:t][None, None], self.bsin[:t][None, None]
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        x = _run_layers(self.bb.layers, x, cos, sin, mask, partial(self.backbone_cache.write_prompt, row=row))
+        cos, sin = self.bcos[start : start + t][None, None], self.bsin[start : start + t][None, None]
+        mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        store = partial(self.backbone_cache.write_prompt, row=row, start=start)
+        x = _run_layers(self.bb.layers, x, cos, sin, mask, store)
         return self.bb.norm(x)[0, -1]
 
     # ---- one frame (fixed shapes per bucket: compiled / graph-captured) -----------------------------------------

@@ -26,7 +26,8 @@ from csm_runtime.engine.codec import FRAME_SAMPLES, SAMPLE_RATE, MimiCodec
 from csm_runtime.engine.execution import FrameExecution
 from csm_runtime.engine.frame import LENGTH_BUCKET_MIN, FrameModel, buckets
 from csm_runtime.engine.model import LoadedModel
-from csm_runtime.engine.prompt import PromptBuilder
+from csm_runtime.engine.prefix_cache import PrefixCache, prefix_keys
+from csm_runtime.engine.prompt import PromptBuilder, PromptRows
 from csm_runtime.engine.types import AudioChunk, ChunkMetrics, GenerationParams, Segment, StreamEvent
 from csm_runtime.settings import RuntimeSettings
 
@@ -71,6 +72,7 @@ class StreamingGenerator(FrameExecution):
         self.codec = codec
         self.frame = FrameModel(loaded, self.max_streams, settings.max_seq_len, device, dtype)
         self.prompt = PromptBuilder(loaded, codec, self.frame, settings.max_context_frames)
+        self._prefix = PrefixCache(settings.prefix_cache_mb * 2**20)
         cfg = loaded.config
         b = self.max_streams
         self.batch_buckets = buckets(b)
@@ -129,18 +131,18 @@ class StreamingGenerator(FrameExecution):
         params = self._params(params)
         if len(self._rows) >= self.max_streams or None not in self._slots:
             raise BatchFullError(f"all {min(self.max_streams, len(self._slots))} stream slots are busy")
-        with torch.no_grad():
-            embeds = self.build_prompt(text, speaker, context)
+        rows = self.prompt.rows(text, speaker, context)
+        length = len(rows.tokens)
         max_frames = max(1, params.max_audio_ms // FRAME_MS)
-        need = embeds.shape[0] + max_frames
+        need = length + max_frames
         if need > self.settings.max_seq_len:
             raise ValueError(
-                f"prompt ({embeds.shape[0]} positions) + {max_frames} frames exceeds max_seq_len "
+                f"prompt ({length} positions) + {max_frames} frames exceeds max_seq_len "
                 f"{self.settings.max_seq_len}: shorten the text/context or max_audio_ms"
             )
         row, slot = len(self._rows), self._slots.index(None)
-        self.hidden[row] = self.frame.prefill(row, embeds)
-        self.pos[row] = embeds.shape[0]
+        self.hidden[row] = self._prefill(row, rows)
+        self.pos[row] = length
         self.temperature[row] = params.temperature if not params.greedy else 1.0
         self.topk[row] = params.topk
         self.greedy[row] = params.greedy
@@ -150,13 +152,39 @@ class StreamingGenerator(FrameExecution):
         mask = torch.zeros(len(self._slots), dtype=torch.bool)
         mask[slot] = True
         self.codec.reset(mask)
-        stream = _Stream(next(self._ids), row, slot, params, max_frames, t0, next_pos=embeds.shape[0])
+        stream = _Stream(next(self._ids), row, slot, params, max_frames, t0, next_pos=length)
         stream.t_prefilled = time.perf_counter()
         self._streams[stream.id] = stream
         self._rows.append(stream.id)
         self._slots[slot] = stream.id
         self._row_slots = None
         return stream.id
+
+    @torch.no_grad()
+    def _prefill(self, row: int, rows: PromptRows) -> torch.Tensor:
+        """Fill `row`'s backbone cache with the prompt; returns the last hidden state. The longest stored prefix
+        that ends at a context segment's end is copied in (prefix_cache.py), the rest is prefilled one segment at a
+        time and then the request's text, and the whole context prefix is stored for the next request. The cache
+        is always filled segment by segment, reused or not, so a reused prefix holds the very values a fresh prefill
+        would compute and greedy codes do not depend on the reuse."""
+        bounds = rows.boundaries
+        keys = prefix_keys(rows.tokens, rows.codes, rows.is_audio, bounds) if bounds and self._prefix.enabled else []
+        start, entry = self._prefix.lookup(keys, bounds) if keys else (0, None)
+        if entry is not None:
+            self.frame.backbone_cache.load_prefix(row, entry.keys, entry.values)
+        base = start
+        embeds = self.prompt.embed(rows, self.device, base)  # rows base: only
+        for end in [b for b in bounds if b > base] + [len(rows.tokens)]:
+            hidden = self.frame.prefill(row, embeds[start - base : end - base], start)
+            start = end
+        if keys and (entry is None or entry.length < bounds[-1]):
+            self._prefix.store(keys, bounds, *self.frame.backbone_cache.read_prefix(row, bounds[-1]))
+        return hidden
+
+    def prefix_stats(self) -> dict:
+        """The prefix cache's counters (hits, misses, stores, evictions, reused_rows) and gauges (entries, bytes,
+        max_bytes), for /metrics."""
+        return self._prefix.stats()
 
     def resize_codec(self, slots: int) -> None:
         """Decode with `slots` Mimi slots from now on (at most that many streams at once); only while idle. Mimi

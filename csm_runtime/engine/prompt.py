@@ -28,6 +28,7 @@ class PromptRows:
     tokens: list[int]  # text token id; `<|AUDIO|>` on an audio frame's row, `<|audio_eos|>` on the eos frame's
     codes: torch.Tensor  # [T, num_codebooks] the row's audio codes; zeros on text rows (not read there)
     is_audio: torch.Tensor  # [T] bool: the row is embedded from its codes, not from its token
+    boundaries: list[int]  # the row after each kept context segment (its end): where a reusable prefix may stop
 
 
 class PromptBuilder:
@@ -58,7 +59,7 @@ class PromptBuilder:
 
     def rows(self, text: str, speaker: int, context: Sequence[Segment]) -> PromptRows:
         """The kept context segments then the request text, as rows. Raises ValueError on bad context."""
-        tokens, codes, is_audio = [], [], []
+        tokens, codes, is_audio, boundaries = [], [], [], []
 
         def add_text(ids):
             tokens.extend(ids)
@@ -88,10 +89,15 @@ class PromptBuilder:
                 codes.extend(list(frames.T))
                 codes.append(torch.full((self.ncb,), self.eos_code, dtype=torch.long))
                 is_audio.extend([True] * (frames.shape[1] + 1))
+            boundaries.append(len(tokens))
         add_text(self.text_rows(text, speaker))
-        return PromptRows(tokens, torch.stack(codes), torch.tensor(is_audio))
+        return PromptRows(tokens, torch.stack(codes), torch.tensor(is_audio), boundaries)
+
+    def embed(self, r: PromptRows, device: torch.device, start: int = 0) -> torch.Tensor:
+        """Embeddings [T - start, H] of rows start: of `r`."""
+        tokens = torch.tensor(r.tokens[start:], device=device)
+        return self.frame.embed_prompt(tokens, r.codes[start:].to(device), r.is_audio[start:].to(device))
 
     def build(self, text: str, speaker: int, context: Sequence[Segment], device: torch.device) -> torch.Tensor:
         """Embeddings [T, H] of the kept context segments then the request text. Raises ValueError on bad context."""
-        r = self.rows(text, speaker, context)
-        return self.frame.embed_prompt(torch.tensor(r.tokens, device=device), r.codes.to(device), r.is_audio.to(device))
+        return self.embed(self.rows(text, speaker, context), device)

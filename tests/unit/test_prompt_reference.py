@@ -18,7 +18,7 @@ import torch
 from transformers import CsmProcessor, EncodecFeatureExtractor
 from transformers.models.csm.processing_csm import CsmProcessorKwargs
 
-from csm_runtime.engine.codec import FRAME_SAMPLES, tiny_mimi_config
+from csm_runtime.engine.codec import FRAME_SAMPLES, tiny_mimi_config, trim_to_frames
 from csm_runtime.engine.types import Segment
 from tests.fakes.hf_mimi import hf_mimi_from_moshi, spread_codebooks
 from tests.fakes.runtime_fixtures import tiny_generator
@@ -168,15 +168,52 @@ def test_codes_before_a_partial_last_frame_equal_transformers_mimi(ref):
     torch.testing.assert_close(ours[:, :5], theirs[:, :5], rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a partial last frame: moshi >= 0.2.10 (ours) zero-pads the waveform to whole frames before its convs; "
-    "transformers' MimiModel and moshi 0.2.2 (Sesame's generator) pad each conv's input instead, so that frame's "
-    "latent and codes differ",
-)
-def test_a_partial_last_frame_codes_equal_transformers_mimi(ref):
+def test_a_clip_trimmed_to_whole_frames_gives_transformers_mimis_codes(ref):
+    """Uploads are trimmed to whole frames (trim_to_frames) before they are encoded once and stored. Untrimmed, the
+    partial last frame differs: moshi >= 0.2.10 (ours) zero-pads the waveform to whole frames before its convs, while
+    transformers' MimiModel and moshi 0.2.2 (Sesame's generator) pad each conv's input instead."""
     gen, _, model = ref
     audio = _audio(5 * FRAME_SAMPLES + 700, 5)
-    ours = gen.codec.encode(audio).cpu()
-    theirs = model.codec_model.encode(torch.from_numpy(audio).view(1, 1, -1)).audio_codes[0]
-    torch.testing.assert_close(ours[:, 5], theirs[:, 5], rtol=0, atol=0)
+    trimmed = trim_to_frames(audio)
+    assert trimmed.shape == (5 * FRAME_SAMPLES,) and np.array_equal(trimmed, audio[: 5 * FRAME_SAMPLES])
+    ours = gen.codec.encode(trimmed).cpu()
+    theirs = model.codec_model.encode(torch.from_numpy(trimmed).view(1, 1, -1)).audio_codes[0]
+    assert ours.shape == theirs.shape == (32, 5)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    untrimmed = model.codec_model.encode(torch.from_numpy(audio).view(1, 1, -1)).audio_codes[0]
+    assert not torch.equal(gen.codec.encode(audio).cpu()[:, 5], untrimmed[:, 5])  # why the trim is needed
+
+
+def test_trim_to_frames_keeps_whole_frames_and_refuses_less_than_one():
+    assert trim_to_frames(np.zeros(3 * FRAME_SAMPLES)).shape == (3 * FRAME_SAMPLES,)
+    assert trim_to_frames(torch.zeros(1, FRAME_SAMPLES + 1)).shape == (1, FRAME_SAMPLES)
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        trim_to_frames(np.zeros(FRAME_SAMPLES - 1))
+
+
+def _stored(gen, context: list[Segment]) -> list[Segment]:
+    """The same context as stored voices and conversation turns carry it: codes encoded once, no waveform."""
+    return [Segment(s.text, s.speaker, codes=gen.codec.encode(s.audio).cpu().numpy()) for s in context]
+
+
+def test_stored_codes_with_the_prefix_reused_equal_transformers_generate(ref):
+    """Greedy codes with context given as Segment.codes (a voice, then a conversation turn), cold and then with the
+    context's backbone KV reused, equal transformers' generate fed the audio through the chat template."""
+    gen = ref[0]
+    context = [
+        Segment("My reference voice.", 1, torch.from_numpy(trim_to_frames(_audio(6 * FRAME_SAMPLES + 50, 6)))),
+        Segment("A turn of the other side.", 0, torch.from_numpy(_audio(3 * FRAME_SAMPLES, 7))),
+    ]
+    _, _, ref_codes = _reference(ref, context, "Now say this.", 1)
+    stored = _stored(gen, context)
+    before = gen.prefix_stats()
+    cold = gen.frame_codes("Now say this.", 1, stored, frames=FRAMES)
+    warm = gen.frame_codes("Now say this.", 1, stored, frames=FRAMES)
+    after = gen.prefix_stats()
+    assert after["misses"] == before["misses"] + 1 and after["hits"] == before["hits"] + 1
+    np.testing.assert_array_equal(cold, ref_codes)
+    np.testing.assert_array_equal(warm, ref_codes)
+    # A request sharing only the voice reuses its part; its codes still equal transformers'.
+    _, _, ref_voice = _reference(ref, context[:1], "Only the voice.", 1)
+    np.testing.assert_array_equal(gen.frame_codes("Only the voice.", 1, stored[:1], frames=FRAMES), ref_voice)
+    assert gen.prefix_stats()["hits"] == after["hits"] + 1
