@@ -19,11 +19,12 @@ from fastapi.responses import JSONResponse
 
 from csm_runtime.server import errors, openapi
 from csm_runtime.server.body_limit import BodyLimit, path_limits
+from csm_runtime.server.conversations import ConversationStore
 from csm_runtime.server.dependencies import read_token, require_bearer
 from csm_runtime.server.gate import BearerGate
 from csm_runtime.server.metrics import Metrics, RequestMetrics
 from csm_runtime.server.openapi import UNAUTHORIZED
-from csm_runtime.server.routers import health, models, page, speech, status, voices
+from csm_runtime.server.routers import conversations, health, models, page, speech, status, voices
 from csm_runtime.server.scheduler import Scheduler
 from csm_runtime.server.schemas import MAX_BODY_BYTES
 from csm_runtime.server.voice_store import VoiceStore, store_dir
@@ -98,6 +99,12 @@ def create_app(
     app.state.voices = voice_table
     app.state.voice_store = voice_store
     app.state.metrics = metrics
+    app.state.conversations = ConversationStore(
+        ttl_s=settings.conversation_ttl_s,
+        max_count=settings.max_conversations,
+        max_bytes=settings.conversations_max_mb << 20,
+    )
+    metrics.watch_conversations(app.state.conversations)
     app.state.profile = profile
     errors.install(app)
     # The last added runs first: metrics see every answer, the gate refuses strangers before the body is read.
@@ -109,7 +116,7 @@ def create_app(
     openapi.install(app, models.model_ids(settings.model), settings)
 
     protected = APIRouter(dependencies=[Depends(require_bearer)], responses=UNAUTHORIZED)
-    for module in (status, speech, models, voices):
+    for module in (status, speech, models, voices, conversations):
         protected.include_router(module.router)
 
     @protected.get("/openapi.json", include_in_schema=False)

@@ -76,6 +76,7 @@ class Job:
     cancel_requested: bool = False
     done: bool = False
     utterance: Utterance | None = None  # made by the worker, which knows the generator's limits
+    codes: list = field(default_factory=list)  # each chunk's generated codes [frames, 32], every piece in order
 
 
 class Ticket:
@@ -109,6 +110,11 @@ class Ticket:
     @property
     def ended(self) -> bool:
         return self._job.done
+
+    @property
+    def codes(self) -> list:
+        """The codes of the chunks generated so far ([frames, 32] arrays in order): complete once next() ended."""
+        return self._job.codes
 
     def cancel(self) -> None:
         """Free the slot (idempotent); safe after the stream ended."""
@@ -431,6 +437,9 @@ class Scheduler:
                     self.metrics.ttfa.observe(job.first_chunk - job.submitted)
             job.samples += len(chunk.pcm)
             job.utterance.add_audio(chunk.pcm)
+            codes = getattr(chunk, "codes", None)
+            if codes is not None:
+                job.codes.append(codes)
             self._push(job, "chunk", chunk.pcm)
         if not ev.finished:
             return

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from csm_runtime.engine.sentences import SPEAKABLE_PATTERN, is_speakable
+from csm_runtime.server.body_limit import CONTEXT_BODY_BYTES
 
 MAX_INPUT_CHARS = 4096
 MAX_AUDIO_MS = 600_000
@@ -34,6 +35,80 @@ def _integral(value):
 def json_int(ge: int, le: int):
     """An integer in [ge, le] as JSON Schema counts integers (80.0 is one)."""
     return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
+
+
+MAX_CONTEXT_ITEMS = 32
+# A conversation id, as a voice name: 1 to 64 letters, digits, `_`, `.`, `-`, but not `.` or `..` (a URL path
+# would resolve them)
+ID_PATTERN = r"^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9_.-]{0,62}|\.\.[A-Za-z0-9_.-]{1,62})$"
+MAX_SPEAKER = 2**31 - 1
+AUDIO_FIELD = {"contentEncoding": "base64", "contentMediaType": "audio/wav"}
+
+
+class _Turn(BaseModel):
+    """What a party said: `text` by `speaker`, with its audio as a base64 audio file, or text only."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    speaker: json_int(0, MAX_SPEAKER)
+    text: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, json_schema_extra={"pattern": SPEAKABLE_PATTERN})
+    audio: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=CONTEXT_BODY_BYTES,
+        description="The turn's audio: a WAV (or any file libsndfile reads) in base64, 0.08 to 30 s.",
+        json_schema_extra=AUDIO_FIELD,
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _speakable(cls, value: str) -> str:
+        if not is_speakable(value):
+            raise PydanticCustomError(
+                "empty_text", "must contain some text, not only whitespace, control or zero-width characters"
+            )
+        return value
+
+
+class ContextItem(_Turn):
+    """An earlier turn given as context, with its audio (`audio`), a voice's reference clip standing for it
+    (`voice`: the voice's stored clip and transcript; `text` is used when the voice has no clip), or text only."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["voice", "audio"]}})
+
+    voice: str | None = Field(default=None, min_length=1, max_length=100, description="A voice's name.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if {"voice", "audio"} <= self.model_fields_set:  # as the schema's `not`: both keys, even one null
+            raise PydanticCustomError("voice_and_audio", "give `voice` or `audio`, not both")
+        return self
+
+
+class TurnRequest(_Turn):
+    """`POST /v1/conversations/{id}/turns`: the other party's turn (audio and its transcript, or text only)."""
+
+
+class ConversationTurn(BaseModel):
+    speaker: int
+    text: str
+    frames: int = Field(description="Audio frames (80 ms each) of the turn's stored codes; 0 for a text-only turn.")
+    source: Literal["generated", "added"]
+    created: int = Field(description="Unix time.")
+
+
+class ConversationOut(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    turns: list[ConversationTurn]
+    frames: int = Field(description="Audio frames of all its turns.")
+    expires_at: int = Field(description="Unix time it expires unless used again.")
+
+
+class ConversationDeleted(BaseModel):
+    id: str
+    object: Literal["conversation.deleted"] = "conversation.deleted"
+    deleted: Literal[True] = True
 
 
 class SpeechRequest(BaseModel):
@@ -75,6 +150,18 @@ class SpeechRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=MIN_TEMPERATURE, le=5.0)
     topk: json_int(1, 2051) | None = None
     seed: json_int(0, 2**31 - 1) | None = None
+    context: list[ContextItem] | None = Field(
+        default=None,
+        max_length=MAX_CONTEXT_ITEMS,
+        description="Earlier turns, oldest first, spoken before `input` (after the voice's reference clip). The "
+        "oldest are dropped first beyond the server's context budget (`max_context_frames`).",
+    )
+    conversation: str | None = Field(
+        default=None,
+        description="A conversation id: its earlier turns are context (newest kept first within the budget), and "
+        "this response, once complete, becomes its next turn. An unknown id starts a conversation.",
+        pattern=ID_PATTERN,
+    )
 
     @field_validator("input")
     @classmethod

@@ -11,6 +11,11 @@ as context (the scheduler's ticket spans them). `stream_format: sse` wraps the s
 `data: {"type": "speech.audio.delta", "audio": "<base64>"}` per chunk, then `data: {"type": "speech.audio.done",
 "usage": {...}}`; an error after the stream began is a last `data: {"type": "error", "error": {...}}` event.
 
+The prompt's context (server/context.py) is the voice's reference clip, then the turns of the request's
+`conversation`, then its own `context` items, the oldest dropped first beyond the budget; a response that completes
+(all its audio made, the audio cap included; not cut, cancelled or failed) is appended to its conversation as a turn
+with the codes it generated, so the next request uses them without encoding anything again.
+
 A stream that ends early says so. Cut short (the request timeout, a shutdown's grace running out, a generation
 failure): a raw body ends without its final chunk, so the client's read fails (streaming.py), and SSE ends with an
 `error` event, never `speech.audio.done`. Ended by the audio cap (`max_audio_ms`, the request's or the server's)
@@ -23,14 +28,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from functools import partial
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from csm_runtime.engine.longtext import limits_of
 from csm_runtime.engine.sentences import speech_pieces
 from csm_runtime.engine.types import GenerationParams
+from csm_runtime.server import context as ctx
 from csm_runtime.server.audio_formats import Encoder, to_int16, wav_header
+from csm_runtime.server.conversations import make_turn
 from csm_runtime.server.errors import APIError
 from csm_runtime.server.openapi import SPEECH_RESPONSES
 from csm_runtime.server.routers.models import served_model_ids
@@ -63,6 +72,32 @@ def build_params(settings, req: SpeechRequest) -> GenerationParams:
     )
     params.validate()
     return params
+
+
+def _not_ready(state, exc: Exception) -> APIError:
+    state.metrics.rejected.labels("not_ready").inc()
+    return APIError(503, str(exc), code="not_ready", headers={"Retry-After": "5"})
+
+
+async def _context(state, req: SpeechRequest, voice, pieces: list[str], params) -> list:
+    """The prompt's context (server/context.py): the voice's reference, the conversation's turns, the request's
+    items; a client's clip is encoded here, before the request queues."""
+    turns = state.conversations.use(req.conversation) if req.conversation else []
+    history = ctx.turn_parts(turns) + await ctx.request_parts(req.context, state.voices)
+    limits = limits_of(state.scheduler.generator)
+    kept = ctx.fit(ctx.parts(voice.context), history, pieces, voice.speaker, params, limits)
+    try:
+        return await ctx.encode_kept(state.scheduler, kept)
+    except (NotReadyError, ShuttingDownError) as exc:
+        raise _not_ready(state, exc) from None
+
+
+def _save_turn(state, req: SpeechRequest, speaker: int, pieces: list[str], ticket: Ticket) -> None:
+    """A complete response becomes its conversation's next turn: the text said and the codes generated."""
+    if not req.conversation:
+        return
+    codes = np.concatenate(ticket.codes).T if ticket.codes else None
+    state.conversations.append(req.conversation, make_turn(speaker, " ".join(pieces), codes, "generated"))
 
 
 def _check(request: Request, req: SpeechRequest):
@@ -129,14 +164,15 @@ async def create_speech(req: SpeechRequest, request: Request):
     pieces = speech_pieces(req.input)
     if not pieces:  # the schema's pattern already refuses this; kept for text that only cleaning empties
         raise APIError(400, "input: must contain some text to speak", param="input", code="invalid_value")
+    context = await _context(state, req, voice, pieces, params)
     try:
-        ticket = state.scheduler.submit(pieces, voice.speaker, voice.context, params)
+        ticket = state.scheduler.submit(pieces, voice.speaker, context, params)
     except QueueFullError as exc:
         state.metrics.rejected.labels("queue_full").inc()
         raise APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}) from None
     except (NotReadyError, ShuttingDownError) as exc:
-        state.metrics.rejected.labels("not_ready").inc()
-        raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": "5"}) from None
+        raise _not_ready(state, exc) from None
+    complete = partial(_save_turn, state, req, voice.speaker, pieces, ticket)  # once the audio is all there
     state.metrics.touch_activity()  # accepted: real work, which keeps the box's watchdog from idling it out
     rate = int(state.scheduler.generator.sample_rate)
     encoder = Encoder(req.response_format, rate)
@@ -162,7 +198,7 @@ async def create_speech(req: SpeechRequest, request: Request):
     sse = req.stream_format == "sse"
     if not req.stream and not sse:
         try:
-            return await _whole(ticket, request, encoder, first, headers)
+            return await _whole(ticket, request, encoder, first, headers, complete)
         finally:
             state.metrics.touch_activity()
     timeout_s = state.settings.request_timeout_s
@@ -191,6 +227,7 @@ async def create_speech(req: SpeechRequest, request: Request):
                 yield _sse_error(err)
                 return
             tail = encoder.finish()
+            complete()
             if sse:
                 usage = {
                     "input_tokens": len(req.input),
@@ -219,7 +256,7 @@ async def create_speech(req: SpeechRequest, request: Request):
     return CuttableStreamingResponse(body(), media_type=media_type, headers=headers)
 
 
-async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, headers: dict) -> Response:
+async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, headers: dict, complete) -> Response:
     """`stream: false`: the same generation, sent as one body (a WAV then carries its real sizes). Nothing is sent
     before the end, so a stream ended early is an error status, and one the audio cap ended says so in a header."""
     parts = []
@@ -240,6 +277,7 @@ async def _whole(ticket: Ticket, request: Request, encoder: Encoder, first, head
     if err is not None:
         encoder.close()
         raise err
+    complete()
     if ticket.reason == "max_audio":
         headers = {**headers, "X-Audio-Truncated": TRUNCATED}
     if encoder.format == "wav":
