@@ -67,9 +67,19 @@ def points_from_events(events: Iterable[Mapping[str, Any]]) -> list[Point]:
     return sorted(out)
 
 
-def record_sample(ledger: Any, rental_id: int, seconds: float, *, last: Point | None) -> bool:
-    """Keep one reading of a replica's counter in the ledger, unless the `last` one kept is under SAMPLE_GAP_S old.
-    Returns whether it was written."""
+def last_reading(ledger: Any, rental_id: int) -> Point | None:
+    """The latest reading the ledger keeps for a rental (one indexed query)."""
+    row = ledger.db.execute(
+        "SELECT at, detail FROM events WHERE rental_id=? AND kind=? ORDER BY id DESC LIMIT 1", (rental_id, AUDIO_SAMPLE)
+    ).fetchone()
+    found = points_from_events([{"at": row[0], "kind": AUDIO_SAMPLE, "detail": row[1]}]) if row else []
+    return found[0] if found else None
+
+
+def record_sample(ledger: Any, rental_id: int, seconds: float, *, last: Point | None = None) -> bool:
+    """Keep one reading of a replica's counter in the ledger, unless the last one kept (`last`, else looked up) is
+    under SAMPLE_GAP_S old. Returns whether it was written."""
+    last = last if last is not None else last_reading(ledger, rental_id)
     now = ledger.clock()
     if last is not None and 0 <= now - last.at < SAMPLE_GAP_S:
         return False

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deploy.cancel import pause
+from deploy.costs.audio import record_sample
 from deploy.errors import DeployError
 from deploy.fleet.autoscale_policy import Autoscaler, Decision, Observation, Policy
 from deploy.fleet.model import choose_for_removal, replica_token, replica_verify
@@ -80,12 +81,15 @@ def look(
     stats = gateway_view(settings, fleet, log)
     out = Look(Observation(now=now, replicas=0))
     obs = out.obs
+    readings: dict[int, float] = {}  # each replica's audio counter
     for r in active:
         url = replica_url(settings, fleet, r)
         pr = probe(url, replica_token(r), timeout=3.0, verify=replica_verify(r)) if url else Probe(False, "no address")
         gw = stats.get(r.name) if stats is not None else None
         in_rotation = stats is None or (gw is not None and gw.up)
         m = pr.metrics
+        if m:
+            readings[r.rental.id] = m.get("audio_seconds", 0.0)
         streams, queued = int(m.get("active_streams", 0)), int(m.get("queue_depth", 0))
         if gw is not None:  # the gateway's open connections to it are a floor (its /metrics may not have answered)
             streams = max(streams, gw.current - queued)
@@ -108,6 +112,10 @@ def look(
             state = "unready"  # left to `deploy heal`; not counted, so the fleet still grows to its minimum
         out.replicas[r.name] = {"state": state, "streams": streams, "queued": queued, "rejected_429": rejected,
                                 "detail": pr.detail, "gateway": gw.status if gw else None}  # fmt: skip
+    if readings:  # kept (one a minute) for the fleet's USD per hour of audio: deploy/costs/audio.py
+        with Ledger(settings.ledger_path) as ledger:
+            for rid, seconds in readings.items():
+                record_sample(ledger, rid, seconds)
     obs.usd_per_h = round(sum(r.rental.rate_usd_h for r in live), 6)
     obs.next_replica_usd_per_h = max(rates) if rates else None  # the dearest the fleet has rented: a bound
     return out

@@ -7,7 +7,15 @@ import datetime as dt
 
 import pytest
 
-from deploy.costs.audio import AUDIO_SAMPLE, SAMPLE_GAP_S, Point, counted_span, points_from_events, record_sample
+from deploy.costs.audio import (
+    AUDIO_SAMPLE,
+    SAMPLE_GAP_S,
+    Point,
+    counted_span,
+    last_reading,
+    points_from_events,
+    record_sample,
+)
 from deploy.costs.billing import cost_report
 from deploy.costs.price import price
 from deploy.costs.split import (
@@ -162,5 +170,10 @@ def test_readings_are_kept_in_the_ledger_at_most_one_a_minute(ledger):
     ledger.test_clock.t = T0 + SAMPLE_GAP_S
     assert record_sample(ledger, rid, 30.0, last=first)
     assert [p.seconds for p in points_from_events(ledger.events(rid))] == [12.5, 30.0]
+    assert last_reading(ledger, rid) == Point(T0 + SAMPLE_GAP_S, 30.0)
+    ledger.test_clock.t = T0 + 2 * SAMPLE_GAP_S - 1  # the autoscale loop looks every 15 s: the ledger says the last
+    assert not record_sample(ledger, rid, 31.0)
+    ledger.test_clock.t = T0 + 2 * SAMPLE_GAP_S
+    assert record_sample(ledger, rid, 31.0) and last_reading(ledger, rid) == Point(T0 + 2 * SAMPLE_GAP_S, 31.0)
     ledger.event(rid, AUDIO_SAMPLE, "not a number")  # unreadable rows are no reading
-    assert len(points_from_events(ledger.events(rid))) == 2
+    assert len(points_from_events(ledger.events(rid))) == 3 and last_reading(ledger, rid) is None
