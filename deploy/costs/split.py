@@ -181,4 +181,4 @@ def describe_window(name: str, w: Window) -> str:
         per = "per hour of audio: unknown (no audio served while counted)"
     else:
         per = "per hour of audio: unknown (no replica's /metrics read twice in it)"
-    return f"{name}: ${w.usd:.4f}: {w.split.describe()}; {per}"
+    return f"{name}: ${w.usd:.4f} spent; {w.split.describe()}; {per}"
