@@ -72,7 +72,7 @@ class StreamingGenerator(FrameExecution):
         self.codec = codec
         self.frame = FrameModel(loaded, self.max_streams, settings.max_seq_len, device, dtype)
         self.prompt = PromptBuilder(loaded, codec, self.frame, settings.max_context_frames)
-        self._prefix = PrefixCache(settings.prefix_cache_mb * 2**20)
+        self.prefix_cache = PrefixCache(settings.prefix_cache_mb * 2**20)
         cfg = loaded.config
         b = self.max_streams
         self.batch_buckets = buckets(b)
@@ -168,8 +168,10 @@ class StreamingGenerator(FrameExecution):
         is always filled segment by segment, reused or not, so a reused prefix holds the very values a fresh prefill
         would compute and greedy codes do not depend on the reuse."""
         bounds = rows.boundaries
-        keys = prefix_keys(rows.tokens, rows.codes, rows.is_audio, bounds) if bounds and self._prefix.enabled else []
-        start, entry = self._prefix.lookup(keys, bounds) if keys else (0, None)
+        keys = (
+            prefix_keys(rows.tokens, rows.codes, rows.is_audio, bounds) if bounds and self.prefix_cache.enabled else []
+        )
+        start, entry = self.prefix_cache.lookup(keys, bounds) if keys else (0, None)
         if entry is not None:
             self.frame.backbone_cache.load_prefix(row, entry.keys, entry.values)
         base = start
@@ -178,13 +180,13 @@ class StreamingGenerator(FrameExecution):
             hidden = self.frame.prefill(row, embeds[start - base : end - base], start)
             start = end
         if keys and (entry is None or entry.length < bounds[-1]):
-            self._prefix.store(keys, bounds, *self.frame.backbone_cache.read_prefix(row, bounds[-1]))
+            self.prefix_cache.store(keys, bounds, *self.frame.backbone_cache.read_prefix(row, bounds[-1]))
         return hidden
 
     def prefix_stats(self) -> dict:
         """The prefix cache's counters (hits, misses, stores, evictions, reused_rows) and gauges (entries, bytes,
         max_bytes), for /metrics."""
-        return self._prefix.stats()
+        return self.prefix_cache.stats()
 
     def resize_codec(self, slots: int) -> None:
         """Decode with `slots` Mimi slots from now on (at most that many streams at once); only while idle. Mimi

@@ -4,6 +4,7 @@ Grouped-KV attention without repeating the cache equals transformers' repeat_kv 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +27,48 @@ def test_write_prompt_fills_one_slot_from_position_zero():
     assert kc.shape == (1, 2, 4, 4) and torch.equal(kc, k) and torch.equal(vc, v)
     assert torch.equal(cache.k[1][2, :, :4], k[0]) and cache.k[1][2, :, 4:].abs().sum() == 0
     assert cache.k[1][:2].abs().sum() == 0 and cache.k[0].abs().sum() == 0  # other slots, other layer untouched
+
+
+def test_write_prompt_at_an_offset_keeps_the_prefix_and_returns_it_with_the_new_rows():
+    cache = _cache()
+    cache.write_prompt(0, *_kv(1, 2, 1.0), row=1)
+    kc, vc = cache.write_prompt(0, *_kv(1, 3, 2.0), row=1, start=2)
+    assert kc.shape == vc.shape == (1, 2, 5, 4)
+    assert kc[0, :, :2].eq(1).all() and kc[0, :, 2:].eq(2).all() and vc[0, :, 2:].eq(-2).all()
+    assert cache.k[0][0].abs().sum() == 0 and cache.k[0][2].abs().sum() == 0
+
+
+def test_read_prefix_and_load_prefix_copy_a_rows_positions_in_every_layer():
+    cache = _cache()
+    for layer in range(2):
+        cache.write_prompt(layer, *_kv(1, 4, layer + 1.0), row=0)
+    keys, values = cache.read_prefix(0, 3)
+    assert [k.shape for k in keys] == [(2, 3, 4)] * 2
+    cache.reset()  # the copies are their own storage
+    assert keys[1].eq(2).all() and values[0].eq(-1).all()
+    cache.load_prefix(2, keys, values)
+    assert cache.k[1][2, :, :3].eq(2).all() and cache.v[0][2, :, :3].eq(-1).all()
+    assert cache.k[1][2, :, 3:].abs().sum() == 0 and cache.k[1][:2].abs().sum() == 0
+
+
+def test_prefill_in_chunks_at_an_offset_equals_one_pass():
+    """Rows prefilled at an offset see the cached rows before them with their own rotary positions: the same hidden
+    state and cache as the whole prompt at once (to rounding: the matmuls' shapes differ)."""
+    gen = tiny_generator(max_streams=2)
+    embeds = gen.build_prompt("Chunked prompt, in three pieces.", 0, ())
+    t = embeds.shape[0]
+    whole = gen.frame.prefill(0, embeds)
+    gen.frame.prefill(1, embeds[:5])
+    gen.frame.prefill(1, embeds[5:12], start=5)
+    chunked = gen.frame.prefill(1, embeds[12:], start=12)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    cache = gen.frame.backbone_cache
+    for layer in range(2):
+        torch.testing.assert_close(cache.k[layer][1, :, :t], cache.k[layer][0, :, :t], rtol=1e-5, atol=1e-5)
+    wrong = gen.frame.prefill(1, embeds[12:], start=13)  # other rotary positions and another attended prefix
+    assert not torch.allclose(wrong, whole, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="does not fit"):
+        gen.frame.prefill(1, embeds, start=gen.frame.max_seq - 1)
 
 
 def test_write_rows_puts_each_row_at_its_own_position():
