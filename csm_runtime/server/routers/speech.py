@@ -94,7 +94,7 @@ async def _context(state, req: SpeechRequest, voice, pieces: list[str], params) 
 
 def _save_turn(state, req: SpeechRequest, speaker: int, pieces: list[str], ticket: Ticket) -> None:
     """A complete response becomes its conversation's next turn: the text said and the codes generated."""
-    if not req.conversation:
+    if not req.conversation or ticket.reason not in ("eos", "max_audio"):
         return
     codes = np.concatenate(ticket.codes).T if ticket.codes else None
     state.conversations.append(req.conversation, make_turn(speaker, " ".join(pieces), codes, "generated"))
