@@ -46,6 +46,7 @@ class PrefixEntry:
     values: list[Tensor]
     length: int
     nbytes: int
+    bounds: dict[bytes, int]  # every segment-boundary digest inside the entry -> its length
 
 
 class PrefixCache:
@@ -94,7 +95,8 @@ class PrefixCache:
         while self._entries and self.bytes + nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
             self.evictions += 1
-        self._entries[top] = PrefixEntry(keys_kv, values_kv, boundaries[-1], nbytes)
+        bounds = dict(zip(keys, boundaries, strict=True))
+        self._entries[top] = PrefixEntry(keys_kv, values_kv, boundaries[-1], nbytes, bounds)
         self.bytes += nbytes
         for key, end in zip(keys, boundaries, strict=True):
             self._index[key] = (top, end)
@@ -102,10 +104,18 @@ class PrefixCache:
         return True
 
     def _drop(self, top: bytes) -> None:
+        """Forget an entry; a boundary it shared with another entry (two conversations opening with the same voice)
+        is answered by that one from now on."""
         entry = self._entries.pop(top)
         self.bytes -= entry.nbytes
-        for key in [k for k, (owner, _) in self._index.items() if owner == top]:
-            del self._index[key]
+        for key, end in entry.bounds.items():
+            if self._index.get(key, (None,))[0] != top:
+                continue
+            other = next((name for name, e in reversed(self._entries.items()) if key in e.bounds), None)
+            if other is None:
+                del self._index[key]
+            else:
+                self._index[key] = (other, end)
 
     def clear(self) -> None:
         self._entries.clear()

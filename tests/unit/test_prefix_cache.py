@@ -61,6 +61,20 @@ def test_a_longer_prefix_replaces_the_entries_it_contains_and_answers_for_them()
     assert cache.lookup([b"voice", b"turn1", b"turn2"], [10, 25, 40])[0] == 25  # the longest stored one
 
 
+def test_a_prefix_shared_by_two_entries_survives_the_eviction_of_either():
+    cache = PrefixCache(max_bytes=2 * _nbytes(20))
+    cache.store([b"voice", b"conv-a"], [10, 20], *_kv(20))
+    cache.store([b"voice", b"conv-b"], [10, 20], *_kv(20))
+    assert cache.stats()["entries"] == 2
+    assert cache.lookup([b"voice", b"conv-a"], [10, 20])[0] == 20
+    cache.store([b"new"], [20], *_kv(20))  # evicts conv-b, the least recently used, which the voice pointed at
+    length, entry = cache.lookup([b"voice"], [10])
+    assert length == 10 and entry.length == 20 and cache.lookup([b"voice", b"conv-b"], [10, 20])[0] == 10
+    cache.lookup([b"new"], [20])
+    cache.store([b"newer"], [20], *_kv(20))  # evicts conv-a: nothing holds the voice any more
+    assert cache.lookup([b"voice"], [10]) == (0, None)
+
+
 def test_digests_follow_every_row_before_the_boundary():
     tokens = [1, 2, 3, 4, 5, 6]
     codes = torch.zeros(6, 32, dtype=torch.long)
