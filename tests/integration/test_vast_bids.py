@@ -163,3 +163,18 @@ def test_an_outbid_box_shows_preempted_stays_recorded_and_costs_its_bid_until_te
     (row,) = rows(deploy_home)
     assert row.status == L.DESTROYED and vast.running_ids() == set()
     assert_priced()
+
+
+def test_the_bid_options_travel_in_a_fleet_spec_and_price_each_offer():
+    """What a fleet stores to make more replicas alike keeps the bid; the bid follows each offer's min_bid."""
+    from deploy.providers.records import Offer
+    from deploy.provision.options import ProvisionOptions
+
+    offer = Offer("vast", "1001", "RTX 4090", price_usd_h=0.35, min_bid_usd_h=0.2)
+    options = ProvisionOptions(interruptible=True, bid_over_min_pct=15.0)
+    again = ProvisionOptions.from_dict(json.loads(json.dumps(options.as_dict())))
+    assert again == options and again.bid_for(offer) == pytest.approx(0.23)
+    assert ProvisionOptions(interruptible=True).bid_for(offer) == 0.2
+    assert ProvisionOptions(interruptible=True, bid_usd_h=0.1).bid_for(offer) == 0.1  # vast refuses it, not us
+    assert ProvisionOptions().bid_for(offer) is None
+    assert ProvisionOptions.from_dict({"provider": "vast", "gpu": None}).interruptible is False  # an older spec
