@@ -106,6 +106,9 @@ def provision_command(
     interruptible: c.Interruptible = False,
     bid: c.Bid = None,
     bid_over_min: c.BidOverMin = None,
+    on_demand_min: Annotated[
+        int, typer.Option(help="--replicas --interruptible: keep at least this many replicas on demand.")
+    ] = 0,
     json_: c.Json = False,
 ) -> None:
     """Rent a box, get the runtime onto it, tune it, start it and wait for /ready; record everything in the ledger.
@@ -122,6 +125,7 @@ def provision_command(
       deploy provision --provider local --model tiny-random --autotune-args "--compile off"
       deploy provision --gpu 4090 --image ghcr.io/me/csm-runtime:0.1.0     # image mode: nothing installed
       deploy provision --gpu 4090 --interruptible --bid-over-min 20     # bid 20% over the offer's minimum
+      deploy provision --gpu 4090 --replicas 4 --interruptible --on-demand-min 1   # 1 on demand, 3 at a bid
     """
     from deploy.cancel import handle_signals
     from deploy.fleet.model import FleetSpec
@@ -147,6 +151,8 @@ def provision_command(
     bid_usd_h, bid_pct = c.number("--bid", bid), c.number("--bid-over-min", bid_over_min)
     check_bid(interruptible, bid_usd_h, bid_pct)
     prov = c.provider(provider, ssh)
+    if on_demand_min and replicas is None:
+        raise UsageError("--on-demand-min applies to a fleet: add --replicas N")
     if interruptible and not prov.takes_bids:
         raise UsageError(f"the {provider} provider has no interruptible (bid) boxes: drop --interruptible")
     if prov.needs_gpu and not gpus:
@@ -195,7 +201,8 @@ def provision_command(
     # rollbacks run in its replicas' threads and always finish.
     with handle_signals(abandon=replicas is None):
         if replicas is not None or len(gpus) > 1:  # a fleet, or one replica with GPU fallback
-            return _provision_fleet(s, FleetSpec(provider, tuple(gpus), options), fleet, replicas, json_)
+            spec = FleetSpec(provider, tuple(gpus), options, on_demand_min=on_demand_min)
+            return _provision_fleet(s, spec, fleet, replicas, json_)
         _provision_one(s, options, prov, json_)
 
 

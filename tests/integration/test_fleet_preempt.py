@@ -1,0 +1,159 @@
+"""A mixed fleet on the vast.ai emulator (vast.ai itself is the one thing emulated), through the real vastai CLI and the
+loopback sshd, box-only (`--no-runtime`: the billing invariants are what is checked here; the runtime on rented
+boxes has its own tests): one replica on demand, the rest at a bid; an outbid replica is noticed by the next check,
+destroyed (a stopped instance bills its disk) and replaced at a bid, on demand when no bid offer is left or no bid box
+comes up within the deadline; and after every step, and after a `kill -9` of the autoscale loop at each step of an
+add or a replacement, nothing runs at the provider that the ledger does not name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
+from tests.conftest import DEPLOY_BIN, unknown_running
+from tests.integration.test_vast_kill import untracked_running, wait_for_orphans
+
+ONCE = ["autoscale", "--min", "1", "--max", "4", "--once", "--json"]
+
+
+def replicas(home) -> dict[str, dict]:
+    """Active replicas: name -> {rental id, provider id, interruptible}."""
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        store = FleetStore(ledger)
+        return {
+            r.name: {"rid": r.rental.id, "id": r.rental.provider_id, "bid": r.rental.billing.interruptible}
+            for r in store.replicas(store.get("default"), ("active",))
+        }
+
+
+def billed_all_recorded(vast, home) -> None:
+    with Ledger(home / "ledger.sqlite3") as ledger:
+        open_ids = {r.provider_id for r in ledger.open_rentals("vast")}
+    assert unknown_running(vast, home) == set() and open_ids == vast.running_ids()
+
+
+def no_bid_offers_left(vast) -> None:
+    with vast.lock:
+        for offer in vast.offers.values():
+            offer["min_bid"] = None
+
+
+def mixed_fleet(deploy_cli, vast, home) -> dict[str, dict]:
+    res = deploy_cli("provision", "--gpu", "4090", "--replicas", "2", "--interruptible", "--on-demand-min", "1",
+                     "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    fleet = replicas(home)
+    assert sorted(r["bid"] for r in fleet.values()) == [False, True], fleet  # K=1 on demand, the rest at a bid
+    billed_all_recorded(vast, home)
+    return fleet
+
+
+def test_outbid_replica_is_noticed_destroyed_and_replaced_bid_first_then_on_demand(deploy_cli, vast, deploy_home):
+    fleet = mixed_fleet(deploy_cli, vast, deploy_home)
+    (victim,) = [n for n, r in fleet.items() if r["bid"]]
+    vast.outbid(fleet[victim]["id"])
+    billed_all_recorded(vast, deploy_home)  # stopped, still billing its disk, still on record
+
+    res = deploy_cli(*ONCE)  # one check of the loop notices it
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{victim} (rental {fleet[victim]['rid']}): outbid" in res.stderr
+    now = replicas(deploy_home)
+    assert victim not in now and len(now) == 2 and sorted(r["bid"] for r in now.values()) == [False, True], now
+    (new,) = set(now) - set(fleet)
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        gone = ledger.get(fleet[victim]["rid"])
+        kinds = [e["kind"] for e in ledger.events(gone.id)]
+        assert gone.status == "destroyed" and gone.billing.preempted_at is not None
+        assert kinds.index("preempted") < kinds.index("replica:draining") < kinds.index("replica:removed"), kinds
+    assert str(fleet[victim]["id"]) not in vast.running_ids()
+    billed_all_recorded(vast, deploy_home)
+
+    # no bid offer left: the replacement of the next outbid replica is rented on demand
+    no_bid_offers_left(vast)
+    vast.outbid(now[new]["id"])
+    res = deploy_cli("heal", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    healed = json.loads(res.stdout)
+    assert healed["replaced"] == [new] and len(healed["added"]) == 1, healed
+    assert "renting this replica on demand" in res.stderr
+    after = replicas(deploy_home)
+    assert len(after) == 2 and not after[healed["added"][0]]["bid"], after
+    billed_all_recorded(vast, deploy_home)
+    deploy_cli("teardown", "--all", "--yes")
+    assert vast.running_ids() == set()
+
+
+def test_no_bid_box_within_the_deadline_falls_back_to_on_demand(deploy_cli, vast, deploy_home):
+    """The bid box never leaves `loading`: at the deadline its attempt is rolled back (destroyed) and the replica
+    is rented on demand; nothing bills unrecorded on the way."""
+    mixed_fleet(deploy_cli, vast, deploy_home)
+    no_bid_offers_left(vast)
+    stuck = vast.add_offer(id=1101, gpu_name="RTX 4090", dph_total=0.30, min_bid=0.10, host_id=41, machine_id=410)
+    vast.stick_loading(stuck)
+    res = deploy_cli("scale", "3", "--json", env={"DEPLOY_INTERRUPTIBLE_DEADLINE_S": "3"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "no interruptible replica came up within 3 s; renting this replica on demand" in res.stderr
+    (added,) = json.loads(res.stdout)["added"]
+    assert not replicas(deploy_home)[added]["bid"]
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        (bid_row,) = [r for r in ledger.rentals() if r.offer_id == str(stuck)]
+        assert bid_row.status == "destroyed"  # the attempt at a bid was rolled back
+    assert [b.get("price") for b in vast.bodies("PUT", rf"/asks/{stuck}/")] == [0.1]  # it was a bid
+    billed_all_recorded(vast, deploy_home)
+    deploy_cli("teardown", "--all", "--yes")
+    assert vast.running_ids() == set()
+
+
+def step_count(home, kind: str) -> int:
+    path = home / "ledger.sqlite3"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT count(*) FROM events WHERE kind=?", (kind,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("change", "event"),
+    [("add", "step:rent"), ("add", "step:check"), ("replace", "preempted"), ("replace", "step:rent")],
+)  # fmt: skip
+def test_kill_9_of_autoscale_mid_change_leaves_nothing_unrecorded(change, event, deploy_cli, vast, vast_env,
+                                                                 deploy_home):  # fmt: skip
+    fleet = mixed_fleet(deploy_cli, vast, deploy_home)
+    if change == "replace":
+        vast.outbid(next(r["id"] for r in fleet.values() if r["bid"]))
+        args = ONCE
+    else:
+        args = ["autoscale", "--min", "3", "--max", "3", "--once"]  # below --min: add one
+    before = step_count(deploy_home, event)
+    env = {**vast_env, "DEPLOY_VAST_CREATE_WINDOW_S": "0"}
+    proc = subprocess.Popen([str(DEPLOY_BIN), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while step_count(deploy_home, event) <= before:
+            if proc.poll() is not None:
+                raise AssertionError(f"autoscale ended before {event}: {proc.communicate()[1].decode()[-3000:]}")
+            assert time.monotonic() < deadline, f"{event} never came"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        wait_for_orphans(proc.pid, deploy_home)
+    assert untracked_running(vast, deploy_home) == set()
+
+    status = subprocess.run([str(DEPLOY_BIN), "status", "--json"], env=env, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert unknown_running(vast, deploy_home) == set()
+    down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert vast.running_ids() == set()
