@@ -20,8 +20,9 @@ import numpy as np
 
 SAMPLE_RATE = 24_000  # Mimi's rate (csm_runtime/engine/codec.py; not imported here: that module imports torch)
 FRAME_SAMPLES = 1920
-MIN_RATE, MAX_RATE = 4_000, 384_000
+MIN_RATE, MAX_RATE = 4_000, 192_000
 MAX_CHANNELS = 16
+BLOCK_FRAMES = 65_536
 
 
 class ClipError(ValueError):
@@ -43,6 +44,20 @@ def _length_error(seconds: float, min_s: float, max_s: float) -> ClipError:
     )
 
 
+def _read_mono(f, limit: int) -> np.ndarray:
+    """At most `limit` frames, mixed to mono block by block: memory is the mono clip plus one block, whatever the
+    channel count (a small FLAC of 16 silent channels must not become a large array)."""
+    out = np.empty(limit, dtype=np.float32)
+    n = 0
+    while n < limit:
+        block = f.read(frames=min(BLOCK_FRAMES, limit - n), dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        out[n : n + block.shape[0]] = block.mean(axis=1, dtype=np.float32)
+        n += block.shape[0]
+    return out[:n]
+
+
 def decode_clip(data: bytes, *, min_s: float = 1.0, max_s: float = 30.0) -> np.ndarray:
     """Audio file bytes (any format libsndfile reads) -> mono float32 at 24 kHz, a whole number of 1920-sample
     frames. Raises ClipError 400 `invalid_audio` (not audio, undecodable, odd rate/channels, non-finite samples)
@@ -61,22 +76,21 @@ def decode_clip(data: bytes, *, min_s: float = 1.0, max_s: float = 30.0) -> np.n
             limit = math.floor(max_s * rate) + 1  # one frame past the limit is enough to know it is too long
             if 0 < declared < 2**62 and declared > limit:
                 raise _length_error(declared / rate, min_s, max_s)
-            samples = f.read(frames=limit, dtype="float32", always_2d=True)
+            mono = _read_mono(f, limit)
     except ClipError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
         reason = getattr(exc, "error_string", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ClipError(400, "invalid_audio", f"not a readable audio file: {reason}") from None
-    seconds = samples.shape[0] / rate
-    if samples.shape[0] >= limit:  # no usable length in the header: the read stopped at the limit
+    seconds = len(mono) / rate
+    if len(mono) >= limit:  # no usable length in the header: the read stopped at the limit
         raise ClipError(
             400, "invalid_length", f"clip is longer than {max_s:g} s; it must be between {min_s:g} and {max_s:g} s"
         )
     if seconds < min_s or seconds > max_s:
         raise _length_error(seconds, min_s, max_s)
-    if not np.isfinite(samples).all():
+    if not np.isfinite(mono).all():
         raise ClipError(400, "invalid_audio", "the audio holds non-finite samples (NaN or infinity)")
-    mono = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
         import torch
         import torchaudio.functional as F

@@ -63,14 +63,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {err.get('msg')}" if param else str(err.get("msg"))), param
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed(request: Request) -> str:
     """Every method the request's path answers: Starlette's 405 names only the first route that matched the path,
     and a path may have one route per method (GET and DELETE /v1/voices/{id})."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    routes = request.app.router.routes
+    scope = {k: v for k, v in request.scope.items() if k in ("type", "path", "root_path", "headers")}
+    allowed = [m for m in METHODS if any(r.matches({**scope, "method": m})[0] == Match.FULL for r in routes)]
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI) -> None:

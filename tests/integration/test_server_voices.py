@@ -146,6 +146,12 @@ def test_a_voice_is_created_listed_shown_and_deleted(server):
     assert r.status_code == 409 and r.json()["error"]["code"] == "voice_read_only"
 
 
+def test_a_wrong_method_hears_every_method_the_path_has(server):
+    r = server.client.request("OPTIONS", "/v1/voices/narrator")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"
+    assert server.client.put("/v1/voices").headers["allow"] == "GET, POST"
+
+
 BAD_UPLOADS = [
     ("not audio", {"audio": b"this is plainly a text file, not a recording" * 10}, 400, "invalid_audio"),
     ("undecodable", {"audio": clip(2.0)[:20] + b"\x34\x12" + clip(2.0)[22:]}, 400, "invalid_audio"),  # bad fmt

@@ -117,7 +117,8 @@ async def create_voice(request: Request) -> dict:
     try:
         form = await request.form(max_files=1, max_fields=16)
     except Exception as exc:  # noqa: BLE001 - Starlette raises several kinds for a malformed body
-        raise APIError(400, f"malformed multipart body: {str(exc)[:200]}", code="invalid_value") from None
+        detail = getattr(exc, "detail", None) or str(exc)
+        raise APIError(400, f"malformed multipart body: {str(detail)[:200]}", code="invalid_value") from None
     try:
         fields = _fields(form)
         name = fields["name"]
