@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -296,3 +298,30 @@ def test_a_voice_files_clip_is_encoded_once_at_load(tmp_path, encodes):
         for _ in range(2):
             assert srv.client.post("/v1/audio/speech", json=body).status_code == 200
         assert len(encodes) == loaded
+
+
+def test_two_uploads_of_one_name_at_once_store_one_voice(server):
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda seed: server.upload(name="twin", audio=clip(2.0, seed=seed)), [1, 2]))
+    assert sorted(r.status_code for r in answers) == [201, 409]
+    assert len(server.files()) == 2
+
+
+def test_an_upload_while_the_model_loads_is_503_and_leaves_nothing(tmp_path):
+    """A loader that never finishes loading (no model needed): the clip cannot be encoded yet."""
+    release = threading.Event()
+
+    def loader():
+        release.wait(30)
+        raise RuntimeError("never loaded")
+
+    settings = settings_for(tmp_path)
+    with ServerThread(create_app(settings, loader=loader)) as srv:
+        client = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        r = client.post(
+            "/v1/voices", data={"name": "early", "transcript": "Too soon."}, files={"audio": ("a.wav", clip(1.5))}
+        )
+        release.set()
+        client.close()
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and r.headers["retry-after"] == "5"
+    assert not (tmp_path / "voices" / "uploaded").exists()
