@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from csm_runtime.engine.longtext import Limits, piece_cap_frames
+from csm_runtime.engine.sentences import clean
 from csm_runtime.engine.types import GenerationParams, Segment
 from csm_runtime.server.clips import FRAME_SAMPLES, SAMPLE_RATE, ClipError, decode_base64_clip, encode_clip
 from csm_runtime.server.errors import APIError
@@ -123,6 +124,7 @@ async def request_parts(items, voices: dict) -> list[Part]:
     client's clip decoded (not yet encoded), or text only. Raises APIError 400 naming the bad item."""
     out: list[Part] = []
     for i, item in enumerate(items or ()):
+        text = clean(item.text).strip()  # as the input is: invisible characters removed
         if item.voice is not None:
             voice = voices.get(item.voice)
             if voice is None:
@@ -133,7 +135,7 @@ async def request_parts(items, voices: dict) -> list[Part]:
                     code="voice_not_found",
                 )
             segs = [replace(seg, speaker=item.speaker) for seg in voice.context]
-            out.extend(parts(segs) if segs else [Part(Segment(item.text, item.speaker), 0)])
+            out.extend(parts(segs) if segs else [Part(Segment(text, item.speaker), 0)])
         elif item.audio is not None:
             try:
                 wav = await asyncio.to_thread(decode_base64_clip, item.audio, min_s=CLIP_MIN_S, max_s=CLIP_MAX_S)
@@ -141,9 +143,9 @@ async def request_parts(items, voices: dict) -> list[Part]:
                 raise APIError(
                     exc.status, f"context item {i}: {exc.message}", param=f"context.{i}.audio", code=exc.code
                 ) from None
-            out.append(Part(Segment(item.text, item.speaker), len(wav) // FRAME_SAMPLES, wav))
+            out.append(Part(Segment(text, item.speaker), len(wav) // FRAME_SAMPLES, wav))
         else:
-            out.append(Part(Segment(item.text, item.speaker), 0))
+            out.append(Part(Segment(text, item.speaker), 0))
     return out
 
 

@@ -126,7 +126,7 @@ def test_context_items_with_audio_a_voice_or_text_only_are_the_prompt_after_the_
     spies = server.spies
     before = spies.encodes
     context = [
-        {"speaker": 0, "text": "Text only, first.", "audio": None},
+        {"speaker": 0, "text": "Text only,\u200b first. ", "audio": None},  # cleaned as `input` is
         {"speaker": 0, "text": "Any words.", "voice": "ref"},
         {"speaker": 1, "text": "A clip of mine.", "audio": wav_b64(440)},
     ]

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
 
+from csm_runtime.engine.sentences import clean
 from csm_runtime.server.clips import ClipError, decode_base64_clip, encode_clip
 from csm_runtime.server.context import CLIP_MAX_S, CLIP_MIN_S
 from csm_runtime.server.conversations import Conversation, make_turn
@@ -56,7 +57,7 @@ async def add_turn(conversation_id: ConversationId, body: TurnRequest, request: 
         except (NotReadyError, ShuttingDownError) as exc:
             raise APIError(503, str(exc), code="not_ready", headers={"Retry-After": "5"}) from None
     store = state.conversations
-    conv = store.append(conversation_id, make_turn(body.speaker, body.text, codes, "added"))
+    conv = store.append(conversation_id, make_turn(body.speaker, clean(body.text).strip(), codes, "added"))
     return public(store, conv)
 
 
