@@ -117,6 +117,27 @@ def test_voice_add_fleet_reaches_every_replica_and_the_library(fleet, clip):
     assert res.returncode == 1 and "--replace" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_refusing_replica_is_named_and_a_clip_no_replica_takes_is_not_recorded(fleet, clip, tmp_path):
+    assert fleet.deploy("voice", "add", "1", "solo", str(clip), "--transcript", "Only here.").returncode == 0
+    res = fleet.deploy("voice", "add", "--fleet", "default", "solo", str(clip), "--transcript", "Everywhere.")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error: ")]  # after a progress line per replica
+    assert res.returncode == 1 and len(errors) == 1 and res.stderr.strip().endswith(errors[0]), res.stderr
+    assert "is on r2" in res.stderr and "r1: server answered 409" in res.stderr and "--replace" in res.stderr
+    assert VoiceLibrary(fleet.home, "default").get("solo").transcript == "Everywhere."  # r3 and later get it
+    res = fleet.deploy("voice", "add", "--fleet", "default", "solo", str(clip), "--transcript", "Everywhere.",
+                       "--replace", "--json")  # fmt: skip
+    assert res.returncode == 0 and sorted(json.loads(res.stdout)["added_to"]) == ["r1", "r2"], res.stderr
+    assert fleet.direct("r1", "/v1/voices/solo").json()["transcript"] == "Everywhere."
+
+    t = np.arange(int(0.5 * RATE)) / RATE
+    sf.write(str(tmp_path / "short.wav"), (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), RATE)
+    res = fleet.deploy(
+        "voice", "add", "--fleet", "default", "short", str(tmp_path / "short.wav"), "--transcript", "Hi."
+    )
+    assert res.returncode == 1 and "server answered 400" in res.stderr and "0.5" in res.stderr, res.stderr
+    assert VoiceLibrary(fleet.home, "default").find("short") is None
+
+
 def test_one_conversation_stays_on_one_replica_and_the_rest_still_spread(fleet):
     ids = [f"talk-{i}" for i in range(6)]
 
@@ -156,7 +177,8 @@ def test_a_replica_added_later_has_the_voices_before_it_takes_traffic(fleet):
     # pushed before it joined the fleet, so before the gateway's reload put it into the rotation
     assert kinds.index("voices") < kinds.index("replica"), kinds
     res = fleet.deploy("voice", "list", "--fleet", "default", "--json")
-    assert json.loads(res.stdout)["voices"][0]["on_replicas"] == ["r1", "r2", "r3"]
+    assert {v["name"]: v["on_replicas"] for v in json.loads(res.stdout)["voices"]} == {
+        "maya": ["r1", "r2", "r3"], "solo": ["r1", "r2", "r3"]}  # fmt: skip
 
 
 def test_voice_rm_fleet_deletes_everywhere(fleet):
