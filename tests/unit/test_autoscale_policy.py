@@ -154,3 +154,71 @@ def test_never_flaps_when_load_steps_between_levels():
 def test_bad_policy_is_refused(kw):
     with pytest.raises(ValueError):
         policy(**kw)
+
+
+# --- a mixed fleet: which kind each new replica is, and the fallback to on demand -----------------------------------
+
+
+def spec(interruptible: bool, on_demand_min: int = 0):
+    from deploy.fleet.model import FleetSpec
+    from deploy.provision.options import ProvisionOptions
+
+    return FleetSpec("vast", ("4090",), ProvisionOptions(interruptible=interruptible), on_demand_min=on_demand_min)
+
+
+def test_a_mixed_fleet_keeps_its_on_demand_minimum_first():
+    assert spec(True, 2).kinds(3, on_demand_live=0) == [False, False, True]
+    assert spec(True, 2).kinds(2, on_demand_live=1) == [False, True]
+    assert spec(True, 1).kinds(2, on_demand_live=3) == [True, True]
+    assert spec(False).kinds(2, on_demand_live=0) == [False, False]
+    on_demand = spec(True, 1).options_for("4090", interruptible=False)
+    assert not on_demand.interruptible and on_demand.bid_usd_h is None and on_demand.gpu.alias == "4090"
+    assert spec(True).options_for("4090").interruptible
+
+
+def test_on_demand_min_needs_interruptible():
+    from deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="--on-demand-min only applies with --interruptible"):
+        spec(False, 1)
+    assert spec(True, 2).as_dict()["on_demand_min"] == 2
+    assert type(spec(True, 2)).from_dict(spec(True, 2).as_dict()) == spec(True, 2)
+
+
+def test_interruptible_first_falls_back_to_on_demand():
+    from deploy.cancel import CancelToken
+    from deploy.errors import NoOffersError, ProvisionCancelled
+    from deploy.fleet.mix import interruptible_first
+
+    tried, said = [], []
+
+    def no_bid_offer(bid, token):
+        tried.append(bid)
+        if bid:
+            raise NoOffersError("no bid offer")
+        return 7
+
+    assert (
+        interruptible_first(no_bid_offer, interruptible=True, deadline_s=5, cancel=CancelToken(), log=said.append) == 7
+    )
+    assert tried == [True, False] and "renting this replica on demand" in said[0]
+
+    def slow_bid(bid, token):  # a bid box that is not up by the deadline: its attempt sees its token set
+        if bid:
+            assert token.wait(5), "the deadline never came"
+            raise ProvisionCancelled("cancelled while waiting")
+        return 8
+
+    said.clear()
+    assert interruptible_first(slow_bid, interruptible=True, deadline_s=0.2, cancel=CancelToken(), log=said.append) == 8
+    assert said == ["no interruptible replica came up within 0.2 s; renting this replica on demand"]
+
+    parent = CancelToken()
+    parent.cancel(15)
+
+    def signalled(bid, token):
+        assert token.wait(5) and token.signum == 15
+        raise ProvisionCancelled("cancelled")
+
+    with pytest.raises(ProvisionCancelled):  # a signal stops both kinds
+        interruptible_first(signalled, interruptible=True, deadline_s=60, cancel=parent, log=said.append)
