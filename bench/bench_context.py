@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -44,11 +45,14 @@ def _clip(seconds: float, seed: int) -> np.ndarray:
     return trim_to_frames((np.random.default_rng(seed).standard_normal(samples) * 0.1).astype(np.float32))
 
 
-def _request(gen, context, frames: int) -> tuple[float, np.ndarray]:
-    """TTFA (ms, request start -> first audio chunk of 2 frames, the server default) and the greedy codes."""
+def _request(gen, context, frames: int) -> tuple[float, float, np.ndarray]:
+    """TTFA (ms, request start -> first audio chunk of 2 frames, the server default), its prefill part (ms, request
+    start -> the prompt in the cache: what context changes; the 2 frames after it are the same work either way) and
+    the greedy codes."""
     params = GenerationParams(max_audio_ms=frames * 80, greedy=True, first_chunk_frames=2, chunk_frames=4)
     chunks = list(gen.stream(TEXT, 0, context, params))
-    return chunks[0].metrics.ttfa_ms, np.concatenate([c.codes for c in chunks])
+    m = chunks[0].metrics
+    return m.ttfa_ms, m.ttfa_ms - m.ms_per_frame * m.frames_total, np.concatenate([c.codes for c in chunks])
 
 
 def _reference_equal(gen, frames: int) -> dict:
@@ -99,17 +103,21 @@ def run_model(model: str, args) -> dict:
     rounds = args.rounds if model == "tiny-random" else args.real_rounds
     frames = args.frames
     _request(gen, (), frames)  # first-call costs (allocator, kernels) out of the timed rounds
-    a, b, c, identical = [], [], [], True
+    a, b, c, prefill, identical = [], [], [], {"none": [], "voice_cold": [], "voice_warm": []}, True
     for _ in range(rounds):
-        ttfa, _ = _request(gen, (), frames)
+        ttfa, pre, _ = _request(gen, (), frames)
         a.append(ttfa)
+        prefill["none"].append(pre)
         gen.prefix_cache.clear()
-        ttfa, cold = _request(gen, [voice], frames)
+        ttfa, pre, cold = _request(gen, [voice], frames)
         b.append(ttfa)
-        ttfa, warm = _request(gen, [voice], frames)
+        prefill["voice_cold"].append(pre)
+        ttfa, pre, warm = _request(gen, [voice], frames)
         c.append(ttfa)
+        prefill["voice_warm"].append(pre)
         identical &= bool(np.array_equal(cold, warm))
     med = [statistics.median(x) for x in (a, b, c)]
+    paired = [round(w / n, 2) for w, n in zip(c, a, strict=True)]  # same round: the same load on this shared CPU
     row = {
         "model": model,
         "dtype": args.dtype,
@@ -126,6 +134,9 @@ def run_model(model: str, args) -> dict:
         "ttfa_median_ms": {"none": round(med[0], 1), "voice_cold": round(med[1], 1), "voice_warm": round(med[2], 1)},
         "ratio_cold": round(med[1] / med[0], 2),
         "ratio_warm": round(med[2] / med[0], 2),
+        "ratio_warm_per_round": paired,
+        "prefill_ms": prefill,
+        "prefill_median_ms": {k: round(statistics.median(v), 1) for k, v in prefill.items()},
         "goal_warm_ratio": 1.5,
         "greedy_codes_identical": identical,
         "prefix_stats": gen.prefix_stats(),
@@ -140,7 +151,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny-random,csm-1b-random")
     ap.add_argument("--rounds", type=int, default=5, help="rounds for tiny-random")
-    ap.add_argument("--real-rounds", type=int, default=3, help="rounds for csm-1b-random")
+    ap.add_argument("--real-rounds", type=int, default=4, help="rounds for csm-1b-random")
     ap.add_argument("--frames", type=int, default=4, help="frames per request (greedy)")
     ap.add_argument("--voice-s", type=float, default=10.0)
     ap.add_argument("--dtype", default="float32")
@@ -160,12 +171,15 @@ def main() -> int:
             f"{model:14} {m['none']:9.1f} {m['voice_cold']:9.1f} {m['voice_warm']:9.1f} "
             f"{r['ratio_cold']:9.2f} {r['ratio_warm']:9.2f} {r['greedy_codes_identical']}"
         )
+        p = r["prefill_median_ms"]
+        print(f"  prefill ms: none {p['none']:.1f}, cold {p['voice_cold']:.1f}, warm {p['voice_warm']:.1f}")
         if "transformers_reference" in r:
             print(f"  transformers generate: {r['transformers_reference']}")
     out = {
         "bench": "context",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "text": TEXT,
         "results": rows,
     }
