@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -184,3 +185,64 @@ def test_grows_under_load_then_drains_and_shrinks_after_it(fleet):
     assert any(e.startswith("fleet default: remove 1: ") and "70% of target" in e for e in events), events
     assert "out of rotation, waiting for its streams to finish" in err
     assert fleet.speak(400) == 400 * PCM_BYTES_PER_MS  # the one left serves
+
+
+def test_outbid_replica_leaves_while_streams_elsewhere_flow(fleet, monkeypatch):
+    """Two replicas, a long stream on one; the other's box is reported outbid (vast's word, which a local box cannot
+    say: the one stand-in here is the provider's answer for that box). One check (`handle_preempted`, in this
+    process) records it, drains it at the gateway, destroys it and adds a replacement, and the stream in flight on
+    the first replica arrives whole, as do requests sent meanwhile."""
+    import dataclasses
+
+    from deploy.fleet.preempt import handle_preempted
+    from deploy.gateway.files import Paths
+    from deploy.gateway.runtime_api import server_stats
+    from deploy.providers.local import LocalProvider
+    from deploy.providers.records import State
+    from deploy.settings import load_settings
+
+    res = run_deploy(["scale", "2"], fleet.env, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = lambda: server_stats(Paths.for_fleet(fleet.home, "default"))  # noqa: E731
+    ms = 8000
+    with ThreadPoolExecutor(4) as pool:
+        long = pool.submit(fleet.speak, ms)
+        deadline = time.monotonic() + 30
+        while not any(s.current for s in stats().values()):
+            assert time.monotonic() < deadline and not long.done()
+            time.sleep(0.02)
+        busy = next(n for n, s in stats().items() if s.current)
+        (victim,) = [n for n in fleet.active() if n != busy]
+        with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+            victim_id = ledger.get(int(victim[1:])).provider_id
+        real_get = LocalProvider.get
+
+        def get(self, provider_id):
+            box = real_get(self, provider_id)
+            if box is None or provider_id != victim_id:
+                return box
+            return dataclasses.replace(box, state=State.STOPPED, raw_status="stopped", interruptible=True,
+                                       preempted=True, detail="outbid")  # fmt: skip
+
+        monkeypatch.setattr(LocalProvider, "get", get)
+        for key in ("DEPLOY_HOME", "DEPLOY_POLL_INTERVAL_S", "CSM_DEVICE", "CSM_CPU_THREADS", "CSM_MAX_STREAMS"):
+            monkeypatch.setenv(key, fleet.env[key])  # what the replacement's server inherits
+        lines: list[str] = []
+        check = pool.submit(handle_preempted, load_settings(fleet.env), "default", log=lines.append)
+        deadline = time.monotonic() + 60
+        while "replica:removed" not in fleet.rental_events(victim):  # out of rotation and destroyed
+            assert time.monotonic() < deadline and not check.done(), lines
+            time.sleep(0.05)
+        assert not long.done()  # the victim went while the stream on the other replica was still running
+        meanwhile = [pool.submit(fleet.speak, 400) for _ in range(3)]  # while the replacement is provisioned
+        out = check.result(timeout=240)
+        assert long.result() == ms * PCM_BYTES_PER_MS  # the stream on the other replica, whole
+        assert [f.result() for f in meanwhile] == [400 * PCM_BYTES_PER_MS] * 3
+    assert out.removed == [victim] and len(out.added.names) == 1, lines
+    assert any(f"{victim} (rental {victim[1:]}): outbid" in line for line in lines), lines
+    assert sorted(fleet.active()) == sorted([busy, *out.added.names])
+    assert victim not in stats() and all(s.up for s in stats().values())
+    kinds = fleet.rental_events(victim)
+    assert kinds.index("preempted") < kinds.index("replica:draining") < kinds.index("replica:removed"), kinds
+    with Ledger(fleet.home / "ledger.sqlite3") as ledger:
+        assert ledger.get(int(victim[1:])).status == "destroyed"
