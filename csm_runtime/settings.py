@@ -51,7 +51,7 @@ class RuntimeSettings:
     chunk_frames: int = 4
     temperature: float = 0.9
     topk: int = 50
-    max_context_frames: int = 250
+    max_context_frames: int = 400
     # backbone KV of context prefixes (a voice's reference, a conversation's turns) kept for reuse; 0 disables
     prefix_cache_mb: int = 512
     # server

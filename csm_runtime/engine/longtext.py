@@ -41,7 +41,7 @@ class Limits:
     """What the generator can hold: `max_seq_len=None` means no cache limit (a test fake)."""
 
     max_seq_len: int | None = None
-    max_context_frames: int = 250
+    max_context_frames: int = 400
     text_rows: Callable[[str, int], int] | None = None  # prompt rows of one text segment
 
 
@@ -84,7 +84,7 @@ def limits_of(generator) -> Limits:
         return Limits()
     return Limits(
         max_seq_len=getattr(settings, "max_seq_len", None),
-        max_context_frames=getattr(settings, "max_context_frames", 250),
+        max_context_frames=getattr(settings, "max_context_frames", 400),
         text_rows=(lambda text, speaker: len(rows(text, speaker))) if rows else None,
     )
 

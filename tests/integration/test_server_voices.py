@@ -325,3 +325,13 @@ def test_an_upload_while_the_model_loads_is_503_and_leaves_nothing(tmp_path):
         client.close()
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready" and r.headers["retry-after"] == "5"
     assert not (tmp_path / "voices" / "uploaded").exists()
+
+
+def test_a_clip_longer_than_the_context_budget_is_refused_with_the_budget(tmp_path):
+    """A reference over `max_context_frames` would be left out of every prompt: refused at upload instead."""
+    with Server(settings_for(tmp_path, max_context_frames=20)) as srv:  # 19 frames of reference audio: 1.52 s
+        r = srv.upload(audio=clip(2.05))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_length", r.text
+        assert "context budget holds 1.5 s" in r.json()["error"]["message"]
+        assert srv.files() == []
+        assert srv.upload(audio=clip(1.2)).status_code == 201

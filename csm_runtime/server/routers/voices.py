@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
 from csm_runtime.engine.sentences import is_speakable
-from csm_runtime.server.clips import SAMPLE_RATE, ClipError, decode_clip, encode_clip
+from csm_runtime.server.clips import FRAME_SAMPLES, SAMPLE_RATE, ClipError, decode_clip, encode_clip
 from csm_runtime.server.errors import APIError
 from csm_runtime.server.openapi_voices import VOICE_UPLOAD_BODY
 from csm_runtime.server.scheduler import NotReadyError, ShuttingDownError
@@ -30,6 +30,20 @@ MAX_TRANSCRIPT = 1000
 MAX_DESCRIPTION = 500
 MAX_SPEAKER = 2**31 - 1
 CLIP_MIN_S, CLIP_MAX_S = 1.0, 30.0
+
+
+def _check_budget(settings, samples: int) -> None:
+    """A reference clip must fit the context budget alone: one over it would be left out of every prompt."""
+    frames = samples // FRAME_SAMPLES
+    if frames + 1 > settings.max_context_frames:
+        raise APIError(
+            400,
+            f"the clip is {samples / SAMPLE_RATE:.1f} s; this server's context budget holds "
+            f"{(settings.max_context_frames - 1) * FRAME_SAMPLES / SAMPLE_RATE:.1f} s of reference audio "
+            f"(max_context_frames {settings.max_context_frames}): send a shorter clip",
+            param="audio",
+            code="invalid_length",
+        )
 
 
 def _write_lock(state) -> asyncio.Lock:
@@ -130,6 +144,7 @@ async def create_voice(request: Request) -> dict:
             raise APIError(exc.status, exc.message, param="audio", code=exc.code) from None
         finally:
             del data
+        _check_budget(state.settings, len(wav))
         try:
             codes = await encode_clip(state.scheduler, wav)
         except (NotReadyError, ShuttingDownError) as exc:
