@@ -105,10 +105,43 @@ class Metrics:
         store.on_evict = lambda reason, n: self.conversations_evicted.labels(reason).inc(n)
         self._before_render.append(store.sweep)
 
+    def watch_prefix_cache(self, stats) -> None:
+        """Expose the engine's prefix cache (`stats()`: its counters and sizes, engine/prefix_cache.py), read at
+        scrape time: how often a voice's or conversation's context was reused instead of prefilled again."""
+        self.registry.register(_PrefixCacheCollector(stats))
+
     def render(self) -> bytes:
         for hook in self._before_render:  # e.g. expire idle conversations, so the counters include them
             hook()
         return generate_latest(self.registry)
+
+
+class _PrefixCacheCollector:
+    """The prefix cache's numbers as Prometheus families, from one `stats()` dict per scrape."""
+
+    COUNTERS = {
+        "hits": "Prompts whose context prefix was copied from the cache",
+        "misses": "Prompts with context that found no cached prefix",
+        "evictions": "Cached prefixes dropped to stay under prefix_cache_mb",
+        "reused_rows": "Prompt rows not prefilled because their keys and values were reused",
+    }
+    GAUGES = {
+        "entries": "Context prefixes held",
+        "bytes": "Bytes of keys and values held",
+        "max_bytes": "The cache's bound (prefix_cache_mb)",
+    }
+
+    def __init__(self, stats) -> None:
+        self.stats = stats
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        stats = self.stats()
+        for key, doc in self.COUNTERS.items():
+            yield CounterMetricFamily(f"csm_prefix_cache_{key}", doc, value=stats.get(key, 0))
+        for key, doc in self.GAUGES.items():
+            yield GaugeMetricFamily(f"csm_prefix_cache_{key}", doc, value=stats.get(key, 0))
 
 
 def _leaf_routes(routes):

@@ -303,6 +303,8 @@ class Scheduler:
             log.info("warm-up done in %.1f s: %s", time.monotonic() - t0, self.warmup_info)
             if self.metrics:
                 self.metrics.watch_gpu_memory(str(getattr(self.generator, "device", "cpu")))
+                if hasattr(self.generator, "prefix_stats"):
+                    self.metrics.watch_prefix_cache(self.generator.prefix_stats)
                 self.metrics.ready.set(1)
             self.state = "ready"
         except BaseException as exc:  # noqa: BLE001 - reported on /ready and in the log, the process stays up

@@ -260,10 +260,21 @@ def test_speaking_with_an_uploaded_voice_never_encodes_it_again(server, encodes)
     assert server.upload(name="talker", audio=clip(1.5, rate=48_000)).status_code == 201
     assert len(encodes) == 1
     body = {"model": "tts-1", "voice": "talker", "input": "Hi there.", "response_format": "pcm", "max_audio_ms": 240}
+    hits = _metric(server, "csm_prefix_cache_hits_total")
     for _ in range(2):
         r = server.client.post("/v1/audio/speech", json=body)
         assert r.status_code == 200 and len(decode(r.content, "pcm")) > 0
     assert len(encodes) == 1
+    # the second request reused the voice's prefilled prefix (the engine's prefix cache, seen in /metrics)
+    assert _metric(server, "csm_prefix_cache_hits_total") >= hits + 1
+    assert _metric(server, "csm_prefix_cache_entries") >= 1
+
+
+def _metric(server, name: str) -> float:
+    for line in server.client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_uploaded_voices_survive_a_restart(tmp_path, encodes):
