@@ -58,6 +58,13 @@ def mixed_fleet(deploy_cli, vast, home) -> dict[str, dict]:
 
 
 def test_outbid_replica_is_noticed_destroyed_and_replaced_bid_first_then_on_demand(deploy_cli, vast, deploy_home):
+    for args, said in [
+        (["--interruptible", "--on-demand-min", "1"], "--on-demand-min applies to a fleet: add --replicas N"),
+        (["--replicas", "2", "--on-demand-min", "1"], "--on-demand-min only applies with --interruptible"),
+    ]:
+        res = deploy_cli("provision", "--gpu", "4090", *args)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1 and said in res.stderr, res.stderr
+    assert vast.instances == {}  # refused before anything was rented
     fleet = mixed_fleet(deploy_cli, vast, deploy_home)
     (victim,) = [n for n, r in fleet.items() if r["bid"]]
     vast.outbid(fleet[victim]["id"])
