@@ -10,6 +10,11 @@ from collections.abc import Callable
 
 from deploy.cancel import CancelToken
 from deploy.errors import DeployError, ProvisionCancelled, UsageError
+from deploy.fleet.model import FleetSpec
+from deploy.ledger import Ledger
+from deploy.ledger.fleets import FleetStore
+from deploy.providers import make_provider
+from deploy.settings import DeploySettings
 
 Attempt = Callable[[bool, CancelToken], int]  # (interruptible, cancel token) -> the new replica's rental id
 
@@ -57,3 +62,18 @@ def interruptible_first(
         done.set()
     log(f"{why}; renting this replica on demand")
     return attempt(False, cancel)
+
+
+def set_mix(settings: DeploySettings, fleet_name: str, **changes: bool | float | int | None) -> FleetSpec:
+    """Change which kinds the fleet's next replicas are (`deploy scale --interruptible --on-demand-min K`); the
+    replicas running keep theirs. A provider without bids refuses --interruptible in one line."""
+    with Ledger(settings.ledger_path) as ledger:
+        store = FleetStore(ledger)
+        fleet = store.get(fleet_name)
+        spec = FleetSpec.from_dict(fleet.spec)
+        new = spec.with_mix(**changes)  # type: ignore[arg-type]
+        if new.options.interruptible and not make_provider(new.provider, settings, new.options.ssh).takes_bids:
+            raise UsageError(f"the {new.provider} provider has no interruptible (bid) boxes: drop --interruptible")
+        if new != spec:
+            store.set_spec(fleet, new.as_dict(), f"new replicas: {new.describe_mix()}")
+        return new

@@ -7,6 +7,7 @@ scale.py and heal.py; the gateway in deploy/gateway/.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,40 @@ class FleetSpec:
             return [False] * count
         on_demand = max(0, min(count, self.on_demand_min - on_demand_live))
         return [False] * on_demand + [True] * (count - on_demand)
+
+    def with_mix(
+        self,
+        *,
+        interruptible: bool | None = None,
+        bid_usd_h: float | None = None,
+        bid_over_min_pct: float | None = None,
+        on_demand_min: int | None = None,
+    ) -> FleetSpec:
+        """The spec with the kinds changed (`deploy scale --interruptible --on-demand-min K`, or `--on-demand`); what
+        is not given is kept (a new bid replaces both bid settings)."""
+        o = self.options
+        bid = o.interruptible if interruptible is None else interruptible
+        if not bid:
+            if bid_usd_h is not None or bid_over_min_pct is not None:
+                raise UsageError("--bid and --bid-over-min only apply with --interruptible")
+            options = o.replace(interruptible=False, bid_usd_h=None, bid_over_min_pct=None)
+        elif bid_usd_h is not None or bid_over_min_pct is not None:
+            options = o.replace(interruptible=True, bid_usd_h=bid_usd_h, bid_over_min_pct=bid_over_min_pct)
+        else:
+            options = o.replace(interruptible=True)
+        keep = self.on_demand_min if bid else 0
+        return dataclasses.replace(
+            self, options=options, on_demand_min=keep if on_demand_min is None else on_demand_min
+        )
+
+    def describe_mix(self) -> str:
+        o = self.options
+        if not o.interruptible:
+            return "every replica on demand"
+        price = (
+            f"bid {o.bid_usd_h:g} USD/h" if o.bid_usd_h is not None else f"{o.bid_over_min_pct or 0:g}% over min bid"
+        )
+        return f"at least {self.on_demand_min} on demand, the rest interruptible ({price})"
 
     def as_dict(self) -> dict[str, Any]:
         d = {"provider": self.provider, "gpus": list(self.gpus), "options": self.options.as_dict()}

@@ -125,6 +125,12 @@ class FleetStore:
         self.db.execute("UPDATE fleets SET gateway=? WHERE id=?", (json.dumps(merged), fleet.id))
         return self.get(fleet.name)
 
+    def set_spec(self, fleet: Fleet, spec: dict[str, Any], why: str) -> Fleet:
+        """A new spec for the replicas made from now on (those running keep what they are); the change is an event."""
+        self.db.execute("UPDATE fleets SET spec=? WHERE id=?", (json.dumps(spec), fleet.id))
+        self.ledger.event(None, "fleet", f"fleet {fleet.name}: {why}")
+        return self.get(fleet.name)
+
     # --- replicas ---------------------------------------------------------------------------------------------------
     def add(self, fleet: Fleet, rental_id: int) -> Replica:
         self.db.execute(

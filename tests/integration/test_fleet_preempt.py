@@ -160,3 +160,30 @@ def test_kill_9_of_autoscale_mid_change_leaves_nothing_unrecorded(change, event,
     down = subprocess.run([str(DEPLOY_BIN), "teardown", "--all", "--yes"], env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr[-2000:]
     assert vast.running_ids() == set()
+
+
+def test_scale_makes_an_on_demand_fleet_mixed(deploy_cli, vast, deploy_home):
+    res = deploy_cli("provision", "--gpu", "4090", "--replicas", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = deploy_cli("scale", "2", "--interruptible", "--bid-over-min", "10", "--on-demand-min", "1", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (added,) = json.loads(res.stdout)["added"]
+    assert replicas(deploy_home)[added]["bid"]
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        offer = int(ledger.get(int(added[1:])).offer_id)
+        said = [e["detail"] for e in ledger.db.execute("SELECT detail FROM events WHERE kind='fleet'")]
+    assert [b.get("price") for b in vast.bodies("PUT", rf"/asks/{offer}/")] == [round(vast_min_bid(offer) * 1.1, 6)]
+    assert any("new replicas: at least 1 on demand, the rest interruptible (10% over min bid)" in d for d in said), said
+    res = deploy_cli("scale", "2", "--bid", "0.2")  # the fleet's spec is interruptible: a new bid is taken
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = deploy_cli("scale", "2", "--on-demand", "--bid", "0.2")
+    assert res.returncode == 1 and "only apply with --interruptible" in res.stderr
+    billed_all_recorded(vast, deploy_home)
+    deploy_cli("teardown", "--all", "--yes")
+    assert vast.running_ids() == set()
+
+
+def vast_min_bid(offer: int) -> float:
+    from tests.fakes.vast.offers import default_offers
+
+    return next(o["min_bid"] for o in default_offers() if o["id"] == offer)

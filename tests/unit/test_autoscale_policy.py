@@ -222,3 +222,20 @@ def test_interruptible_first_falls_back_to_on_demand():
 
     with pytest.raises(ProvisionCancelled):  # a signal stops both kinds
         interruptible_first(signalled, interruptible=True, deadline_s=60, cancel=parent, log=said.append)
+
+
+def test_with_mix_changes_only_what_is_given():
+    from deploy.errors import UsageError
+
+    mixed = spec(False).with_mix(interruptible=True, bid_over_min_pct=10, on_demand_min=1)
+    assert mixed.options.interruptible and mixed.options.bid_over_min_pct == 10 and mixed.on_demand_min == 1
+    assert mixed.with_mix(on_demand_min=2).options == mixed.options
+    rebid = mixed.with_mix(bid_usd_h=0.2)  # a new bid replaces both bid settings
+    assert (rebid.options.bid_usd_h, rebid.options.bid_over_min_pct, rebid.on_demand_min) == (0.2, None, 1)
+    back = mixed.with_mix(interruptible=False)
+    assert not back.options.interruptible and back.on_demand_min == 0 and back.options.bid_over_min_pct is None
+    assert "at least 1 on demand" in mixed.describe_mix() and back.describe_mix() == "every replica on demand"
+    with pytest.raises(UsageError, match="only apply with --interruptible"):
+        spec(False).with_mix(bid_usd_h=0.2)
+    with pytest.raises(UsageError, match="--on-demand-min only applies with --interruptible"):
+        spec(False).with_mix(on_demand_min=1)
