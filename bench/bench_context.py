@@ -56,40 +56,10 @@ def _request(gen, context, frames: int) -> tuple[float, float, np.ndarray]:
 
 
 def _reference_equal(gen, frames: int) -> dict:
-    """Greedy codes with a stored-codes voice (prefix warm) vs transformers' generate on the same rows and audio."""
-    from csm_runtime.engine.codec import _moshi_loaders, tiny_mimi_config
-    from tests.fakes.hf_mimi import hf_mimi_from_moshi, spread_codebooks
+    """Greedy codes with a stored-codes voice (prefix cold, then warm) vs transformers' generate on the same rows."""
+    from tests.fakes.runtime_fixtures import context_equals_transformers
 
-    spread_codebooks(gen.codec.mimi)  # distinct codes per frame, so the comparison can fail
-    model = gen.loaded.model
-    cfg = tiny_mimi_config() if gen.model_id == "tiny-random" else _moshi_loaders()._mimi_config
-    model.codec_model = hf_mimi_from_moshi(gen.codec.mimi, cfg)
-    clip = _clip(1.0, 7)
-    voice = Segment("Short reference.", 1, codes=gen.codec.encode(clip).cpu().numpy())
-    gen.prefix_cache.clear()
-    cold = gen.frame_codes("Say it.", 0, [voice], frames=frames)
-    warm = gen.frame_codes("Say it.", 0, [voice], frames=frames)
-    rows = gen.prompt.rows("Say it.", 0, [voice])
-    ids = torch.tensor([rows.tokens])
-    try:  # eos stays on, as in the reference test: both stop at the same frame if one comes
-        with torch.no_grad():
-            theirs = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                input_values=torch.from_numpy(clip).view(1, 1, -1),
-                input_values_cutoffs=torch.tensor([[clip.shape[0]]]),
-                max_new_tokens=frames,
-                do_sample=False,
-                depth_decoder_do_sample=False,
-            )[0].numpy()
-    finally:
-        model.codec_model = None
-    return {
-        "frames": frames,
-        "context_rows": len(rows.tokens),
-        "cold_equals_transformers": bool(np.array_equal(cold, theirs)),
-        "warm_equals_transformers": bool(np.array_equal(warm, theirs)),
-    }
+    return context_equals_transformers(gen, frames, _clip(1.0, 7))
 
 
 def run_model(model: str, args) -> dict:

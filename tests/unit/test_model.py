@@ -1,5 +1,6 @@
 """Model builders: tiny-random offline with its tokenizer, csm-1b-random shape (slow), and the real-shape greedy
-equality against transformers (slow: ~7 GB float32)."""
+equality against transformers, text alone and with a stored-codes voice reused from the prefix cache (slow: ~7 GB
+float32)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from csm_runtime.engine.model import ModelLoadError, load_model, resolve_dtype, special_ids, tiny_tokenizer
-from tests.fakes.runtime_fixtures import hf_greedy_codes
+from tests.fakes.runtime_fixtures import context_equals_transformers, hf_greedy_codes
 
 CPU = torch.device("cpu")
 
@@ -58,3 +59,9 @@ def test_csm_1b_random_greedy_equals_transformers_float32():
     gen = load_generator("csm-1b-random", device="cpu", dtype="float32", max_streams=1, max_seq_len=256)
     ours = gen.frame_codes("Real shape check.", speaker=0, frames=3)
     np.testing.assert_array_equal(ours, hf_greedy_codes(gen, "Real shape check.", 0, 3))
+    # With context: a 1 s voice clip as stored codes, its prefix prefilled cold then reused, against transformers
+    # fed the same conversation (its audio encoded by transformers' own Mimi with our Mimi's weights).
+    clip = (np.random.default_rng(7).standard_normal(12 * 1920) * 0.1).astype(np.float32)
+    verdict = context_equals_transformers(gen, 3, clip)
+    assert verdict["prefix_hits"] >= 1, verdict  # the warm request really reused the voice's prefix
+    assert verdict["cold_equals_transformers"] and verdict["warm_equals_transformers"], verdict
