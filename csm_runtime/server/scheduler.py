@@ -112,6 +112,13 @@ class Ticket:
         return self._job.done
 
     @property
+    def pieces_started(self) -> int:
+        """How many of the request's pieces got a stream (all of them unless the audio cap ended it early; the last
+        one started may have been cut by the cap): what a conversation turn says it said."""
+        utterance = self._job.utterance
+        return len(self._job.pieces) if utterance is None else min(utterance.index, len(self._job.pieces))
+
+    @property
     def codes(self) -> list:
         """The codes of the chunks generated so far ([frames, 32] arrays in order): complete once next() ended."""
         return self._job.codes

@@ -196,9 +196,13 @@ def test_a_conversation_keeps_its_generated_turns_and_the_next_request_hears_the
     turns = server.client.get("/v1/conversations/talk-1").json()["turns"]
     assert [t["text"] for t in turns] == ["First turn.", "Second turn."]
     # long text: its pieces are one turn; a whole body (stream: false) completes a turn too
-    say(server, "Third one. It has two sentences.", conversation="talk-1", stream=False, max_audio_ms=1600)
+    say(server, "Third one. It has two sentences.", conversation="talk-1", stream=False, max_audio_ms=8000)
     last = server.client.get("/v1/conversations/talk-1").json()["turns"][-1]
     assert last["text"] == "Third one. It has two sentences." and last["speaker"] == 0
+    # the audio cap ends it in the first sentence: the turn says only what was started, not the sentence never said
+    say(server, "Fourth one. Never reached.", conversation="talk-1", max_audio_ms=80)
+    last = server.client.get("/v1/conversations/talk-1").json()["turns"][-1]
+    assert (last["text"], last["frames"]) == ("Fourth one.", 1)
 
 
 def test_an_added_turn_is_encoded_once_and_becomes_context(server):

@@ -97,7 +97,8 @@ def _save_turn(state, req: SpeechRequest, speaker: int, pieces: list[str], ticke
     if not req.conversation or ticket.reason not in ("eos", "max_audio"):
         return
     codes = np.concatenate(ticket.codes).T if ticket.codes else None
-    state.conversations.append(req.conversation, make_turn(speaker, " ".join(pieces), codes, "generated"))
+    said = pieces[: max(1, ticket.pieces_started)]  # the audio cap may have ended it before the last sentences
+    state.conversations.append(req.conversation, make_turn(speaker, " ".join(said), codes, "generated"))
 
 
 def _check(request: Request, req: SpeechRequest):
