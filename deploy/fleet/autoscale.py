@@ -195,7 +195,7 @@ def autoscale(
     log(f"autoscale fleet {fleet_name}: {describe(policy)}, a check every {opts.interval_s:g} s")
     while True:
         finish_draining(settings, fleet_name, opts, log)
-        pre = handle_preempted(settings, fleet_name, log=log)
+        pre = handle_preempted(settings, fleet_name, log=log, max_usd_per_h=policy.max_usd_per_h)
         if pre.found:
             with Ledger(settings.ledger_path) as ledger:
                 ledger.event(None, EVENT, f"fleet {fleet_name}: replaced {pre.removed} with {pre.added.names}")

@@ -85,8 +85,25 @@ def retire(settings: DeploySettings, store: FleetStore, fleet: Fleet, found: lis
         store.set_state(r, REMOVED, f"replaced: {why(box)}")
 
 
-def handle_preempted(settings: DeploySettings, fleet_name: str, *, log: Log, replace: bool = True) -> Preemptions:
-    """One check: every active replica's box asked once; the stopped ones retired and (with `replace`) replaced."""
+def cap_room(store: FleetStore, fleet: Fleet, max_usd_per_h: float | None, count: int) -> float | None:
+    """What each of `count` replacements may cost per hour under the fleet's spend cap, given what its open replicas
+    cost now (None: no cap). A replacement rented on demand costs more than the bid it replaces; the cap is hard."""
+    if max_usd_per_h is None:
+        return None
+    now = sum(r.rental.rate_usd_h or 0.0 for r in store.replicas(fleet, (ACTIVE, DRAINING)) if r.rental.is_open)
+    return (max_usd_per_h - now) / max(1, count)
+
+
+def handle_preempted(
+    settings: DeploySettings,
+    fleet_name: str,
+    *,
+    log: Log,
+    replace: bool = True,
+    max_usd_per_h: float | None = None,
+) -> Preemptions:
+    """One check: every active replica's box asked once; the stopped ones retired and (with `replace`) replaced,
+    each replacement's offer bounded by what `max_usd_per_h` (the fleet's spend cap) leaves."""
     out = Preemptions()
     with Ledger(settings.ledger_path) as ledger:
         store = FleetStore(ledger)
@@ -98,8 +115,15 @@ def handle_preempted(settings: DeploySettings, fleet_name: str, *, log: Log, rep
         out.found = {r.name: why(box) for r, box in found}
         retire(settings, store, fleet, found, log)
         out.removed = [r.name for r, _ in found]
+        room = cap_room(store, fleet, max_usd_per_h, len(found))
+    if replace and room is not None and room <= 0:
+        log(f"spend cap holds the replacement of {', '.join(out.removed)}: the fleet's open replicas already cost "
+            f"${max_usd_per_h - room * len(found):.3f}/h of ${max_usd_per_h:g}/h")  # fmt: skip
+        return out
     if replace:
-        out.added = add_replicas(settings, fleet_name, len(found), log=log)
+        if room is not None:
+            log(f"replacing {', '.join(out.removed)} at most ${room:.3f}/h each (the spend cap's room)")
+        out.added = add_replicas(settings, fleet_name, len(found), log=log, max_price_usd_h=room)
         with Ledger(settings.ledger_path) as ledger:
             store = FleetStore(ledger)
             gateway_reload(settings, store, store.get(fleet_name))

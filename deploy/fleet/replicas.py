@@ -35,9 +35,11 @@ def provision_one(
     log: Log,
     cancel: CancelToken | None = None,
     interruptible: bool | None = None,
+    max_price_usd_h: float | None = None,
 ) -> int:
     """One replica, exactly as `deploy provision` makes one; GPU types tried in order. -> its ledger rental ID.
-    `interruptible=False`: on demand even in an interruptible fleet."""
+    `interruptible=False`: on demand even in an interruptible fleet. `max_price_usd_h`: a tighter bound on the
+    offer's price than the spec's own (what a fleet's spend cap leaves)."""
     gpus = spec.gpus or (None,)
     failures = []
     with Ledger(settings.ledger_path) as ledger:
@@ -45,6 +47,9 @@ def provision_one(
             provider = make_provider(spec.provider, settings, spec.options.ssh)
             try:
                 options = spec.options_for(gpu, interruptible=interruptible)
+                if max_price_usd_h is not None:
+                    bound = min(max_price_usd_h, options.max_price or max_price_usd_h)
+                    options = options.replace(max_price=round(bound, 6))
                 ctx = run_provision(settings, options, provider, ledger, log=log, cancel=cancel)
             except NoOffersError as exc:
                 failures.append(f"{gpu or 'any gpu'}: {exc}")
@@ -57,8 +62,11 @@ def provision_one(
     raise NoOffersError("; ".join(failures))
 
 
-def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: Log) -> Added:
-    """Provision `count` replicas in parallel and add each one that passed to the fleet."""
+def add_replicas(
+    settings: DeploySettings, fleet_name: str, count: int, *, log: Log, max_price_usd_h: float | None = None
+) -> Added:
+    """Provision `count` replicas in parallel and add each one that passed to the fleet; `max_price_usd_h` bounds
+    each one's offer price (a spend cap's room), the spec's own bound still applying."""
     with Ledger(settings.ledger_path) as ledger:
         spec = FleetSpec.from_dict(FleetStore(ledger).get(fleet_name).spec)
     if make_provider(spec.provider, settings, spec.options.ssh).uses_ssh:
@@ -72,7 +80,9 @@ def add_replicas(settings: DeploySettings, fleet_name: str, count: int, *, log: 
             log(f"replica {i}/{count}: {message}")
 
         def attempt(bid: bool, token: CancelToken) -> int:
-            return provision_one(settings, spec, log=say, cancel=token, interruptible=bid)
+            return provision_one(
+                settings, spec, log=say, cancel=token, interruptible=bid, max_price_usd_h=max_price_usd_h
+            )
 
         deadline = settings.interruptible_deadline_s
         return interruptible_first(attempt, interruptible=kinds[i - 1], deadline_s=deadline, cancel=cancel, log=say)

@@ -187,3 +187,34 @@ def vast_min_bid(offer: int) -> float:
     from tests.fakes.vast.offers import default_offers
 
     return next(o["min_bid"] for o in default_offers() if o["id"] == offer)
+
+
+def test_the_spend_cap_bounds_the_replacement_of_an_outbid_replica(deploy_cli, vast, deploy_home):
+    """A bid replica replaced on demand costs more than the bid it replaces; the autoscale's spend cap is hard: no
+    room left holds the replacement, and some room bounds the replacement's offer price by it."""
+    res = deploy_cli("provision", "--gpu", "4090", "--replicas", "3", "--interruptible", "--on-demand-min", "1",
+                     "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    fleet = replicas(deploy_home)
+    first, second = sorted(n for n, r in fleet.items() if r["bid"])
+    (kept,) = [n for n, r in fleet.items() if not r["bid"]]
+    with Ledger(deploy_home / "ledger.sqlite3") as ledger:
+        rate = {n: ledger.get(r["rid"]).rate_usd_h for n, r in fleet.items()}
+    no_bid_offers_left(vast)
+    creates = len(vast.bodies("PUT", r"/asks/\d+/"))
+
+    vast.outbid(fleet[first]["id"])  # the two others already cost the whole cap: no room
+    res = deploy_cli(*ONCE, "--max-usd-per-hour", str(round(rate[kept] + rate[second], 6)))
+    assert f"spend cap holds the replacement of {first}" in res.stderr, res.stderr[-3000:]
+    assert sorted(replicas(deploy_home)) == sorted([kept, second])  # destroyed, not replaced
+    billed_all_recorded(vast, deploy_home)
+
+    vast.outbid(fleet[second]["id"])  # room for $0.05/h once it is gone: no on-demand 4090 is that cheap
+    res = deploy_cli(*ONCE, "--max-usd-per-hour", str(round(rate[kept] + 0.05, 6)))
+    assert f"replacing {second} at most $0.050/h each (the spend cap's room)" in res.stderr, res.stderr[-3000:]
+    assert list(replicas(deploy_home)) == [kept]
+    assert len(vast.bodies("PUT", r"/asks/\d+/")) == creates  # nothing rented over the cap in either check
+    assert {str(fleet[n]["id"]) for n in (first, second)}.isdisjoint(vast.running_ids())
+    billed_all_recorded(vast, deploy_home)
+    deploy_cli("teardown", "--all", "--yes")
+    assert vast.running_ids() == set()

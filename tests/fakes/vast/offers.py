@@ -148,6 +148,8 @@ def search(offers: list[dict[str, Any]], query: dict[str, Any]) -> list[dict[str
             if key not in offer:
                 continue
             have = offer[key]
+            if have is None:  # a field the offer has no value for (min_bid of an on-demand-only offer) matches nothing
+                return False
             for op, want in conds.items():
                 if isinstance(have, bool):
                     want = want in (True, "true", "True")
