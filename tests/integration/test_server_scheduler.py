@@ -17,8 +17,9 @@ import pytest
 
 from csm_runtime.engine.longtext import piece_cap_frames
 from csm_runtime.engine.types import GenerationParams
+from csm_runtime.server.jobs import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError
 from csm_runtime.server.metrics import Metrics
-from csm_runtime.server.scheduler import NotReadyError, QueueFullError, Scheduler, ShuttingDownError, StreamFailedError
+from csm_runtime.server.scheduler import Scheduler
 
 
 class BatchFullError(RuntimeError):

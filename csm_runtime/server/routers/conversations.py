@@ -17,8 +17,8 @@ from csm_runtime.server.clips import ClipError, decode_base64_clip, encode_clip
 from csm_runtime.server.context import CLIP_MAX_S, CLIP_MIN_S
 from csm_runtime.server.conversations import Conversation, make_turn
 from csm_runtime.server.errors import APIError
+from csm_runtime.server.jobs import NotReadyError, ShuttingDownError
 from csm_runtime.server.openapi import error
-from csm_runtime.server.scheduler import NotReadyError, ShuttingDownError
 from csm_runtime.server.schemas import ID_PATTERN, ConversationDeleted, ConversationOut, TurnRequest
 
 router = APIRouter(tags=["conversations"])

@@ -41,9 +41,9 @@ from csm_runtime.server import context as ctx
 from csm_runtime.server.audio_formats import Encoder, to_int16, wav_header
 from csm_runtime.server.conversations import make_turn
 from csm_runtime.server.errors import APIError
+from csm_runtime.server.jobs import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
 from csm_runtime.server.openapi import SPEECH_RESPONSES
 from csm_runtime.server.routers.models import served_model_ids
-from csm_runtime.server.scheduler import NotReadyError, QueueFullError, ShuttingDownError, StreamFailedError, Ticket
 from csm_runtime.server.schemas import SpeechRequest
 from csm_runtime.server.streaming import CuttableStreamingResponse, StreamCut
 

@@ -19,8 +19,8 @@ from starlette.datastructures import UploadFile
 from csm_runtime.engine.sentences import is_speakable
 from csm_runtime.server.clips import FRAME_SAMPLES, SAMPLE_RATE, ClipError, decode_clip, encode_clip
 from csm_runtime.server.errors import APIError
+from csm_runtime.server.jobs import NotReadyError, ShuttingDownError
 from csm_runtime.server.openapi_voices import VOICE_UPLOAD_BODY
-from csm_runtime.server.scheduler import NotReadyError, ShuttingDownError
 from csm_runtime.server.voice_store import StoredVoice, valid_name
 from csm_runtime.server.voices import from_stored
 
