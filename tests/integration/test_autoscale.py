@@ -9,7 +9,6 @@ under load and shrink (drained first) once it stops.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +24,7 @@ import pytest
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
 from tests.conftest import DEPLOY_BIN, run_deploy
-from tests.fakes.server_fixtures import free_port
+from tests.fakes.local_fleet import local_fleet
 
 pytestmark = pytest.mark.usefixtures("haproxy")
 PCM_BYTES_PER_MS = 48  # 24 kHz, 16-bit mono
@@ -62,21 +61,8 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    home = tmp_path_factory.mktemp("autoscale") / "home"
-    env = {**os.environ, "DEPLOY_HOME": str(home), "DEPLOY_POLL_INTERVAL_S": "0.2", "CSM_DEVICE": "cpu",
-           "CSM_CPU_THREADS": "1", "CSM_MAX_STREAMS": "4", "DEPLOY_LOCAL_RATE": "0.5"}  # fmt: skip
-    env.pop("VAST_API_KEY", None)
-    port = free_port()
-    try:
-        res = run_deploy(["provision", "--provider", "local", "--model", "tiny-random", "--no-autotune",
-                          "--replicas", "1", "--json"], env, timeout=240)  # fmt: skip
-        assert res.returncode == 0, res.stderr[-3000:]
-        res = run_deploy(["gateway", "start", "--port", str(port), "--check-interval", "0.2"], env)
-        assert res.returncode == 0, res.stderr
-        yield Fleet(home, env, port)
-    finally:
-        run_deploy(["gateway", "stop", "--now"], env)
-        run_deploy(["teardown", "--all", "--yes"], env)
+    with local_fleet(tmp_path_factory.mktemp("autoscale") / "home", 1) as made:
+        yield Fleet(made.home, made.env, made.port)
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from deploy.gateway.runtime_api import ServerStat, server_stats
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
 from tests.conftest import DEPLOY_BIN, run_deploy
+from tests.fakes.local_fleet import local_fleet
 from tests.fakes.server_fixtures import free_port
 
 pytestmark = pytest.mark.usefixtures("haproxy")  # fails with the apt-get line when haproxy is missing
@@ -67,26 +68,13 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    home = tmp_path_factory.mktemp("fleet") / "home"
-    env = {**os.environ, "DEPLOY_HOME": str(home), "DEPLOY_POLL_INTERVAL_S": "0.2", "CSM_DEVICE": "cpu",
-           "CSM_CPU_THREADS": "1", "CSM_MAX_STREAMS": "4", "DEPLOY_LOCAL_RATE": "0.5"}  # fmt: skip
-    env.pop("VAST_API_KEY", None)
-    port = free_port()
-    try:
-        res = run_deploy(["provision", "--provider", "local", "--model", "tiny-random", "--no-autotune",
-                          "--replicas", "3", "--json"], env, timeout=240)  # fmt: skip
-        assert res.returncode == 0, res.stderr[-3000:]
-        out = json.loads(res.stdout)
+    with local_fleet(tmp_path_factory.mktemp("fleet") / "home", 3, check_interval="0.5", gateway_json=True) as made:
+        out = made.provisioned
         assert sorted(r["replica"] for r in out["replicas"]) == ["r1", "r2", "r3"] and out["failures"] == []
-        res = run_deploy(["gateway", "start", "--port", str(port), "--check-interval", "0.5", "--json"], env)
-        assert res.returncode == 0, res.stderr
-        info = json.loads(res.stdout)
+        info = json.loads(made.gateway)
         assert info["running"] and sorted(info["servers"]) == ["r1", "r2", "r3"]
         assert all(s["status"] == "UP" for s in info["servers"].values())
-        yield Fleet(home, env, port)
-    finally:
-        run_deploy(["gateway", "stop", "--now"], env)
-        run_deploy(["teardown", "--all", "--yes"], env)
+        yield Fleet(made.home, made.env, made.port)
 
 
 def test_twelve_concurrent_requests_spread_over_three_replicas(fleet):

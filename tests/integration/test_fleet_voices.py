@@ -10,7 +10,6 @@ the fleet's voices never joins and its rental is ended.
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -25,7 +24,7 @@ from deploy.fleet.voice_library import VoiceLibrary
 from deploy.ledger import Ledger
 from deploy.ledger.fleets import FleetStore
 from tests.conftest import run_deploy
-from tests.fakes.server_fixtures import free_port
+from tests.fakes.local_fleet import local_fleet
 
 pytestmark = pytest.mark.usefixtures("haproxy")  # fails with the apt-get line when haproxy is missing
 RATE = 24_000
@@ -68,21 +67,8 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    home = tmp_path_factory.mktemp("fleet-voices") / "home"
-    env = {**os.environ, "DEPLOY_HOME": str(home), "DEPLOY_POLL_INTERVAL_S": "0.2", "CSM_DEVICE": "cpu",
-           "CSM_CPU_THREADS": "1", "CSM_MAX_STREAMS": "4", "DEPLOY_LOCAL_RATE": "0.5"}  # fmt: skip
-    env.pop("VAST_API_KEY", None)
-    port = free_port()
-    try:
-        res = run_deploy(["provision", "--provider", "local", "--model", "tiny-random", "--no-autotune",
-                          "--replicas", "2", "--json"], env, timeout=240)  # fmt: skip
-        assert res.returncode == 0, res.stderr[-3000:]
-        res = run_deploy(["gateway", "start", "--port", str(port), "--check-interval", "0.2"], env)
-        assert res.returncode == 0, res.stderr
-        yield Fleet(home, env, port)
-    finally:
-        run_deploy(["gateway", "stop", "--now"], env)
-        run_deploy(["teardown", "--all", "--yes"], env)
+    with local_fleet(tmp_path_factory.mktemp("fleet-voices") / "home", 2) as made:
+        yield Fleet(made.home, made.env, made.port)
 
 
 @pytest.fixture(scope="module")
